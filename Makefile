@@ -1,0 +1,53 @@
+# The two front-door commands are `make demo` and `make test`; both run `setup` first and
+# work from a fresh clone on a fresh Debian 12 machine (root).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help setup apt venv go-tools demo test test-unit test-integration bench wheel clean
+
+help:
+	@echo "make demo   - run a pod network namespace through the CNI chain with istio-cni, show redirected traffic"
+	@echo "make test   - install everything needed, then run the whole test suite"
+	@echo "make bench  - run the benchmarks and check the latency budgets"
+	@echo "make wheel  - build a wheel, auditwheel-repair it and test it in a clean venv"
+
+setup: apt venv go-tools
+
+apt:
+	@tools/setup-apt.sh
+
+venv: $(STAMP)
+
+# Build deps are installed into the venv and the package built without isolation, so a
+# rebuild after editing the .pyx / cffi script takes seconds rather than a minute.
+$(STAMP): pyproject.toml setup.py src/istio_cni/_fastpath.pyx src/istio_cni/_nf.cffi.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check --upgrade pip "setuptools>=77" wheel "Cython>=3.0" "cffi>=1.16"
+	$(PIP) install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
+	$(PY) -c "import istio_cni._fastpath, istio_cni._nf"
+	@touch $@
+
+go-tools:
+	@tools/go-tools.sh
+
+demo: setup
+	$(PY) -m istio_cni.devtools.demo
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m pytest benchmarks $(PYTEST_ARGS)
+
+clean:
+	rm -rf build dist *.egg-info src/*.egg-info src/istio_cni/*.so src/istio_cni/_fastpath.c src/istio_cni/_nf.c

@@ -1,0 +1,1 @@
+"""The node program: installs the istio-cni plugin on the host and keeps it installed."""

@@ -1,0 +1,149 @@
+"""Pure-Python twin of ``_fastpath`` (the reference the compiled module is tested against).
+
+Not on the plugin's import path: ``netns`` imports the compiled module and a build that
+lacks it is a failure. The twin uses ``os.setns`` (3.12+) or ``ctypes`` (3.11).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+NSFS_MAGIC = 0x6E736673
+PROC_SUPER_MAGIC = 0x9FA0
+NS_GET_NSTYPE = 0xB703
+CLONE_NEWNET = 0x40000000
+
+
+class NotANetns(OSError):
+    """The path exists but is not a network namespace."""
+
+
+class NetnsRestoreFailed(BaseException):
+    """setns back to the original namespace failed."""
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if hasattr(os, "setns"):
+        os.setns(fd, CLONE_NEWNET)
+        return
+    import ctypes
+
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _fs_magic(fd: int) -> int:
+    import ctypes
+
+    buf = ctypes.create_string_buffer(256)
+    if _libc().fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int.from_bytes(buf.raw[:8], "little")
+
+
+def _nstype(fd: int) -> int:
+    import fcntl
+
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return -1
+
+
+def open_netns(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        magic = _fs_magic(fd)
+        if magic not in (NSFS_MAGIC, PROC_SUPER_MAGIC):
+            raise NotANetns(_errno.EINVAL, "not a network namespace (not on nsfs)", path)
+        if _nstype(fd) != CLONE_NEWNET:
+            raise NotANetns(_errno.EINVAL, "not a network namespace", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def close_fd(fd: int) -> None:
+    os.close(fd)
+
+
+def current_netns() -> int:
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def enter_fd(fd: int) -> None:
+    _setns(fd)
+
+
+def netns_id(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+class Entered:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._home = -1
+        self._target = -1
+
+    def __enter__(self) -> "Entered":
+        self._target = open_netns(self.path)
+        try:
+            self._home = current_netns()
+            enter_fd(self._target)
+        except BaseException:
+            os.close(self._target)
+            if self._home >= 0:
+                os.close(self._home)
+            self._home = self._target = -1
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        try:
+            _setns(self._home)
+        except OSError as e:
+            raise NetnsRestoreFailed(f"could not return from netns {self.path}: {e.strerror}")
+        finally:
+            os.close(self._home)
+            os.close(self._target)
+            self._home = self._target = -1
+        return False
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for pair in raw.split(";"):
+        if not pair:
+            continue
+        eq = pair.find("=")
+        if eq <= 0:
+            raise ValueError(f"CNI_ARGS: invalid pair {pair!r} (want KEY=VALUE)")
+        out[pair[:eq]] = pair[eq + 1 :]
+    return out
+
+
+def json_loads(data):
+    import json
+
+    if isinstance(data, (bytes, bytearray)):
+        data = bytes(data).decode("utf-8")
+    return json.loads(data)
+
+
+def json_dumps(obj) -> str:
+    import json
+
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,120 @@
+"""CNI errors: one class per spec error code, each rendered as the spec's error JSON.
+
+CNI SPEC.md "Error" section: the plugin exits non-zero and prints
+``{"cniVersion", "code", "msg", "details"}`` on stdout. Codes 1-99 are reserved by the
+spec (8 and 999 are libcni conventions); 100+ are ours. ``skel`` never wraps a
+``CNIError`` in another one, and turns any other exception into ``InternalError``.
+"""
+
+from __future__ import annotations
+
+_BY_CODE: dict[int, type["CNIError"]] = {}
+
+
+class CNIError(Exception):
+    """Base class. ``code`` and the default ``msg`` are class attributes."""
+
+    code: int = 999
+    msg: str = "internal error"
+
+    def __init__(self, msg: str | None = None, details: str = "") -> None:
+        self.msg = msg if msg is not None else type(self).msg
+        self.details = details
+        super().__init__(self.msg if not details else f"{self.msg}: {details}")
+
+    def __init_subclass__(cls, **kw: object) -> None:
+        super().__init_subclass__(**kw)
+        if "code" in cls.__dict__:
+            if cls.code in _BY_CODE:
+                raise TypeError(f"CNI error code {cls.code} registered twice")
+            _BY_CODE[cls.code] = cls
+
+    def to_dict(self, cni_version: str) -> dict:
+        out: dict = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+def error_class(code: int) -> type[CNIError]:
+    """The registered class for ``code`` (tests and the agent protocol use this)."""
+    return _BY_CODE[code]
+
+
+class IncompatibleCNIVersion(CNIError):
+    code, msg = 1, "incompatible CNI version"
+
+
+class UnsupportedField(CNIError):
+    code, msg = 2, "unsupported field in network configuration"
+
+
+class UnknownContainer(CNIError):
+    code, msg = 3, "container unknown or does not exist"
+
+
+class InvalidEnvironmentVariables(CNIError):
+    code, msg = 4, "invalid necessary environment variables"
+
+
+class IOFailure(CNIError):
+    code, msg = 5, "I/O failure"
+
+
+class DecodingFailure(CNIError):
+    code, msg = 6, "failed to decode content"
+
+
+class InvalidNetworkConfig(CNIError):
+    code, msg = 7, "invalid network config"
+
+
+class InvalidNetNS(CNIError):
+    code, msg = 8, "invalid network namespace"
+
+
+class TryAgainLater(CNIError):
+    code, msg = 11, "try again later"
+
+
+class PluginNotAvailable(CNIError):
+    code, msg = 50, "plugin not available"
+
+
+class LimitedConnectivity(CNIError):
+    code, msg = 51, "plugin not available, existing containers may have limited connectivity"
+
+
+class InternalError(CNIError):
+    code, msg = 999, "internal error"
+
+
+# ---- plugin-specific codes (100+) -------------------------------------------------
+
+
+class NetfilterError(CNIError):
+    """A netfilter commit/check/remove failed; ``errno`` is the kernel/library errno."""
+
+    code, msg = 100, "netfilter operation failed"
+
+    def __init__(self, msg: str | None = None, details: str = "", errno: int = 0) -> None:
+        super().__init__(msg, details)
+        self.errno = errno
+
+
+class KubernetesLookupError(CNIError):
+    """The pod lookup failed for a reason retrying will not fix (401/403, bad kubeconfig)."""
+
+    code, msg = 101, "kubernetes pod lookup failed"
+
+
+class InvalidAnnotation(CNIError):
+    """A pod annotation or proxy setting has a value the rule engine cannot use."""
+
+    code, msg = 102, "invalid pod annotation"
+
+
+class RulesMismatch(CNIError):
+    """CHECK found the netns rules differ from what ADD would commit now."""
+
+    code, msg = 103, "redirect rules missing or different"

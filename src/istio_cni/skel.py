@@ -1,0 +1,173 @@
+"""The CNI protocol in one place (after containernetworking's ``pkg/skel``).
+
+Reads the environment and stdin exactly once, validates them per command, negotiates
+the spec version, dispatches to the plugin's command functions and turns every outcome
+into stdout JSON and an exit code. Nothing else in the package writes to stdout.
+
+Per-command required variables follow libcni's skel table; every missing variable is
+named in one error (code 4). ``CNI_NETNS`` must be a network namespace for ADD and
+CHECK (code 8); DEL tolerates a vanished one, as the spec requires.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import errors
+from .log import log
+from .versions import LATEST, SUPPORTED_VERSIONS, vtuple
+
+ABOUT = "istio-cni plugin (Python) CNI protocol versions " + ", ".join(SUPPORTED_VERSIONS)
+
+_COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+# var -> commands that require it (libcni skel's reqForCmd table).
+_REQUIRED = {
+    "CNI_CONTAINERID": ("ADD", "CHECK", "DEL"),
+    "CNI_NETNS": ("ADD", "CHECK"),
+    "CNI_IFNAME": ("ADD", "CHECK", "DEL"),
+    "CNI_PATH": ("ADD", "CHECK", "DEL", "GC", "STATUS"),
+}
+# Commands and the spec version that introduced them.
+_MIN_VERSION = {"CHECK": (0, 4, 0), "STATUS": (1, 1, 0), "GC": (1, 1, 0)}
+
+
+class CmdArgs:
+    """The CNI invocation: env values plus the decoded netconf and its raw bytes."""
+
+    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "netconf", "stdin")
+
+    def __init__(self, command, container_id, netns, ifname, args, path, netconf, stdin):
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args
+        self.path = path
+        self.netconf = netconf
+        self.stdin = stdin
+
+
+def _loads(data: bytes):
+    from ._fastpath import json_loads
+
+    return json_loads(data)
+
+
+def dumps(obj) -> str:
+    from ._fastpath import json_dumps
+
+    return json_dumps(obj)
+
+
+def check_env(command: str, env) -> None:
+    missing = [v for v, cmds in _REQUIRED.items() if command in cmds and not env.get(v)]
+    if missing:
+        raise errors.InvalidEnvironmentVariables(
+            f"required env variables [{','.join(missing)}] missing", ""
+        )
+
+
+def check_netns(path: str) -> None:
+    """``path`` must be a network namespace and not our own (code 8)."""
+    from ._fastpath import NotANetns, close_fd, current_netns, netns_id, open_netns
+
+    try:
+        fd = open_netns(path)
+    except NotANetns as e:
+        raise errors.InvalidNetNS(f"{path} is not a network namespace", str(e)) from None
+    except OSError as e:
+        raise errors.InvalidNetNS(f"failed to open netns {path}", e.strerror or str(e)) from None
+    try:
+        own = current_netns()
+        try:
+            if netns_id(fd) == netns_id(own):
+                raise errors.InvalidNetNS(f"netns {path} is the plugin's own network namespace")
+        finally:
+            close_fd(own)
+    finally:
+        close_fd(fd)
+
+
+def decode_netconf(data: bytes) -> dict:
+    try:
+        conf = _loads(data)
+    except ValueError as e:
+        raise errors.DecodingFailure("failed to decode network configuration", str(e)) from None
+    if not isinstance(conf, dict):
+        raise errors.DecodingFailure("network configuration is not a JSON object")
+    return conf
+
+
+def conf_version(conf: dict) -> str:
+    """The netconf's ``cniVersion`` (empty means 0.1.0, as libcni decodes it); code 1 if unknown."""
+    v = conf.get("cniVersion") or "0.1.0"
+    if not isinstance(v, str):
+        raise errors.InvalidNetworkConfig("cniVersion must be a string", repr(v))
+    if v not in SUPPORTED_VERSIONS:
+        raise errors.IncompatibleCNIVersion(
+            f'incompatible CNI versions; config is "{v}", plugin supports {list(SUPPORTED_VERSIONS)}'
+        )
+    return v
+
+
+def _write(stream, obj) -> None:
+    stream.write(dumps(obj))
+    stream.write("\n")
+    stream.flush()
+
+
+def plugin_main(funcs, env=None, stdin=None, stdout=None) -> int:
+    """Run one CNI command. ``funcs`` maps ADD/DEL/CHECK/STATUS/GC to callables
+    ``f(CmdArgs) -> dict | None``. Returns the process exit code."""
+    env = os.environ if env is None else env
+    stdout = sys.stdout if stdout is None else stdout
+    command = env.get("CNI_COMMAND", "")
+    version = LATEST
+    try:
+        if not command:
+            sys.stderr.write(ABOUT + "\n")
+            return 0
+        if command not in _COMMANDS:
+            raise errors.InvalidEnvironmentVariables(f"unknown CNI_COMMAND: {command}")
+        check_env(command, env)
+        raw = (stdin if stdin is not None else sys.stdin.buffer).read()
+        if command == "VERSION":
+            _write(stdout, {"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)})
+            return 0
+        conf = decode_netconf(raw)
+        version = conf_version(conf)
+        need = _MIN_VERSION.get(command)
+        if need and vtuple(version) < need:
+            raise errors.IncompatibleCNIVersion(
+                f'config version "{version}" does not allow command {command}'
+            )
+        if command in ("ADD", "CHECK"):
+            check_netns(env["CNI_NETNS"])
+        args = CmdArgs(
+            command,
+            env.get("CNI_CONTAINERID", ""),
+            env.get("CNI_NETNS", ""),
+            env.get("CNI_IFNAME", ""),
+            env.get("CNI_ARGS", ""),
+            env.get("CNI_PATH", ""),
+            conf,
+            raw,
+        )
+        result = funcs[command](args)
+        if result is not None:
+            _write(stdout, result)
+        return 0
+    except errors.CNIError as e:
+        log.error(e.msg, code=e.code, details=e.details, command=command)
+        _write(stdout, e.to_dict(version))
+        return 1
+    except BaseException as e:  # incl. NetnsRestoreFailed: report, then exit; never continue
+        if isinstance(e, (KeyboardInterrupt, SystemExit)) and not isinstance(e, SystemExit):
+            pass
+        import traceback
+
+        details = "".join(traceback.format_exception(e)).strip()
+        log.error("internal error", error=repr(e), command=command)
+        _write(stdout, errors.InternalError(f"internal error: {e!r}", details).to_dict(version))
+        return 1

@@ -1,0 +1,78 @@
+"""``Value``: a frozen, slotted record type that costs nothing to import.
+
+The plugin pays its import graph on every pod ADD, and ``dataclasses`` pulls in
+``inspect``/``ast``/``dis`` (about 20 ms here, more than all the netfilter work), so
+values that cross module boundaries subclass ``Value`` instead of ``@dataclass``.
+
+Declare fields with ``__slots__`` (order = positional order) and optional defaults in
+``_defaults``; instances are immutable, compare and hash by their fields, and ``replace``
+returns a modified copy::
+
+    class Point(Value):
+        __slots__ = ("x", "y")
+        _defaults = {"y": 0}
+"""
+
+from __future__ import annotations
+
+_MISSING = object()
+
+
+class Value:
+    __slots__ = ()
+    _defaults: dict = {}
+
+    def __init__(self, *args, **kwargs):
+        names = self.__slots__
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}: too many positional arguments")
+        set_ = object.__setattr__
+        for name, val in zip(names, args):
+            if name in kwargs:
+                raise TypeError(f"{type(self).__name__}: {name} given twice")
+            set_(self, name, val)
+        for name in names[len(args):]:
+            val = kwargs.pop(name, _MISSING)
+            if val is _MISSING:
+                val = self._defaults.get(name, _MISSING)
+                if val is _MISSING:
+                    raise TypeError(f"{type(self).__name__}: missing field {name!r}")
+            set_(self, name, val)
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unknown fields {sorted(kwargs)}")
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self):
+        return hash((type(self).__name__,) + self._fields())
+
+    def __repr__(self):
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+    def __reduce__(self):
+        return (type(self), self._fields())
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied (like ``dataclasses.replace``)."""
+        cur = {n: getattr(self, n) for n in self.__slots__}
+        unknown = set(changes) - set(cur)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown fields {sorted(unknown)}")
+        cur.update(changes)
+        return type(self)(**cur)
+
+    def as_dict(self) -> dict:
+        return {n: getattr(self, n) for n in self.__slots__}

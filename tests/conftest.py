@@ -1,0 +1,85 @@
+"""Shared fixtures: the plugin executable, network namespaces, conformance data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+CONFORMANCE = SHARED / "conformance"
+PLUGIN = REPO / ".venv" / "bin" / "istio-cni"
+REF_CNI = Path("/usr/lib/cni")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        p = str(item.fspath)
+        if "/integration/" in p or "/e2e/" in p:
+            item.add_marker(pytest.mark.root)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        pytest.fail("this test needs root (it creates network namespaces); run `make test` as root")
+
+
+@pytest.fixture(scope="session")
+def plugin_bin() -> Path:
+    if not PLUGIN.exists():
+        pytest.fail(f"{PLUGIN} missing: run `make setup`")
+    return PLUGIN
+
+
+@pytest.fixture(scope="session")
+def cni_bin_dir(tmp_path_factory, plugin_bin) -> Path:
+    """A CNI bin dir holding only ``istio-cni`` (next to /usr/lib/cni in CNI_PATH)."""
+    d = tmp_path_factory.mktemp("cnibin")
+    (d / "istio-cni").symlink_to(plugin_bin)
+    return d
+
+
+@pytest.fixture(scope="session")
+def cni_path(cni_bin_dir) -> str:
+    if not (REF_CNI / "bridge").exists():
+        pytest.fail("reference CNI plugins missing in /usr/lib/cni: run `make setup`")
+    return f"{REF_CNI}:{cni_bin_dir}"
+
+
+@pytest.fixture
+def netns():
+    """Factory of fresh named netns (deleted at teardown): ``name = netns('pod')``."""
+    from istio_cni.devtools import netns as nsutil
+
+    made: list[str] = []
+
+    def make(tag: str = "t") -> str:
+        name = nsutil.unique_name(tag)
+        nsutil.add(name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        nsutil.delete(name)
+
+
+@pytest.fixture(scope="session")
+def conformance() -> Path:
+    if not CONFORMANCE.is_dir():
+        pytest.skip(f"conformance data not found at {CONFORMANCE}")
+    return CONFORMANCE
+
+
+def run_plugin(env: dict, stdin: bytes | str = b"", plugin: Path = PLUGIN, timeout: float = 60):
+    """Exec the plugin like a runtime would; returns CompletedProcess (bytes)."""
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    full.update(env)
+    return subprocess.run([str(plugin)], input=stdin, env=full, capture_output=True, timeout=timeout)

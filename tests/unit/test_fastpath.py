@@ -1,0 +1,100 @@
+"""The compiled module and its pure-Python twin, tested by one fixture (yarl style)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from istio_cni import _fastpath, _fastpath_py
+
+
+@pytest.fixture(params=["c", "py"])
+def fp(request):
+    return _fastpath if request.param == "c" else _fastpath_py
+
+
+def test_compiled_modules_import():
+    import istio_cni._nf as nf
+
+    assert _fastpath.__file__.endswith(".so")
+    assert nf.__file__.endswith(".so")
+    assert hasattr(nf.lib, "iptc_init") and hasattr(nf.lib, "ip6tc_init") and hasattr(nf.lib, "nft_ctx_new")
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("", {}),
+        ("IgnoreUnknown=1", {"IgnoreUnknown": "1"}),
+        ("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;", {"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "p"}),
+        ("A=b=c", {"A": "b=c"}),
+        ("A=", {"A": ""}),
+    ],
+)
+def test_parse_cni_args(fp, raw, expected):
+    assert fp.parse_cni_args(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["novalue", "=x", "A=1;;junk"])
+def test_parse_cni_args_rejects(fp, raw):
+    with pytest.raises(ValueError):
+        fp.parse_cni_args(raw)
+
+
+def test_open_netns_missing(fp, tmp_path):
+    with pytest.raises(FileNotFoundError) as ei:
+        fp.open_netns(str(tmp_path / "missing"))
+    assert str(tmp_path / "missing") in str(ei.value)
+
+
+def test_open_netns_plain_file(fp, tmp_path):
+    f = tmp_path / "f"
+    f.write_text("")
+    with pytest.raises(fp.NotANetns) as ei:
+        fp.open_netns(str(f))
+    assert str(f) in str(ei.value)
+
+
+def test_open_netns_wrong_type(fp):
+    with pytest.raises(fp.NotANetns):
+        fp.open_netns("/proc/self/ns/uts")
+
+
+def test_open_own_netns(fp):
+    fd = fp.open_netns("/proc/self/ns/net")
+    try:
+        home = fp.current_netns()
+        assert fp.netns_id(fd) == fp.netns_id(home)
+        fp.close_fd(home)
+    finally:
+        fp.close_fd(fd)
+
+
+@pytest.mark.parametrize("doc", [b'{"a":[1,2.5,true,false,null,"x\\u00e9\\n"],"b":{}}', b"[]", b'"s"'])
+def test_json_roundtrip(fp, doc):
+    import json
+
+    obj = fp.json_loads(doc)
+    assert obj == json.loads(doc)
+    assert json.loads(fp.json_dumps(obj)) == obj
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a netns")
+def test_entered_switches_and_restores(fp, netns):
+    name = netns("fp")
+    home = os.stat("/proc/thread-self/ns/net").st_ino
+    target = os.stat(f"/run/netns/{name}").st_ino
+    with fp.Entered(f"/run/netns/{name}"):
+        assert os.stat("/proc/thread-self/ns/net").st_ino == target
+    assert os.stat("/proc/thread-self/ns/net").st_ino == home
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a netns")
+def test_entered_restores_on_error(fp, netns):
+    name = netns("fp")
+    home = os.stat("/proc/thread-self/ns/net").st_ino
+    with pytest.raises(ZeroDivisionError):
+        with fp.Entered(f"/run/netns/{name}"):
+            1 / 0
+    assert os.stat("/proc/thread-self/ns/net").st_ino == home

@@ -1,0 +1,22 @@
+#!/bin/bash
+# Install the Debian packages the build and the tests need (only the missing ones).
+set -euo pipefail
+PKGS=(
+  build-essential pkg-config
+  iptables libiptc-dev libip4tc-dev libip6tc-dev libxtables-dev   # libiptc (legacy x_tables)
+  nftables libnftables-dev                                       # libnftables
+  containernetworking-plugins                                    # reference plugins in /usr/lib/cni
+  iproute2 util-linux conntrack hyperfine etcd-server procps
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "apt: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+echo "apt: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
