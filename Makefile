@@ -23,7 +23,10 @@ setup: apt venv go-tools
 apt:
 	@tools/setup-apt.sh
 
+# PYTHONDONTWRITEBYTECODE may be set in the environment; byte-compile explicitly so the
+# plugin's per-exec start-up does not recompile every module (the bundle ships .pyc too).
 venv: $(STAMP)
+	@$(PY) -m compileall -q src installer >/dev/null
 
 # Build deps are installed into the venv and the package built without isolation, so a
 # rebuild after editing the .pyx / cffi script takes seconds rather than a minute.

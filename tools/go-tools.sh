@@ -1,4 +1,97 @@
 #!/bin/bash
-# Build (or reuse from the cache) the Go programs the test suite talks to.
-set -euo pipefail
-echo "go-tools: nothing to build yet"
+# Build (or reuse from the cache) the Go programs the test suite talks to as real peers.
+#
+# Each tool has a tiny module in tools/go/<name>/ whose go.mod pins the upstream version (and,
+# for kube-apiserver, the staging modules via replace directives). The binary goes to
+#   $CACHE/<name>-<version>/<name>     symlinked as   $CACHE/bin/<name>
+# and is reused while that version's binary exists. Every build writes $CACHE/<name>.build.log
+# and $CACHE/<name>.status ("ok <version>" or "failed <step> <version>"); tests/peers/tools.py
+# reads them so a test needing a tool that did not build FAILS naming the failed step.
+# One failed tool never aborts `make setup`: the others are still built.
+#
+# Usage: tools/go-tools.sh [name ...]     (default: all, in the order teammates need them)
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${ISTIO_CNI_TOOLS_CACHE:-$HOME/.cache/istio-cni-tools}
+# Module/build caches live beside the binaries so a second `make setup` downloads nothing.
+export GOPATH="$CACHE/gopath" GOMODCACHE="$CACHE/gopath/pkg/mod" GOCACHE="$CACHE/gocache"
+export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
+
+# name -> "module package"   (module is the one whose version go.mod pins)
+declare -A SPEC=(
+  [istio-iptables]="istio.io/istio istio-cni-tools/istio-iptables"
+  [helm]="helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm"
+  [cnitool]="github.com/containernetworking/cni github.com/containernetworking/cni/cnitool"
+  [kube-apiserver]="k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-apiserver"
+  [istio-cni]="istio.io/istio istio.io/istio/cni/cmd/istio-cni"
+)
+ORDER=(istio-iptables helm cnitool kube-apiserver istio-cni)
+
+if ! command -v go >/dev/null; then
+  echo "go-tools: 'go' not found on PATH; no Go tool can be built" >&2
+  mkdir -p "$CACHE"
+  for n in "${ORDER[@]}"; do echo "failed go-missing unknown" > "$CACHE/$n.status"; done
+  exit 0
+fi
+
+pinned_version() {  # dir module -> version from the require line of go.mod
+  awk -v m="$2" '($1 == m || ($1 == "require" && $2 == m)) { print ($1 == m ? $2 : $3); exit }' "$1/go.mod"
+}
+
+build_one() {
+  local name=$1 module pkg dir ver out log status t0
+  read -r module pkg <<< "${SPEC[$name]}"
+  dir="$ROOT/tools/go/$name"
+  log="$CACHE/$name.build.log"; status="$CACHE/$name.status"
+  ver=$(pinned_version "$dir" "$module")
+  if [ -z "$ver" ]; then
+    echo "failed read-version unknown" > "$status"
+    echo "go-tools: $name: no version of $module in $dir/go.mod" | tee "$log" >&2
+    return 1
+  fi
+  out="$CACHE/$name-$ver/$name"
+  if [ -x "$out" ]; then
+    ln -sfn "$out" "$CACHE/bin/$name"
+    echo "ok $ver" > "$status"
+    echo "go-tools: $name $ver: cached"
+    return 0
+  fi
+  t0=$SECONDS
+  echo "go-tools: $name $ver: building (log: $log)"
+  {
+    echo "# $(date -u +%FT%TZ) building $pkg @ $module $ver with $(go version)"
+    echo "# step: download"
+  } > "$log"
+  if ! (cd "$dir" && go mod download -x "$module") >> "$log" 2>&1; then
+    echo "failed download $ver" > "$status"
+    echo "go-tools: $name: FAILED at step download (see $log)" >&2
+    return 1
+  fi
+  echo "# step: build" >> "$log"
+  mkdir -p "$CACHE/$name-$ver"
+  # Build to a temporary name, then rename: a half-written binary is never taken as cached.
+  if ! (cd "$dir" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" "$pkg") >> "$log" 2>&1; then
+    rm -f "$out.tmp"
+    echo "failed build $ver" > "$status"
+    echo "go-tools: $name: FAILED at step build (see $log)" >&2
+    return 1
+  fi
+  mv -f "$out.tmp" "$out"
+  ln -sfn "$out" "$CACHE/bin/$name"
+  echo "# built in $((SECONDS - t0))s" >> "$log"
+  echo "ok $ver" > "$status"
+  echo "go-tools: $name $ver: built in $((SECONDS - t0))s"
+}
+
+mkdir -p "$CACHE/bin"
+names=("$@"); [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
+failed=()
+for n in "${names[@]}"; do
+  if [ -z "${SPEC[$n]:-}" ]; then echo "go-tools: unknown tool '$n' (known: ${ORDER[*]})" >&2; exit 2; fi
+  build_one "$n" || failed+=("$n")
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "go-tools: NOT built: ${failed[*]} (tests needing them will fail naming the step; see $CACHE/<name>.build.log)" >&2
+fi
+exit 0

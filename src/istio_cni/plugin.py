@@ -1,53 +1,164 @@
 """The plugin's commands: cmd_add / cmd_check / cmd_del / cmd_status / cmd_gc.
 
-Until the Kubernetes lookup and netfilter commit land, ADD passes the previous
-plugin's result through unchanged (see README, "Status").
+ADD, in order (each step's module does the work; this file is the ladder):
+
+1. netconf -> ``PluginConf``; ``CNI_ARGS`` -> ``K8sArgs`` (unknown keys need IgnoreUnknown).
+2. Pass through, without contacting the API: not a Kubernetes pod; excluded namespace;
+   the node program's own pod.
+3. GET the pod (host netns; bounded retry; fail closed with code 11).
+4. ``decide``: skip (one log line with the reason) or redirect.
+5. ``redirect_from_pod`` -> ``RedirectConfig`` (a bad annotation fails the ADD).
+6. ``build`` -> ``RuleSet``; commit it inside the pod netns through the chosen backend.
+7. Hand ``prevResult`` on unchanged, in the caller's ``cniVersion``.
+
+CHECK recomputes what ADD would commit now and compares it with the netns; DEL removes
+what we own if the netns still exists and never contacts the API; STATUS reports
+whether the plugin can work at all; GC has no host-side state to collect.
 """
 
 from __future__ import annotations
 
+from . import errors
+from .config import SELF_POD_PREFIX, parse_conf, parse_k8s_args
 from .log import log
 from .versions import convert_result
 
 
-def _prev_result(args) -> dict:
-    conf = args.netconf
-    version = conf.get("cniVersion") or "0.1.0"
-    prev = conf.get("prevResult")
+def prev_result(netconf: dict) -> dict:
+    version = netconf.get("cniVersion") or "0.1.0"
+    prev = netconf.get("prevResult")
     if not prev:
         return {"cniVersion": version}
+    if not isinstance(prev, dict):
+        raise errors.InvalidNetworkConfig("prevResult must be an object", repr(prev)[:200])
     return convert_result(prev, version)
 
 
-def _configure_log(args) -> None:
-    conf = args.netconf
-    level = conf.get("plugin_log_level") or conf.get("log_level")
-    if level:
-        log.set_level(level)
-    log.bind(container=args.container_id)
+def _has_ipv6(result: dict) -> bool:
+    for ip in result.get("ips") or []:
+        if ":" in str(ip.get("address", "")):
+            return True
+    return bool(result.get("ip6"))
+
+
+def _setup(args):
+    conf = parse_conf(args.netconf)
+    log.set_level(conf.log_level)
+    k8s = parse_k8s_args(args.args)
+    log.bind(container=args.container_id[:12], pod=f"{k8s.pod_namespace}/{k8s.pod_name}")
+    return conf, k8s
+
+
+def _pass_through_reason(conf, k8s) -> str:
+    """Why this attachment needs no API lookup at all ("" when it does)."""
+    if not k8s.pod_name or not k8s.pod_namespace:
+        return "not a Kubernetes pod (no K8S_POD_NAME/K8S_POD_NAMESPACE in CNI_ARGS)"
+    if k8s.pod_namespace in conf.exclude_namespaces:
+        return f"namespace {k8s.pod_namespace} is excluded"
+    if conf.pod_namespace and k8s.pod_namespace == conf.pod_namespace and k8s.pod_name.startswith(SELF_POD_PREFIX):
+        return "the istio-cni node pod itself"
+    return ""
+
+
+def plan(conf, k8s, netconf: dict, get_pod=None):
+    """Look the pod up and decide: returns (RuleSet | None, reason). Shared by ADD/CHECK
+    and the node agent (which passes its cache-backed ``get_pod``)."""
+    from .decide import REDIRECT, decide
+
+    if get_pod is None:
+        from .k8s import get_pod as k8s_get_pod
+
+        def get_pod(ns, name):
+            return k8s_get_pod(conf, ns, name)
+
+    pod = get_pod(k8s.pod_namespace, k8s.pod_name)
+    verdict = decide(pod)
+    if verdict is not REDIRECT:
+        return None, verdict.reason
+    from .redirect import redirect_from_pod
+    from .rules.builder import build
+
+    cfg = redirect_from_pod(pod)
+    if _has_ipv6(prev_result(netconf)) and not cfg.enable_ipv6:
+        cfg = cfg.replace(enable_ipv6=True)
+    return build(cfg), "sidecar injected"
 
 
 def cmd_add(args) -> dict:
-    _configure_log(args)
-    log.debug("ADD", netns=args.netns, ifname=args.ifname)
-    return _prev_result(args)
+    conf, k8s = _setup(args)
+    result = prev_result(args.netconf)
+    reason = _pass_through_reason(conf, k8s)
+    if reason:
+        log.info("skipping pod", reason=reason)
+        return result
+    ruleset, reason = plan(conf, k8s, args.netconf)
+    if ruleset is None:
+        log.info("skipping pod", reason=reason)
+        return result
+    from . import netfilter
+
+    backend = netfilter.apply(args.netns, ruleset, preferred=conf.netfilter_backend)
+    log.info("redirect rules committed", netns=args.netns, backend=backend)
+    return result
 
 
 def cmd_check(args) -> None:
-    _configure_log(args)
+    conf, k8s = _setup(args)
+    if _pass_through_reason(conf, k8s):
+        return None
+    ruleset, reason = plan(conf, k8s, args.netconf)
+    if ruleset is None:
+        return None
+    from . import netfilter
+
+    diffs = netfilter.check(args.netns, ruleset, preferred=conf.netfilter_backend)
+    if diffs:
+        raise errors.RulesMismatch(
+            f"redirect rules in {args.netns} differ from what ADD would commit", "; ".join(diffs)
+        )
     return None
 
 
 def cmd_del(args) -> None:
-    _configure_log(args)
+    conf, _ = _setup(args)
+    if not args.netns:
+        return None
+    import os
+
+    if not os.path.exists(args.netns):
+        log.debug("netns gone, nothing to remove", netns=args.netns)
+        return None
+    from . import netfilter
+    from ._fastpath import NotANetns
+
+    try:
+        netfilter.remove(args.netns, preferred=conf.netfilter_backend)
+    except (FileNotFoundError, NotANetns):  # torn down between the check and the open
+        return None
     return None
 
 
 def cmd_status(args) -> None:
+    conf = parse_conf(args.netconf)
+    import os
+
+    if not os.access(conf.kubeconfig, os.R_OK):
+        raise errors.PluginNotAvailable(
+            "plugin kubeconfig missing or unreadable", f"{conf.kubeconfig} (is the istio-cni node agent running?)"
+        )
+    from . import netfilter
+
+    problem = netfilter.usable(conf.netfilter_backend)
+    if problem:
+        raise errors.PluginNotAvailable("no usable netfilter backend", problem)
     return None
 
 
 def cmd_gc(args) -> None:
+    # The plugin keeps no host-side state per attachment (rules live and die with the pod
+    # netns), so there is nothing to collect for attachments missing from
+    # cni.dev/valid-attachments.
+    parse_conf(args.netconf)
     return None
 
 

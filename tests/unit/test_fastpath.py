@@ -98,3 +98,54 @@ def test_entered_restores_on_error(fp, netns):
         with fp.Entered(f"/run/netns/{name}"):
             1 / 0
     assert os.stat("/proc/thread-self/ns/net").st_ino == home
+
+
+# ---- JSON codec: the compiled one must agree with the stdlib on every document ----------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, derandomize=True)
+@given(_json_values)
+def test_json_codec_matches_stdlib(value):
+    import json
+
+    encoded = json.dumps(value, ensure_ascii=False)
+    assert _fastpath.json_loads(encoded.encode("utf-8", "surrogatepass")) == json.loads(encoded)
+    assert json.loads(_fastpath.json_dumps(value)) == value
+    assert _fastpath.json_dumps(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@settings(max_examples=200, derandomize=True)
+@given(_json_values)
+def test_json_ascii_escaped_input(value):
+    import json
+
+    encoded = json.dumps(value, ensure_ascii=True, indent=1)
+    assert _fastpath.json_loads(encoded) == json.loads(encoded)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"", b"{", b"[1,]", b'{"a" 1}', b'{"a":1,}', b"01", b"1.", b"-", b"tru", b'"\x01"', b'"\\x"', b"[1] 2",
+     b"\xff", b'"\xc3"', b"NaN", b"{1:2}", b"[" * 600 + b"]" * 600],
+)
+def test_json_rejects_like_stdlib(bad):
+    with pytest.raises(ValueError):
+        _fastpath.json_loads(bad)
+
+
+def test_json_dumps_rejects_nan_and_odd_types():
+    with pytest.raises(ValueError):
+        _fastpath.json_dumps(float("nan"))
+    with pytest.raises(TypeError):
+        _fastpath.json_dumps({1: 2})
+    with pytest.raises(TypeError):
+        _fastpath.json_dumps(object())

@@ -1,0 +1,111 @@
+"""Crash-safe file writes: temp file in the same directory, fsync, rename, fsync the directory.
+
+kubelet and other CNI agents read the files we write at any moment, and the installer can be
+SIGKILLed mid-write, so a reader must only ever see the old content or the new content. Temp
+names start with a dot and end in ``.tmp.<pid>``: kubelet only loads ``*.conf``/``*.conflist``/
+``*.json``, so it never picks up a half-written temp file, and ``remove_stale_temps`` clears the
+leftovers of a crashed predecessor.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+TMP_MARK = ".tmp."
+
+
+def temp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
+
+
+def fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``; the file has ``mode`` from its first byte on."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; the caller's mode is exact
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def copy_atomic(src: Path | str, dst: Path | str) -> None:
+    """Copy a regular file (content and permission bits) to ``dst`` atomically."""
+    src, dst = Path(src), Path(dst)
+    tmp = temp_name(dst)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fchmod(fout.fileno(), os.stat(src).st_mode & 0o7777)
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(dst.parent)
+
+
+def remove_atomic(path: Path | str) -> bool:
+    """Unlink ``path`` (durably); False when it was already gone."""
+    path = Path(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+def remove_stale_temps(d: Path | str, names: tuple[str, ...] | None = None) -> list[str]:
+    """Delete our temp files left by a crashed run (only names that look like ours)."""
+    removed = []
+    try:
+        entries = list(os.scandir(d))
+    except FileNotFoundError:
+        return removed
+    for e in entries:
+        n = e.name
+        if not (n.startswith(".") and TMP_MARK in n):
+            continue
+        base = n[1:n.rindex(TMP_MARK)]
+        if names is not None and base not in names:
+            continue
+        if e.is_dir(follow_symlinks=False):
+            shutil.rmtree(e.path, ignore_errors=True)
+        else:
+            _unlink_quietly(Path(e.path))
+        removed.append(n)
+    return removed
+
+
+def _unlink_quietly(p: Path) -> None:
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        pass
