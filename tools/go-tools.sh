@@ -25,8 +25,9 @@ declare -A SPEC=(
   [cnitool]="github.com/containernetworking/cni github.com/containernetworking/cni/cnitool"
   [kube-apiserver]="k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-apiserver"
   [istio-cni]="istio.io/istio istio.io/istio/cni/cmd/istio-cni"
+  [portmap]="github.com/containernetworking/plugins github.com/containernetworking/plugins/plugins/meta/portmap"
 )
-ORDER=(istio-iptables helm cnitool kube-apiserver istio-cni)
+ORDER=(istio-iptables helm cnitool portmap kube-apiserver istio-cni)
 
 if ! command -v go >/dev/null; then
   echo "go-tools: 'go' not found on PATH; no Go tool can be built" >&2

@@ -7,6 +7,7 @@ PKGS=(
   nftables libnftables-dev                                       # libnftables
   containernetworking-plugins                                    # reference plugins in /usr/lib/cni
   iproute2 util-linux conntrack hyperfine etcd-server procps
+  openssl                                                        # test PKI (tests/peers/certs.py)
 )
 missing=()
 for p in "${PKGS[@]}"; do

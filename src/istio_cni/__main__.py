@@ -4,6 +4,10 @@ import sys
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "validate":  # the istio-validation init container
+        from .validate import main as validate_main
+
+        sys.exit(validate_main(sys.argv[2:]))
     from .plugin import FUNCS
     from .skel import plugin_main
 

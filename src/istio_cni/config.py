@@ -71,7 +71,8 @@ def parse_conf(conf: dict) -> PluginConf:
             "ambient mode is not supported by this plugin",
             "ambient_enabled=true; deploy upstream istio-cni for ambient, or set it to false",
         )
-    k8s = conf.get("kubernetes") or {}
+    k8s = conf.get("kubernetes")
+    k8s = {} if k8s is None else k8s
     if not isinstance(k8s, dict):
         raise errors.InvalidNetworkConfig("network config key 'kubernetes' must be an object", repr(k8s))
     run_dir = _get(conf, "cni_agent_run_dir", str, "") or ""

@@ -56,9 +56,14 @@ def _scalar(text: str):
 
 def _strip_comment(line: str) -> str:
     quote = ""
+    escaped = False
     for i, c in enumerate(line):
         if quote:
-            if c == quote:
+            if escaped:
+                escaped = False
+            elif c == "\\" and quote == '"':
+                escaped = True
+            elif c == quote:
                 quote = ""
         elif c in "\"'":
             quote = c

@@ -34,13 +34,6 @@ def prev_result(netconf: dict) -> dict:
     return convert_result(prev, version)
 
 
-def _has_ipv6(result: dict) -> bool:
-    for ip in result.get("ips") or []:
-        if ":" in str(ip.get("address", "")):
-            return True
-    return bool(result.get("ip6"))
-
-
 def _setup(args):
     conf = parse_conf(args.netconf)
     log.set_level(conf.log_level)
@@ -78,10 +71,9 @@ def plan(conf, k8s, netconf: dict, get_pod=None):
     from .redirect import redirect_from_pod
     from .rules.builder import build
 
-    cfg = redirect_from_pod(pod)
-    if _has_ipv6(prev_result(netconf)) and not cfg.enable_ipv6:
-        cfg = cfg.replace(enable_ipv6=True)
-    return build(cfg), "sidecar injected"
+    # The pod's addresses (from the primary CNI's result) decide IPv4/IPv6 as upstream does.
+    ips = [str(ip.get("address", "")) for ip in prev_result(netconf).get("ips") or []]
+    return build(redirect_from_pod(pod, pod_ips=ips)), "sidecar injected"
 
 
 def cmd_add(args) -> dict:
@@ -91,6 +83,12 @@ def cmd_add(args) -> dict:
     if reason:
         log.info("skipping pod", reason=reason)
         return result
+    if conf.agent_socket:
+        from .agent_client import try_agent
+
+        answer = try_agent(conf, args)  # None: agent absent/slow/broken -> direct path
+        if answer is not None:
+            return answer
     ruleset, reason = plan(conf, k8s, args.netconf)
     if ruleset is None:
         log.info("skipping pod", reason=reason)

@@ -94,10 +94,38 @@ def test_commit_twice_replaces_rules(netns, nft_bin):
 
 def test_unknown_group_name_fails_the_transaction(netns, nft_bin, tmp_path):
     # Fail closed: a name the node cannot resolve rejects the whole commit, nothing half-done.
+    from istio_cni.rules.config import RedirectConfig
+
     ns = netns("nftc")
-    cfg = config_for("outbound-owner-groups")
-    text = RuleSet(nft=build_nft(cfg)).nft_text()
-    group_file = _group_file_with([], tmp_path)  # the real groups, without "java"
+    missing = "icni-no-such-group"
+    group_file = _group_file_with([], tmp_path)  # this machine's groups, unchanged
+    assert f"\n{missing}:" not in "\n" + group_file.read_text()
+    text = RuleSet(nft=build_nft(RedirectConfig(owner_groups_include=f"202,{missing}"))).nft_text()
     res = _nft(ns, nft_bin, "-c", "-f", "-", stdin=text, group_file=group_file)
     assert res.returncode != 0
     assert "Group does not exist" in res.stderr
+
+
+def _plugin_cases():
+    from test_plugin_golden import CASES, STATUS_PORT_ANNOTATIONS, make_pod
+
+    pods = {case: make_pod(a, env, sec) for case, (_, a, env, sec) in CASES.items()}
+    pods["status-ports"] = make_pod(STATUS_PORT_ANNOTATIONS)
+    pods["dns-ipv6-dual-stack"] = make_pod({}, {"ISTIO_META_DNS_CAPTURE": "true", "ISTIO_DUAL_STACK": "true"})
+    return pods
+
+
+PLUGIN_PODS = _plugin_cases()
+
+
+@pytest.mark.parametrize("case", sorted(PLUGIN_PODS))
+def test_nft_accepts_plugin_pods(case, netns, nft_bin):
+    # What the plugin itself would commit in native-nftables mode: annotation layer first
+    # (capture-all DNS, TPROXY, custom ids), IPv6 on so both families' rules are checked.
+    from istio_cni.redirect import redirect_from_pod
+
+    ns = netns("nftc")
+    cfg = redirect_from_pod(PLUGIN_PODS[case], pod_ips=("169.254.10.2/24", "fd00::a:2/64"))
+    text = RuleSet(nft=build_nft(cfg)).nft_text()
+    res = _nft(ns, nft_bin, "-c", "-f", "-", stdin=text)
+    assert res.returncode == 0, f"nft rejected {case}:\n{res.stderr}\n--- transaction ---\n{text}"

@@ -14,7 +14,7 @@ import pytest
 
 CACHE = Path(os.environ.get("ISTIO_CNI_TOOLS_CACHE", Path.home() / ".cache" / "istio-cni-tools"))
 REPO = Path(__file__).resolve().parents[2]
-KNOWN = ("istio-iptables", "helm", "cnitool", "kube-apiserver", "istio-cni")
+KNOWN = ("istio-iptables", "helm", "cnitool", "portmap", "kube-apiserver", "istio-cni")
 
 
 def _read(path: Path) -> str | None:

@@ -95,3 +95,17 @@ def test_empty_owner_group_include_captures_nobody():
 
     nat = build_nft(RedirectConfig(owner_groups_include=""))[0]
     assert "add rule inet istio-proxy-nat istio-output counter return" in nat.statements
+
+
+@pytest.mark.parametrize("include", ["::1/128", "127.0.0.0/8"])
+def test_explicit_loopback_include_keeps_app_loopback_traffic_captured(include):
+    # Including a loopback range means "capture my lo traffic too": the per-owner
+    # "oifname lo skuid != X return" escape hatch must disappear (upstream HasLoopBackIP).
+    from istio_cni.rules.config import RedirectConfig
+
+    text = RuleSet(nft=build_nft(RedirectConfig(outbound_ip_ranges_include=include,
+                                                enable_ipv6=True))).nft_text()
+    assert "oifname lo skuid != 1337" not in text and "oifname lo skgid != 1337" not in text
+    plain = RuleSet(nft=build_nft(RedirectConfig(outbound_ip_ranges_include="10.0.0.0/8",
+                                                 enable_ipv6=True))).nft_text()
+    assert "oifname lo skuid != 1337 counter return" in plain

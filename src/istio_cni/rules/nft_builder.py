@@ -107,19 +107,16 @@ def _split_families(cidrs: tuple) -> tuple:
 
 def _has_loopback(cidrs: tuple) -> bool:
     """Upstream drops the "app to itself over lo" RETURNs when an included range starts at a
-    loopback address (the user asked to capture loopback traffic explicitly)."""
-    if not cidrs:
-        return False
-    import ipaddress  # lazily: only pods with explicit outbound ranges get here
-
-    return any(ipaddress.ip_interface(c).ip.is_loopback for c in cidrs)
+    loopback address (the user asked to capture loopback traffic explicitly). The config
+    has normalised the CIDRs (IPv6 compressed), so the address text is enough."""
+    return any(c.startswith("127.") or c.partition("/")[0] == "::1" for c in cidrs)
 
 
 def build_nft(cfg) -> tuple:
     """The ``inet`` tables for ``cfg`` (a ``RedirectConfig``), in upstream's order."""
     r = _Collector(cfg.enable_ipv6)
     include_all = cfg.outbound_ip_ranges_include == ("*",)
-    include_v4, include_v6 = (() , ()) if include_all else _split_families(
+    include_v4, include_v6 = ((), ()) if include_all else _split_families(
         cfg.outbound_ip_ranges_include
     )
     exclude_v4, exclude_v6 = _split_families(cfg.outbound_ip_ranges_exclude)

@@ -1,0 +1,126 @@
+"""Whole-process ADD as kubelet sees it: exec to exit, fresh pod netns per round, same API server.
+
+Compared in one run (ratios are checked by benchmarks/check_budgets.py):
+
+* ``add-direct``: our plugin (bundle launcher) ADDs an injected pod: pod GET over TLS, decide,
+  rules, commit in the netns. Also records the peak RSS of each exec (``wait4`` maxrss).
+* ``add-skip``: the same for a pod without a sidecar (pod GET, decide, no netfilter).
+* ``add-upstream-go``: upstream's Go istio-cni, same netconf, pod, API server and netns shape.
+* ``concurrent-64``: 64 ADDs at once on distinct namespaces (all must succeed); per-ADD p99.
+
+Namespaces are made in ``setup=`` (untimed) and each round's result is verified there too: a
+benchmark that timed a failing or no-op ADD would be worse than none.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import harness
+from harness import CONCURRENT, PLAIN_POD, REDIRECT_POD
+
+ROUNDS = int(os.environ.get("ISTIO_CNI_BENCH_ROUNDS", "30"))
+CONCURRENT_ROUNDS = int(os.environ.get("ISTIO_CNI_BENCH_CONCURRENT_ROUNDS", "3"))
+_ids = itertools.count()
+
+
+def _container_id() -> str:
+    return f"{os.getpid():x}{next(_ids):08x}".rjust(64, "0")
+
+
+def _bench_single_add(benchmark, plugin, pool, pod: str, verify) -> list:
+    """pedantic rounds of one ADD each; returns the per-round ProcResults."""
+    results = []
+
+    def setup():
+        if pool.made:
+            verify(pool.made[-1])
+        pool.recycle()
+        return (pool.new(),), {}
+
+    def checked_add(ns):
+        results.append(plugin.add(ns, pod, _container_id()))
+        results[-1].check(f"{plugin.label} ADD of {pod}")
+
+    benchmark.pedantic(checked_add, setup=setup, rounds=ROUNDS, warmup_rounds=2, iterations=1)
+    verify(pool.made[-1])
+    return results
+
+
+def _rss_info(results) -> dict:
+    rss = sorted(r.maxrss_kb for r in results)
+    return {"peak_rss_kb": rss[-1], "median_rss_kb": rss[len(rss) // 2]}
+
+
+def bench_add_redirected(benchmark, our_plugin, netns_pool, pod_ruleset, record):
+    backends = set()
+
+    def verify(ns):
+        backends.add(harness.assert_redirect_committed(ns, pod_ruleset, our_plugin.label))
+
+    results = _bench_single_add(benchmark, our_plugin, netns_pool, REDIRECT_POD, verify)
+    record(benchmark, "add-direct", launcher=our_plugin.launcher, backend=sorted(backends),
+           **_rss_info(results))
+
+
+def bench_add_skipped_pod(benchmark, our_plugin, netns_pool, record):
+    def verify(ns):
+        harness.assert_nothing_committed(ns, our_plugin.label)
+
+    results = _bench_single_add(benchmark, our_plugin, netns_pool, PLAIN_POD, verify)
+    record(benchmark, "add-skip", launcher=our_plugin.launcher, **_rss_info(results))
+
+
+def bench_add_upstream_go(benchmark, upstream_plugin, netns_pool, pod_ruleset, record):
+    backends = set()
+
+    def verify(ns):
+        backends.add(harness.assert_redirect_committed(ns, pod_ruleset, upstream_plugin.label))
+
+    results = _bench_single_add(benchmark, upstream_plugin, netns_pool, REDIRECT_POD, verify)
+    record(benchmark, "add-upstream-go", launcher=upstream_plugin.launcher,
+           backend=sorted(backends), **_rss_info(results))
+
+
+def run_concurrently(benchmark, pool, start_one, verify) -> dict:
+    """``CONCURRENT`` execs at once per round, each on its own fresh netns; returns info."""
+    latencies, failures = [], []
+    executor = ThreadPoolExecutor(max_workers=CONCURRENT)
+
+    def setup():
+        for ns in pool.made:
+            verify(ns)
+        pool.recycle()
+        return ([pool.new() for _ in range(CONCURRENT)],), {}
+
+    def burst(namespaces):
+        for r in executor.map(start_one, range(CONCURRENT), namespaces):
+            latencies.append(r.seconds)
+            if r.rc != 0:
+                failures.append(r)
+
+    try:
+        benchmark.pedantic(burst, setup=setup, rounds=CONCURRENT_ROUNDS, iterations=1)
+    finally:
+        executor.shutdown(wait=True)
+    if failures:
+        failures[0].check(f"{len(failures)} of {len(latencies)} concurrent execs failed; first")
+    for ns in pool.made:
+        verify(ns)
+    return {"execs": len(latencies), "failures": len(failures),
+            "p50_ms": harness.percentile(latencies, 50) * 1e3,
+            "p99_ms": harness.percentile(latencies, 99) * 1e3,
+            "max_ms": max(latencies) * 1e3}
+
+
+def bench_add_concurrent_64(benchmark, our_plugin, netns_pool, pod_ruleset, record):
+    def start_one(i, ns):
+        return our_plugin.add(ns, f"{REDIRECT_POD}-{i}", _container_id(), timeout=120)
+
+    def verify(ns):
+        harness.assert_redirect_committed(ns, pod_ruleset, our_plugin.label)
+
+    info = run_concurrently(benchmark, netns_pool, start_one, verify)
+    record(benchmark, "concurrent-64", launcher=our_plugin.launcher, **info)

@@ -1,0 +1,141 @@
+"""One plugin request, answered with the same code the plugin's direct path runs.
+
+``plan`` (decision ladder + rules) reads pods through a cache-backed getter; the commit
+goes through ``istio_cni.netfilter.apply``. Commits are serialised by one lock: libiptc
+is not thread-safe, and each commit enters the pod netns on the calling thread. A thread
+that could not restore its netns must never serve again, so that ends the process.
+
+Answers (see ``istio_cni.agent_client``): ``{"result"}``, ``{"error"}`` (fail the ADD),
+``{"fallback"}`` (the plugin goes direct): only when we cannot see the pod - a cache
+miss whose direct GET did not find it in time, or the API being unreachable from here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from istio_cni import errors
+from istio_cni.log import log
+
+# Answer this much before the plugin's own deadline, so the answer is read, not cut off.
+DEADLINE_MARGIN = 0.3
+MIN_BUDGET = 0.1
+RESTORE_FAILED_EXIT = 70
+
+
+class Fallback(Exception):
+    """We cannot decide for this pod; the plugin should use its direct path (message = why)."""
+
+
+def _default_apply(netns: str, ruleset, preferred: str) -> str:
+    from istio_cni import netfilter
+
+    return netfilter.apply(netns, ruleset, preferred=preferred)
+
+
+def _default_plan(conf, k8s, netconf, get_pod):
+    from istio_cni.plugin import plan
+
+    return plan(conf, k8s, netconf, get_pod=get_pod)
+
+
+class Handler:
+    """Turns decoded request bodies into answer dicts. ``cache``: a ``PodCache``-like object."""
+
+    def __init__(self, cache, *, plan=_default_plan, apply=_default_apply) -> None:
+        self.cache = cache
+        self.plan = plan
+        self.apply = apply
+        self.commit_lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+
+    def _count(self, outcome: str) -> None:
+        with self._counts_lock:
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def pod_getter(self, budget_end: float):
+        """``get_pod(ns, name)`` for ``plan``: cache, then one GET, then wait for the watch."""
+        def get_pod(namespace: str, name: str) -> dict:
+            pod = self.cache.get(namespace, name)
+            if pod is not None:
+                return pod
+            left = budget_end - time.monotonic()
+            try:
+                pod = self.cache.fetch(namespace, name, timeout=max(left, MIN_BUDGET))
+            except Exception as e:  # API unreachable from the agent: the plugin may do better
+                raise Fallback(f"pod {namespace}/{name} not cached and GET failed: {e!r}"[:400]) from None
+            if pod is None:
+                pod = self.cache.wait_for(namespace, name, max(budget_end - time.monotonic(), 0))
+            if pod is None:
+                raise Fallback(f"pod {namespace}/{name} not visible to the agent yet")
+            return pod
+        return get_pod
+
+    def handle(self, req: dict) -> dict:
+        """Answer one ``/v1/cni`` request body (already JSON-decoded)."""
+        started = time.monotonic()
+        try:
+            answer = self._handle(req, started)
+        except Fallback as e:
+            self._count("fallback")
+            log.info("agent cannot decide, plugin falls back", cause=str(e))
+            return {"fallback": str(e)}
+        except errors.CNIError as e:
+            self._count("error")
+            log.error(e.msg, code=e.code, details=e.details, container=str(req.get("container_id"))[:12])
+            return {"error": {"code": e.code, "msg": e.msg, "details": e.details}}
+        except Exception as e:  # an agent-side bug: the plugin's direct path may still work
+            self._count("fallback")
+            log.error("agent failed handling a request", error=repr(e)[:400])
+            return {"fallback": f"agent internal error: {e!r}"[:400]}
+        self._count("ok")
+        return answer
+
+    def _handle(self, req: dict, started: float) -> dict:
+        from istio_cni.config import parse_conf, parse_k8s_args
+        from istio_cni.plugin import prev_result
+        from istio_cni.skel import check_netns, decode_netconf
+
+        command = req.get("command")
+        if command != "ADD":
+            raise errors.InvalidEnvironmentVariables(f"the agent serves ADD only, not {command!r}")
+        for field in ("netns", "args", "stdin"):
+            if not isinstance(req.get(field), str):
+                raise errors.DecodingFailure(f"agent request field {field!r} missing or not a string")
+        deadline = req.get("deadline", 2.0)
+        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or deadline <= 0:
+            raise errors.DecodingFailure("agent request field 'deadline' must be a positive number",
+                                         repr(deadline))
+        netconf = decode_netconf(req["stdin"].encode())
+        conf = parse_conf(netconf)
+        k8s = parse_k8s_args(req["args"])
+        pod = f"{k8s.pod_namespace}/{k8s.pod_name}"
+        budget_end = started + max(deadline - DEADLINE_MARGIN, MIN_BUDGET)
+        ruleset, reason = self.plan(conf, k8s, netconf, self.pod_getter(budget_end))
+        result = prev_result(netconf)
+        if ruleset is None:
+            log.info("skipping pod", pod=pod, reason=reason, via="agent")
+            return {"result": result}
+        check_netns(req["netns"])
+        with self.commit_lock:
+            if time.monotonic() > budget_end:
+                # The plugin has given up and is committing itself; do not race it.
+                raise Fallback("agent queue too long: deadline passed before the commit")
+            backend = self._commit(req["netns"], ruleset, conf.netfilter_backend)
+        log.info("redirect rules committed", pod=pod, netns=req["netns"], backend=backend, via="agent",
+                 ms=round((time.monotonic() - started) * 1000, 2))
+        return {"result": result}
+
+    def _commit(self, netns: str, ruleset, preferred: str) -> str:
+        from istio_cni._fastpath import NetnsRestoreFailed
+
+        try:
+            return self.apply(netns, ruleset, preferred)
+        except NetnsRestoreFailed as e:
+            # This thread may now live in a pod's netns: serving on would commit the next
+            # pod's rules (or talk to the API) from the wrong namespace. Die; kubelet restarts us.
+            log.error("could not restore the agent's own netns; exiting", error=repr(e))
+            os._exit(RESTORE_FAILED_EXIT)

@@ -1,0 +1,93 @@
+"""The node program's process: settings -> services -> wait for SIGTERM -> shutdown policy.
+
+Services are objects with ``name``, ``start()`` and ``stop(deadline)``; they start in list
+order and stop in reverse. The node agent and repair controller join the list later
+(``extra_services``) without touching the installer.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from istio_cni.log import log
+
+from .health import HealthServer, Metrics
+from .installer import Installer
+from .upgrade import ApiClient, decide
+
+
+class App:
+    def __init__(self, settings, extra_services: list | None = None) -> None:
+        self.s = settings
+        self.metrics = Metrics()
+        self.installer = Installer(settings, self.metrics)
+        self.extra = list(extra_services or [])
+        self.services: list = []
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        self.services = [
+            HealthServer(self.metrics, self.s.bind_address, self.s.readiness_port, "readiness"),
+            HealthServer(self.metrics, self.s.bind_address, self.s.monitoring_port, "monitoring"),
+            self.installer,
+            *self.extra,
+        ]
+        started = []
+        try:
+            for svc in self.services:
+                svc.start()
+                started.append(svc)
+        except BaseException:
+            for svc in reversed(started):
+                svc.stop(time.monotonic() + 5)
+            raise
+
+    def shutdown(self) -> None:
+        """Stop services, then uninstall unless this is an upgrade/restart; bounded by the grace."""
+        grace = self.s.shutdown_grace_seconds or 25.0
+        deadline = time.monotonic() + grace
+        self.metrics.set_ready(False, "shutting down")
+        for svc in reversed(self.services):
+            if svc is self.installer or svc in self.extra:
+                svc.stop(deadline)
+        api_timeout = max(0.5, min(3.0, (deadline - time.monotonic()) / 4))
+        keep, reason = decide(self.s, ApiClient.from_settings(self.s, api_timeout))
+        if keep:
+            log.info("leaving plugin and config in place", reason=reason)
+        else:
+            log.info("uninstalling the plugin", reason=reason)
+            self.installer.uninstall()
+        for svc in reversed(self.services):
+            if isinstance(svc, HealthServer):
+                svc.stop(deadline)
+        self.installer.close()
+
+    def request_stop(self, *_args) -> None:
+        self.stopping.set()
+
+    def run_until_signal(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        while not self.stopping.wait(1.0):
+            if self.installer.error is not None:
+                log.error("installer failed; exiting so the pod restarts", error=str(self.installer.error))
+                self.shutdown()
+                return 1
+        log.info("termination signal received")
+        self.shutdown()
+        return 0
+
+
+def install_once(settings) -> dict[str, list[str]]:
+    """Install everything once without serving or watching (demo, init-container use).
+    Returns the remaining problems by part ({} of empty lists = installed)."""
+    inst = Installer(settings)
+    try:
+        inst.prepare()
+        inst.reconcile()
+        return inst.check()
+    finally:
+        inst.close()

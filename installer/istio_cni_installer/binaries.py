@@ -1,0 +1,135 @@
+"""Deploy the plugin bundle and its ``istio-cni`` launcher into the host CNI bin dir(s).
+
+On the host::
+
+    <bin>/istio-cni                    #!/bin/sh launcher (written atomically, last)
+    <bin>/istio-cni.d/<bundle id>/     the bundle, complete before the launcher points at it
+
+A new bundle goes into a temp directory that is renamed into place once every file is
+fsynced, and only then is the launcher swapped, so kubelet execs either the old complete
+bundle or the new complete one. The previous bundle is kept (an exec that started just before
+the swap may still be importing from it); older ones are deleted. Nothing else in the bin dir
+is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from istio_cni.log import log
+
+from .atomic import fsync_dir, remove_atomic, remove_stale_temps, write_atomic
+from .bundle import read_manifest
+
+PLUGIN = "istio-cni"
+BUNDLE_DIR = "istio-cni.d"
+COMPLETE = ".complete"
+
+
+def launcher_text(host_bundle: str, manifest: dict) -> str:
+    """The launcher for a bundle at ``host_bundle`` (the path the host's kubelet sees)."""
+    py = f"{host_bundle}/{manifest['python']}"
+    lib = f"{host_bundle}/{manifest['lib']}"
+    site = f"{host_bundle}/{manifest['site']}"
+    # LD_LIBRARY_PATH is read by ld.so at exec and again by every later dlopen, so it is dropped
+    # from the environment right away: programs the plugin runs must not see our libraries.
+    code = (f"import os,sys;os.environ.pop('LD_LIBRARY_PATH',None);sys.path.insert(0,{site!r});"
+            "from istio_cni.__main__ import main;main()")
+    return (
+        "#!/bin/sh\n"
+        f"# istio-cni plugin launcher written by install-cni (bundle {manifest['id']}).\n"
+        "# The host needs no Python: the bundled interpreter runs isolated (-I -S) with only\n"
+        "# the bundle on sys.path.\n"
+        f"LD_LIBRARY_PATH={shlex.quote(lib)}\n"
+        "export LD_LIBRARY_PATH\n"
+        f"exec {shlex.quote(py)} -I -S -c {shlex.quote(code)} \"$@\"\n"
+    )
+
+
+def _copy_tree_durably(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, symlinks=True)
+    for dirpath, _dirs, files in os.walk(dst):
+        for n in files:
+            p = os.path.join(dirpath, n)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+class Binaries:
+    """The plugin in one bin dir (``mounted`` here, ``host`` as kubelet sees it)."""
+
+    def __init__(self, bundle_dir: Path | str, mounted: str, host: str, update: bool = True) -> None:
+        self.bundle = Path(bundle_dir)
+        self.manifest = read_manifest(self.bundle)
+        self.dir = Path(mounted)
+        self.host = host.rstrip("/") or "/"
+        self.update = update
+        self.bundle_id = self.manifest["id"]
+        self.target = self.dir / BUNDLE_DIR / self.bundle_id
+        self.launcher = self.dir / PLUGIN
+        self.text = launcher_text(f"{self.host}/{BUNDLE_DIR}/{self.bundle_id}", self.manifest)
+
+    def check(self) -> list[str]:
+        problems = []
+        try:
+            have = self.launcher.read_text()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return [f"{self.launcher} missing"]
+        if not self.update:
+            return []
+        if have != self.text:
+            problems.append(f"{self.launcher} is not our launcher for bundle {self.bundle_id}")
+        if not os.access(self.launcher, os.X_OK):
+            problems.append(f"{self.launcher} is not executable")
+        if not (self.target / COMPLETE).exists() or not (self.target / self.manifest["python"]).exists():
+            problems.append(f"bundle {self.target} missing or incomplete")
+        return problems
+
+    def ensure(self) -> bool:
+        """Install or repair; True when something was written."""
+        if not self.check():
+            return False
+        if self.launcher.exists() and not self.update:
+            log.info("UPDATE_CNI_BINARIES=false: keeping the existing plugin", path=str(self.launcher))
+            return False
+        parent = self.dir / BUNDLE_DIR
+        parent.mkdir(exist_ok=True)
+        remove_stale_temps(parent)
+        remove_stale_temps(self.dir, (PLUGIN,))
+        if not (self.target / COMPLETE).exists() or not (self.target / self.manifest["python"]).exists():
+            shutil.rmtree(self.target, ignore_errors=True)
+            tmp = parent / f".{self.bundle_id}.tmp.{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            _copy_tree_durably(self.bundle, tmp)
+            write_atomic(tmp / COMPLETE, self.bundle_id + "\n")
+            os.rename(tmp, self.target)
+            fsync_dir(parent)
+        write_atomic(self.launcher, self.text, 0o755)
+        self._prune(parent)
+        log.info("plugin installed", launcher=str(self.launcher), bundle=self.bundle_id)
+        return True
+
+    def _prune(self, parent: Path) -> None:
+        others = [p for p in parent.iterdir() if p.is_dir() and p.name != self.bundle_id
+                  and not p.name.startswith(".")]
+        others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[1:]:  # keep the newest previous bundle for in-flight execs
+            shutil.rmtree(old, ignore_errors=True)
+
+    def remove(self) -> bool:
+        """Delete the launcher and our bundle dir; nothing else in the bin dir."""
+        removed = remove_atomic(self.launcher)
+        parent = self.dir / BUNDLE_DIR
+        if parent.is_dir():
+            shutil.rmtree(parent, ignore_errors=True)
+            removed = True
+        return removed

@@ -1,0 +1,118 @@
+"""Readiness (/readyz), liveness (/healthz) and Prometheus metrics (/metrics) over HTTP.
+
+``Metrics`` is the single place the node program records state; the servers only read it.
+/readyz is 200 only while the plugin, kubeconfig and conflist entry are all in place (the
+DaemonSet's readinessProbe, so a node whose primary CNI has not written its config yet never
+looks ready). /healthz fails when the main loop stopped taking heartbeats.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from istio_cni.log import log
+
+HEARTBEAT_STALE_SECONDS = 120.0
+
+
+class Metrics:
+    COUNTERS = {
+        "istio_cni_installs_total": "Install passes, by result.",
+        "istio_cni_drift_repairs_total": "Rewrites after another component changed our files, by part.",
+        "istio_cni_config_fights_total": "Times a component was detected reverting our config repeatedly.",
+    }
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[tuple[str, tuple], float] = {}
+        self.ready = False
+        self.not_ready_reason = "starting"
+        self.heartbeat = time.monotonic()
+        self.alive = True
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + amount
+
+    def get(self, name: str, **labels: str) -> float:
+        with self._lock:
+            return self._counters.get((name, tuple(sorted(labels.items()))), 0)
+
+    def set_ready(self, ready: bool, reason: str = "") -> None:
+        if ready != self.ready:
+            log.info("readiness changed", ready=ready, reason=reason)
+        self.ready, self.not_ready_reason = ready, ("" if ready else reason)
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    def healthy(self) -> bool:
+        return self.alive and time.monotonic() - self.heartbeat < HEARTBEAT_STALE_SECONDS
+
+    def render(self) -> str:
+        lines = []
+        with self._lock:
+            items = sorted(self._counters.items())
+        for name, text in self.COUNTERS.items():
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} counter")
+            for (n, labels), v in items:
+                if n == name:
+                    lab = ",".join(f'{k}="{val}"' for k, val in labels)
+                    lines.append(f"{name}{{{lab}}} {v:g}" if lab else f"{name} {v:g}")
+        lines.append("# HELP istio_cni_install_ready 1 while the plugin is installed and in place.")
+        lines.append("# TYPE istio_cni_install_ready gauge")
+        lines.append(f"istio_cni_install_ready {1 if self.ready else 0}")
+        return "\n".join(lines) + "\n"
+
+
+def _handler(metrics: Metrics):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            path = self.path.split("?", 1)[0]
+            if path == "/readyz":
+                ok = metrics.ready
+                self._reply(200 if ok else 503, "ok\n" if ok else f"not ready: {metrics.not_ready_reason}\n")
+            elif path == "/healthz":
+                ok = metrics.healthy()
+                self._reply(200 if ok else 503, "ok\n" if ok else "main loop stalled\n")
+            elif path == "/metrics":
+                self._reply(200, metrics.render(), "text/plain; version=0.0.4")
+            else:
+                self._reply(404, "not found\n")
+
+        def _reply(self, code: int, body: str, ctype: str = "text/plain") -> None:
+            data = body.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:  # probes every few seconds: keep the log quiet
+            pass
+
+    return Handler
+
+
+class HealthServer:
+    """A service: ``start()`` binds and serves in a thread, ``stop()`` shuts down."""
+
+    def __init__(self, metrics: Metrics, address: str, port: int, name: str = "health") -> None:
+        self.name = name
+        self.server = ThreadingHTTPServer((address, port), _handler(metrics))
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
+                                        name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("serving", service=self.name, address=self.server.server_address[0], port=self.port)
+
+    def stop(self, deadline: float | None = None) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,300 @@
+"""Installer settings from flags and environment (upstream names accepted), validated up front.
+
+Every setting has one flag and one or more environment names (the first is ours, the rest are
+upstream's spellings). A flag beats the environment, the environment beats the default. A bad
+value stops start-up with ``SettingError`` naming the setting and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+from istio_cni.value import Value
+
+
+class SettingError(ValueError):
+    def __init__(self, setting: str, value: object, reason: str) -> None:
+        self.setting, self.value, self.reason = setting, value, reason
+        super().__init__(f"invalid setting {setting}={value!r}: {reason}")
+
+
+# --- converters: (raw string) -> value, raising ValueError with a reason --------------------
+
+def _bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _mode(s: str) -> int:
+    try:
+        m = int(s, 8)
+    except ValueError:
+        raise ValueError("expected an octal file mode such as 600") from None
+    if not 0 <= m <= 0o777:
+        raise ValueError("file mode out of range 000..777")
+    return m
+
+
+def _port(s: str) -> int:
+    try:
+        p = int(s)
+    except ValueError:
+        raise ValueError("expected a TCP port number") from None
+    if not 0 <= p <= 65535:
+        raise ValueError("port out of range 0..65535")
+    return p
+
+
+def _csv(s: str) -> tuple:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def _level(s: str) -> str:
+    v = s.strip().lower()
+    if v not in ("debug", "info", "warn", "warning", "error", "none"):
+        raise ValueError("expected one of debug, info, warn, error, none")
+    return "warn" if v == "warning" else v
+
+
+def _path(s: str) -> str:
+    if any(c in s for c in "\n\0"):
+        raise ValueError("path contains a newline or NUL")
+    return s
+
+
+def _abs_path(s: str) -> str:
+    s = _path(s)
+    if s and not s.startswith("/"):
+        raise ValueError("expected an absolute path")
+    return s
+
+
+def _conf_name(s: str) -> str:
+    if "/" in s or s in (".", ".."):
+        raise ValueError("expected a file name, not a path")
+    return s
+
+
+def _seconds(s: str):
+    if s == "":
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if v <= 0:
+        raise ValueError("must be greater than zero")
+    return v
+
+
+def _choice(*allowed: str):
+    def conv(s: str) -> str:
+        v = s.strip().lower()
+        if v not in allowed:
+            raise ValueError("expected one of " + ", ".join(allowed))
+        return v
+    return conv
+
+
+def _str(s: str) -> str:
+    return s
+
+
+# (field, flag, env names, default, converter, help)
+SPECS = (
+    ("mounted_cni_net_dir", "--mounted-cni-net-dir", ("MOUNTED_CNI_NET_DIR",), "/host/etc/cni/net.d",
+     _abs_path, "host CNI config directory as mounted in this container"),
+    ("cni_net_dir", "--cni-net-dir", ("CNI_NET_DIR",), "/etc/cni/net.d",
+     _abs_path, "the same directory as the host sees it (used in templates)"),
+    ("cni_conf_name", "--cni-conf-name", ("CNI_CONF_NAME",), "",
+     _conf_name, "config file to modify; empty = the file kubelet would pick (waits for one)"),
+    ("chained", "--chained-cni-plugin", ("CHAINED_CNI_PLUGIN",), "true",
+     _bool, "insert into the primary conflist (true) or write a standalone file (false)"),
+    ("istio_owned_config", "--istio-owned-cni-config", ("ISTIO_OWNED_CNI_CONFIG",), "false",
+     _bool, "opt-in: write our own copy of the primary list (plus our entry) under the name below"),
+    ("istio_owned_config_filename", "--istio-owned-cni-config-filename",
+     ("ISTIO_OWNED_CNI_CONFIG_FILENAME",), "02-istio-cni.conflist",
+     _conf_name, "file name of the Istio-owned conflist (must sort before the primary's)"),
+    ("conflist_style", "--conflist-style", ("CONFLIST_STYLE",), "preserve",
+     _choice("preserve", "seed", "upstream"),
+     "file layout: preserve (keep key order and cniVersion), seed (2019 jq layout), "
+     "upstream (today's Go layout: sorted keys, .conf wrapped as cniVersion 0.3.1)"),
+    ("cni_network_config", "--cni-network-config", ("CNI_NETWORK_CONFIG",), "",
+     _str, "JSON template of our entry with __PLACEHOLDERS__ (default: generated)"),
+    ("cni_network_config_file", "--cni-network-config-file", ("CNI_NETWORK_CONFIG_FILE",), "",
+     _path, "file holding that template (wins over --cni-network-config)"),
+    ("mounted_cni_bin_dir", "--mounted-cni-bin-dir", ("MOUNTED_CNI_BIN_DIR",), "/host/opt/cni/bin",
+     _abs_path, "host CNI bin directory as mounted here"),
+    ("cni_bin_dir", "--cni-bin-dir", ("CNI_BIN_DIR",), "/opt/cni/bin",
+     _abs_path, "the same directory as the host sees it (the launcher execs by this path)"),
+    ("mounted_secondary_bin_dir", "--mounted-secondary-bin-dir", ("MOUNTED_SECONDARY_BIN_DIR",),
+     "/host/secondary-bin-dir", _abs_path, "optional second bin dir as mounted here; used when writable"),
+    ("secondary_bin_dir", "--secondary-bin-dir", ("SECONDARY_BIN_DIR",), "",
+     _abs_path, "host path of the second bin dir (default: mounted path without /host)"),
+    ("skip_cni_binaries", "--skip-cni-binaries", ("SKIP_CNI_BINARIES",), "",
+     _csv, "comma list of binaries not to install (istio-cni)"),
+    ("update_cni_binaries", "--update-cni-binaries", ("UPDATE_CNI_BINARIES",), "true",
+     _bool, "replace binaries already present (false: keep an existing istio-cni)"),
+    ("plugin_bundle_dir", "--plugin-bundle-dir", ("PLUGIN_BUNDLE_DIR",), "",
+     _abs_path, "prebuilt plugin bundle (python -m istio_cni_installer.bundle); default: "
+     "built from this interpreter at start"),
+    ("cni_agent_run_dir", "--cni-agent-run-dir", ("CNI_AGENT_RUN_DIR",), "/var/run/istio-cni",
+     _abs_path, "private run dir as the host/plugin sees it (kubeconfig lives here)"),
+    ("mounted_cni_agent_run_dir", "--mounted-cni-agent-run-dir", ("MOUNTED_CNI_AGENT_RUN_DIR",), "",
+     _abs_path, "the run dir as mounted here (default: same path)"),
+    ("kubecfg_file_name", "--kubecfg-file-name", ("KUBECFG_FILE_NAME", "KUBECONFIG_FILENAME"),
+     "istio-cni-kubeconfig", _conf_name, "kubeconfig file name inside the run dir"),
+    ("kubeconfig_mode", "--kubeconfig-mode", ("KUBECONFIG_MODE",), "600",
+     _mode, "octal mode of the kubeconfig"),
+    ("service_account_dir", "--service-account-dir", ("SERVICE_ACCOUNT_DIR",),
+     "/var/run/secrets/kubernetes.io/serviceaccount", _abs_path,
+     "projected service-account volume (token, ca.crt); watched for rotation"),
+    ("kube_ca_file", "--kube-ca-file", ("KUBE_CA_FILE",), "",
+     _abs_path, "CA embedded in the kubeconfig (default: ca.crt of the service account)"),
+    ("skip_tls_verify", "--skip-tls-verify", ("SKIP_TLS_VERIFY",), "false",
+     _bool, "write insecure-skip-tls-verify instead of the CA"),
+    ("k8s_service_host", "--kubernetes-service-host", ("KUBERNETES_SERVICE_HOST",), "",
+     _str, "API server address for the kubeconfig"),
+    ("k8s_service_port", "--kubernetes-service-port", ("KUBERNETES_SERVICE_PORT",), "443",
+     _port, "API server port"),
+    ("k8s_service_protocol", "--kubernetes-service-protocol", ("KUBERNETES_SERVICE_PROTOCOL",),
+     "https", _choice("https", "http"), "API server scheme"),
+    ("node_name", "--node-name", ("KUBERNETES_NODE_NAME", "NODE_NAME"), "",
+     _str, "this node (default: hostname)"),
+    ("log_level", "--log-level", ("LOG_LEVEL",), "info", _level, "installer log level"),
+    ("plugin_log_level", "--plugin-log-level", ("PLUGIN_LOG_LEVEL",), "",
+     lambda s: "" if s == "" else _level(s),
+     "plugin log level written into the entry (default: --log-level)"),
+    ("exclude_namespaces", "--exclude-namespaces", ("EXCLUDE_NAMESPACES",), "kube-system",
+     _csv, "comma list of namespaces the plugin never redirects"),
+    ("pod_namespace", "--pod-namespace", ("POD_NAMESPACE",), "istio-system",
+     _str, "namespace this installer runs in"),
+    ("pod_name", "--pod-name", ("POD_NAME",), "", _str, "this installer's pod (finds its DaemonSet)"),
+    ("daemonset_name", "--daemonset-name", ("INSTALLER_DAEMONSET_NAME",), "",
+     _str, "owning DaemonSet (default: from the pod's ownerReferences)"),
+    ("native_nftables", "--native-nftables", ("NATIVE_NFTABLES",), "false",
+     _bool, "entry field native_nftables"),
+    ("netfilter_backend", "--netfilter-backend", ("NETFILTER_BACKEND",), "auto",
+     _choice("auto", "iptc", "nft", "restore", "dry-run"), "entry field netfilter_backend"),
+    ("lookup_deadline_seconds", "--lookup-deadline-seconds", ("LOOKUP_DEADLINE_SECONDS",), "",
+     _seconds, "entry field: how long the plugin retries the pod lookup (omitted when unset)"),
+    ("lookup_retry_interval_seconds", "--lookup-retry-interval-seconds",
+     ("LOOKUP_RETRY_INTERVAL_SECONDS",), "", _seconds, "entry field: pause between lookups"),
+    ("bind_address", "--bind-address", ("BIND_ADDRESS",), "0.0.0.0",
+     _str, "address of the readiness and metrics servers"),
+    ("readiness_port", "--readiness-port", ("READINESS_PORT",), "8000",
+     _port, "port of /readyz and /healthz (0 = any free port)"),
+    ("monitoring_port", "--monitoring-port", ("MONITORING_PORT",), "15014",
+     _port, "port of /metrics (0 = any free port)"),
+    ("disable_safe_upgrade", "--disable-safe-upgrade", ("DISABLE_SAFE_UPGRADE",), "false",
+     _bool, "always clean up on SIGTERM, even when the DaemonSet still targets this node"),
+    ("shutdown_grace_seconds", "--shutdown-grace-seconds", ("SHUTDOWN_GRACE_SECONDS",), "25",
+     _seconds, "budget for cleanup after SIGTERM (keep below terminationGracePeriodSeconds)"),
+    ("repair_burst", "--repair-burst", ("REPAIR_BURST",), "10",
+     lambda s: _positive_int(s), "rewrites allowed back to back before rate limiting"),
+    ("repair_rate", "--repair-rate", ("REPAIR_RATE",), "20",
+     lambda s: _positive_float(s), "sustained rewrites per second once the burst is spent"),
+)
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if v < 1:
+        raise ValueError("must be at least 1")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not v > 0:
+        raise ValueError("must be greater than zero")
+    return v
+
+
+class Settings(Value):
+    __slots__ = tuple(s[0] for s in SPECS)
+
+    @property
+    def run_dir(self) -> str:
+        """Where this process writes the run dir (the mount), vs ``cni_agent_run_dir`` (host)."""
+        return self.mounted_cni_agent_run_dir or self.cni_agent_run_dir
+
+    @property
+    def kubeconfig_host_path(self) -> str:
+        return f"{self.cni_agent_run_dir.rstrip('/')}/{self.kubecfg_file_name}"
+
+    @property
+    def effective_plugin_log_level(self) -> str:
+        return self.plugin_log_level or self.log_level
+
+    def bin_dirs(self) -> list[tuple[str, str]]:
+        """(mounted path, host path) of every bin dir to install into."""
+        dirs = [(self.mounted_cni_bin_dir, self.cni_bin_dir)]
+        sec = self.mounted_secondary_bin_dir
+        if sec and os.path.isdir(sec) and os.access(sec, os.W_OK) and sec != self.mounted_cni_bin_dir:
+            host = self.secondary_bin_dir or (sec[len("/host"):] if sec.startswith("/host/") else sec)
+            dirs.append((sec, host))
+        return dirs
+
+
+def _env_help(env: tuple) -> str:
+    return "env " + " / ".join(env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="install-cni",
+        description="Install the istio-cni plugin on this node and keep it installed: deploys the "
+        "self-contained plugin bundle into the CNI bin dir(s), writes the plugin kubeconfig into "
+        "the private run dir, inserts the istio-cni entry into the primary CNI conflist, repairs "
+        "drift within milliseconds (inotify), serves /readyz /healthz /metrics, and on SIGTERM "
+        "removes everything unless the DaemonSet still targets this node (upgrade/restart).",
+        epilog="Every flag can also be set through the environment variable(s) named in its help; "
+        "a flag wins over the environment.",
+    )
+    for field, flag, env, default, _conv, text in SPECS:
+        p.add_argument(flag, dest=field, default=None, metavar="VALUE",
+                       help=f"{text} [{_env_help(env)}; default {default!r}]")
+    return p
+
+
+def parse(argv: list[str] | None = None, env: dict | None = None) -> Settings:
+    env = os.environ if env is None else env
+    ns = build_parser().parse_args(argv)
+    values = {}
+    for field, flag, names, default, conv, _text in SPECS:
+        raw, name = getattr(ns, field), flag
+        if raw is None:
+            raw, name = default, names[0]
+            for n in names:
+                if n in env:
+                    raw, name = env[n], n
+                    break
+        try:
+            values[field] = conv(raw)
+        except ValueError as e:
+            raise SettingError(name, raw, str(e)) from None
+    if not values["node_name"]:
+        values["node_name"] = socket.gethostname()
+    if values["cni_network_config"] or values["cni_network_config_file"]:
+        from .cniconfig import load_template  # validated here so a bad template stops start-up
+        try:
+            load_template(values["cni_network_config"], values["cni_network_config_file"])
+        except ValueError as e:
+            which = "CNI_NETWORK_CONFIG_FILE" if values["cni_network_config_file"] else "CNI_NETWORK_CONFIG"
+            raise SettingError(which, values[which.lower()][:80], str(e)) from None
+    if not values["chained"] and values["istio_owned_config"]:
+        raise SettingError("ISTIO_OWNED_CNI_CONFIG", "true", "needs CHAINED_CNI_PLUGIN=true")
+    return Settings(**values)

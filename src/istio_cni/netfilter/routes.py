@@ -1,0 +1,168 @@
+"""TPROXY policy routing over raw rtnetlink (no pyroute2, no ``ip`` exec).
+
+For each ``PolicyRoute(family, fwmark, table)``:
+``ip [-6] rule add fwmark M lookup T`` and ``ip [-6] route add local default dev lo table T``.
+Runs on a netlink socket opened inside the current (pod) netns. Adding is idempotent: the
+route is sent with NLM_F_REPLACE, an existing identical rule (EEXIST) counts as done.
+"""
+
+from __future__ import annotations
+
+import _socket
+import _struct
+
+from ..errors import NetfilterError
+
+NETLINK_ROUTE = 0
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+F_REQUEST, F_ACK, F_DUMP = 0x1, 0x4, 0x300
+F_REPLACE, F_EXCL, F_CREATE = 0x100, 0x200, 0x400
+FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 10, 15, 16
+RTA_OIF, RTA_TABLE = 4, 15
+FR_ACT_TO_TBL = 1
+RTN_LOCAL, RTPROT_BOOT, RT_SCOPE_HOST = 2, 3, 254
+EEXIST, ENOENT, ESRCH = 17, 2, 3
+AF = {4: 2, 6: 10}  # AF_INET, AF_INET6
+
+
+def _attr(kind: int, value: int) -> bytes:
+    return _struct.pack("<HHI", 8, kind, value)
+
+
+def _rule_msg(r) -> bytes:
+    # struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags
+    hdr = _struct.pack("<BBBBBBBBI", AF[r.family], 0, 0, 0, r.table if r.table < 256 else 252,
+                       0, 0, FR_ACT_TO_TBL, 0)
+    return hdr + _attr(FRA_FWMARK, r.fwmark) + _attr(FRA_TABLE, r.table)
+
+
+def _route_msg(r) -> bytes:
+    # struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
+    hdr = _struct.pack("<BBBBBBBBI", AF[r.family], 0, 0, 0, r.table if r.table < 256 else 252,
+                       RTPROT_BOOT, RT_SCOPE_HOST, RTN_LOCAL, 0)
+    return hdr + _attr(RTA_OIF, _socket.if_nametoindex("lo")) + _attr(RTA_TABLE, r.table)
+
+
+class Netlink:
+    def __init__(self) -> None:
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
+                                   NETLINK_ROUTE)
+        self.sock.settimeout(2.0)  # the kernel answers at once; never hang an ADD
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, kind: int, flags: int, body: bytes) -> list:
+        """Send one message; return the payloads of the answer ([] for an ack)."""
+        self.seq += 1
+        msg = _struct.pack("<IHHII", 16 + len(body), kind, F_REQUEST | flags, self.seq, 0) + body
+        self.sock.send(msg)
+        out = []
+        while True:
+            data = self.sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _f, seq, _pid = _struct.unpack_from("<IHHII", data, off)
+                payload = data[off + 16:off + length]
+                off += (length + 3) & ~3
+                if seq != self.seq:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    err = -_struct.unpack_from("<i", payload)[0]
+                    if err:
+                        raise OSError(err, _os_strerror(err))
+                    return out
+                if mtype == NLMSG_DONE:
+                    return out
+                out.append((mtype, payload))
+            if not flags & F_DUMP and not flags & F_ACK:
+                return out
+
+
+def _os_strerror(err: int) -> str:
+    import os
+
+    return os.strerror(err)
+
+
+def _attrs(payload: bytes, start: int) -> dict:
+    out = {}
+    off = start
+    while off + 4 <= len(payload):
+        length, kind = _struct.unpack_from("<HH", payload, off)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = payload[off + 4:off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+def _u32(b: bytes | None):
+    return _struct.unpack("<I", b[:4])[0] if b else None
+
+
+def program(routes) -> None:
+    if not routes:
+        return
+    nl = Netlink()
+    try:
+        for r in routes:
+            try:
+                nl.request(RTM_NEWRULE, F_ACK | F_CREATE | F_EXCL, _rule_msg(r))
+            except OSError as e:
+                if e.errno != EEXIST:
+                    raise NetfilterError("policy rule add failed",
+                                         f"fwmark {r.fwmark} lookup {r.table}: {e.strerror}", e.errno)
+            try:
+                nl.request(RTM_NEWROUTE, F_ACK | F_CREATE | F_REPLACE, _route_msg(r))
+            except OSError as e:
+                raise NetfilterError("local route add failed",
+                                     f"table {r.table}: {e.strerror}", e.errno) from None
+    finally:
+        nl.close()
+
+
+def missing(routes) -> list:
+    """Descriptions of the policy rules/routes of ``routes`` not present in the netns."""
+    if not routes:
+        return []
+    nl = Netlink()
+    try:
+        out = []
+        for fam in sorted({r.family for r in routes}):
+            body = _struct.pack("<BBBBBBBBI", AF[fam], 0, 0, 0, 0, 0, 0, 0, 0)
+            rules = {(_u32(a.get(FRA_FWMARK)), _u32(a.get(FRA_TABLE)))
+                     for _, p in nl.request(RTM_GETRULE, F_DUMP, body) for a in [_attrs(p, 12)]}
+            local = {_u32(a.get(RTA_TABLE)) for _, p in nl.request(RTM_GETROUTE, F_DUMP, body)
+                     if p[7] == RTN_LOCAL and p[1] == 0 for a in [_attrs(p, 12)]}
+            for r in routes:
+                if r.family != fam:
+                    continue
+                if (r.fwmark, r.table) not in rules:
+                    out.append(f"IPv{fam} policy rule 'fwmark {r.fwmark} lookup {r.table}' missing")
+                if r.table not in local:
+                    out.append(f"IPv{fam} route 'local default dev lo table {r.table}' missing")
+        return out
+    finally:
+        nl.close()
+
+
+def remove(routes) -> None:
+    """Delete ``routes``' rules and local routes; absent ones are fine."""
+    if not routes:
+        return
+    nl = Netlink()
+    try:
+        for r in routes:
+            for kind, body in ((RTM_DELRULE, _rule_msg(r)), (RTM_DELROUTE, _route_msg(r))):
+                try:
+                    nl.request(kind, F_ACK, body)
+                except OSError as e:
+                    if e.errno not in (ENOENT, ESRCH):
+                        raise NetfilterError("policy routing removal failed", e.strerror, e.errno)
+    finally:
+        nl.close()

@@ -1,0 +1,230 @@
+"""Plugin side of the agent protocol against a scripted Unix-socket peer (no root, no kernel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+
+import pytest
+
+from istio_cni import agent_client, errors
+from istio_cni.config import parse_conf
+from istio_cni.log import log
+from istio_cni.skel import CmdArgs
+
+NETCONF = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "istio-cni",
+           "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "169.254.10.2/24"}]}}
+
+
+class Peer:
+    """Accepts connections on ``path``; ``reply(request_bytes) -> bytes | None`` (None: hang up)."""
+
+    def __init__(self, path: str, reply) -> None:
+        self.path, self.reply = path, reply
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.sock.settimeout(5)
+        self.release = threading.Event()  # ends a "slow" reply early at teardown
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _read_request(self, conn) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(4096)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
+        while len(body) < length:
+            body += conn.recv(4096)
+        return head + b"\r\n\r\n" + body
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                req = self._read_request(conn)
+                self.requests.append(req)
+                out = self.reply(req, self)
+                if out is not None:
+                    conn.sendall(out)
+
+    def body(self, i: int = 0) -> dict:
+        return json.loads(self.requests[i].partition(b"\r\n\r\n")[2])
+
+    def close(self) -> None:
+        self.release.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
+
+
+def http(body: bytes | dict, status: str = "200 OK") -> bytes:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return tmp_path
+
+
+@pytest.fixture
+def conf(run_dir):
+    return parse_conf(dict(NETCONF, cni_agent_run_dir=str(run_dir), agent_timeout_seconds=0.5))
+
+
+@pytest.fixture
+def args():
+    stdin = json.dumps(NETCONF).encode()
+    return CmdArgs("ADD", "c0ffee" * 8, "/run/netns/x", "eth0",
+                   "K8S_POD_NAMESPACE=default;K8S_POD_NAME=p;IgnoreUnknown=1", "/opt/cni/bin", NETCONF, stdin)
+
+
+@pytest.fixture
+def peer(run_dir):
+    made = []
+
+    def start(reply):
+        p = Peer(str(run_dir / "agent.sock"), reply)
+        made.append(p)
+        return p
+
+    yield start
+    for p in made:
+        p.close()
+
+
+@pytest.fixture(autouse=True)
+def logs():
+    """The plugin's log lines of this test (log.stream bound to stderr at import; swap it)."""
+    import io
+
+    saved, stream = list(log.sinks), log.stream
+    log.stream = io.StringIO()
+    yield log.stream
+    log.sinks[:] = saved
+    log.stream = stream
+
+
+def test_missing_socket_means_direct_path(conf, args):
+    assert not os.path.exists(conf.agent_socket)
+    assert agent_client.try_agent(conf, args) is None
+
+
+def test_result_is_returned_and_request_carries_the_raw_invocation(conf, args, peer):
+    result = {"cniVersion": "1.0.0", "ips": [{"address": "169.254.10.2/24"}]}
+    p = peer(lambda req, _: http({"result": result}))
+    assert agent_client.try_agent(conf, args) == result
+    head = p.requests[0].split(b"\r\n")[0]
+    assert head == b"POST /v1/cni HTTP/1.1"
+    body = p.body()
+    assert body["stdin"] == args.stdin.decode()  # verbatim, not re-encoded
+    assert body["command"] == "ADD" and body["netns"] == "/run/netns/x"
+    assert body["args"] == args.args and body["container_id"] == args.container_id
+    assert body["deadline"] == 0.5
+
+
+def test_cni_error_answer_fails_the_add(conf, args, peer):
+    peer(lambda req, _: http({"error": {"code": 100, "msg": "netfilter operation failed",
+                                        "details": "iptc commit: EPERM"}}))
+    with pytest.raises(errors.NetfilterError) as e:
+        agent_client.try_agent(conf, args)
+    assert e.value.code == 100 and e.value.details == "iptc commit: EPERM"
+
+
+def test_annotation_error_keeps_its_class(conf, args, peer):
+    peer(lambda req, _: http({"error": {"code": 102, "msg": "bad annotation traffic.sidecar.istio.io/x"}}))
+    with pytest.raises(errors.InvalidAnnotation, match="traffic.sidecar.istio.io/x"):
+        agent_client.try_agent(conf, args)
+
+
+def test_fallback_answer_means_direct_path(conf, args, peer, logs):
+    peer(lambda req, _: http({"fallback": "pod default/p not visible to the agent yet"}))
+    assert agent_client.try_agent(conf, args) is None
+    assert "not visible to the agent yet" in logs.getvalue()
+
+
+def test_refused_connection_means_direct_path(conf, args, logs):
+    # A socket file nobody listens on (agent crashed without unlinking it) -> ECONNREFUSED.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(conf.agent_socket)
+    s.close()
+    assert agent_client.try_agent(conf, args) is None
+    assert "ConnectionRefusedError" in logs.getvalue()
+
+
+def test_slow_agent_times_out_to_direct_path(conf, args, peer, logs):
+    def slow(req, p):
+        p.release.wait(10)  # far beyond the 0.5 s agent_timeout; released at teardown
+        return None
+
+    p = peer(slow)
+    assert agent_client.try_agent(conf, args) is None
+    assert len(p.requests) == 1
+    assert "no answer within 0.5 s" in logs.getvalue()
+
+
+def test_agent_dying_mid_request_means_direct_path(conf, args, peer, logs):
+    peer(lambda req, _: None)  # read the request, hang up without a word
+    assert agent_client.try_agent(conf, args) is None
+    assert "before a complete HTTP header" in logs.getvalue()
+
+
+@pytest.mark.parametrize("raw, why", [
+    (http(b"not json"), "not JSON"),
+    (http(b"[1,2]"), "not a JSON object"),
+    (http({"error": {"code": 4242, "msg": "?"}}), "unknown CNI error code 4242"),
+    (http({"error": {"code": "100"}}), "without an integer code"),
+    (http({"something": 1}), "neither result, error nor fallback"),
+    (http({"result": "ok"}), "neither result, error nor fallback"),
+    (http({"message": "boom"}, "500 Internal Server Error"), "HTTP 500"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}", "truncated"),
+    (b"SSH-2.0-OpenSSH\r\n\r\n", "malformed status line"),
+])
+def test_malformed_answers_mean_direct_path(conf, args, peer, logs, raw, why):
+    peer(lambda req, _: raw)
+    assert agent_client.try_agent(conf, args) is None
+    assert why in logs.getvalue()
+
+
+def test_logs_are_forwarded_once_at_exit(conf, args, peer):
+    p = peer(lambda req, _: http({"fallback": "nope"}))
+    assert agent_client.try_agent(conf, args) is None  # attaches the sink, logs the fallback
+    log.info("direct path committed", netns="/run/netns/x")
+    buf = next(s for s in log.sinks if isinstance(s, agent_client._LogBuffer))
+    buf.flush()
+    buf.flush()  # nothing new: no second request
+    assert len(p.requests) == 2
+    assert p.requests[1].startswith(b"POST /v1/log HTTP/1.1")
+    lines = p.requests[1].partition(b"\r\n\r\n")[2].decode().splitlines()
+    msgs = [json.loads(x)["msg"] for x in lines]
+    assert msgs == ["node agent unusable, falling back to the direct path", "direct path committed"]
+
+
+def test_sink_attached_only_once(conf, args, peer):
+    peer(lambda req, _: http({"result": {"cniVersion": "1.0.0"}}))
+    agent_client.try_agent(conf, args)
+    agent_client.try_agent(conf, args)
+    assert sum(isinstance(s, agent_client._LogBuffer) for s in log.sinks) == 1
+
+
+def test_client_module_stays_lean():
+    import subprocess
+    import sys
+
+    code = ("import sys, istio_cni.agent_client; "
+            "bad = [m for m in ('json','http.client','kubernetes','orjson','logging','dataclasses','typing') "
+            "if m in sys.modules]; print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
