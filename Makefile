@@ -41,7 +41,7 @@ go-tools:
 	@tools/go-tools.sh
 
 demo: setup
-	$(PY) -m istio_cni.devtools.demo
+	$(PY) tools/demo.py
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -217,7 +217,7 @@ def get_pod(conf, namespace: str, name: str, sleep=time.sleep, client=None) -> d
             last = f"HTTP {e.status} {e.reason}" + (f": {msg}" if msg else "")
         except (OSError, ValueError) as e:  # refused, reset, timeout, TLS failure, bad JSON
             last = f"{type(e).__name__}: {e}"
-        log.warning("pod lookup failed, retrying", pod=f"{namespace}/{name}", attempt=attempt,
+        log.warning("pod lookup failed, retrying", attempt=attempt,
                     attempts=conf.lookup_attempts, cause=last)
         if attempt < conf.lookup_attempts:
             sleep(conf.retry_interval)

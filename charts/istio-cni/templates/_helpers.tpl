@@ -29,15 +29,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/*
-Platform: the `platform` value, or "gke" when the server version says so (GKE nodes keep CNI
-binaries in /home/kubernetes/bin because /opt is read-only there).
+Platform preset name. Not guessed from the server version: `helm template` cannot see it, and an
+explicit choice renders the same everywhere.
 */}}
 {{- define "istio-cni.platform" -}}
-{{- if .Values.platform -}}
 {{- .Values.platform -}}
-{{- else if contains "-gke" .Capabilities.KubeVersion.Version -}}
-gke
-{{- end -}}
 {{- end -}}
 
 {{/*

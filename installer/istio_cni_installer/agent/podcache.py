@@ -175,6 +175,9 @@ class PodCache:
             raise
         self._resp = resp
         try:
+            # stop() sets the flag, then closes _resp: one of the two always catches us.
+            if self._stop.is_set():
+                return
             for line in _lines(resp):
                 if self._stop.is_set():
                     return

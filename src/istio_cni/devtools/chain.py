@@ -71,31 +71,40 @@ class Chain:
 
     def __init__(self, conflist: dict, *, container_id: str, netns: str, ifname: str = "eth0",
                  cni_path: str = "/usr/lib/cni", cni_args: str = "", host_netns: str | None = None,
-                 extra_env: dict | None = None) -> None:
+                 extra_env: dict | None = None, run_in_caller_netns: tuple = ("istio-cni",)) -> None:
+        # Plugins named in run_in_caller_netns run in the caller's netns instead of host_netns:
+        # istio-cni only reads the API (on 127.0.0.1 in tests) and enters the pod netns; it never
+        # changes the netns it runs in, unlike bridge, which must stay in the stand-in "node".
         self.conflist = conflist
+        self.caller_netns_plugins = tuple(run_in_caller_netns)
         self.kw = dict(container_id=container_id, netns=netns, ifname=ifname, cni_path=cni_path,
                        cni_args=cni_args, host_netns=host_netns, extra_env=extra_env)
         self.result: dict | None = None
         self.per_plugin: list[tuple[str, dict | None]] = []
 
+    def _kw(self, ptype: str) -> dict:
+        if ptype in self.caller_netns_plugins:
+            return {**self.kw, "host_netns": None}
+        return self.kw
+
     def add(self) -> dict | None:
         prev = None
         self.per_plugin = []
         for plugin in self.conflist["plugins"]:
-            prev = exec_plugin(plugin["type"], "ADD", plugin_conf(self.conflist, plugin, prev), **self.kw)
+            prev = exec_plugin(plugin["type"], "ADD", plugin_conf(self.conflist, plugin, prev), **self._kw(plugin["type"]))
             self.per_plugin.append((plugin["type"], prev))
         self.result = prev
         return prev
 
     def check(self) -> None:
         for plugin in self.conflist["plugins"]:
-            exec_plugin(plugin["type"], "CHECK", plugin_conf(self.conflist, plugin, self.result), **self.kw)
+            exec_plugin(plugin["type"], "CHECK", plugin_conf(self.conflist, plugin, self.result), **self._kw(plugin["type"]))
 
     def delete(self) -> None:
         errors = []
         for plugin in reversed(self.conflist["plugins"]):
             try:
-                exec_plugin(plugin["type"], "DEL", plugin_conf(self.conflist, plugin, self.result), **self.kw)
+                exec_plugin(plugin["type"], "DEL", plugin_conf(self.conflist, plugin, self.result), **self._kw(plugin["type"]))
             except PluginFailed as e:  # keep going: DEL is best effort across the chain
                 errors.append(e)
         if errors:

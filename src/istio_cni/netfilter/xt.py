@@ -78,13 +78,10 @@ def _cidr(tok: str, family: int) -> tuple:
 def _id(tok: str, kind: str, names) -> tuple:
     """uid/gid or range ``a-b``; names go through ``names(kind, name)``."""
     lo, sep, hi = tok.partition("-")
-    ids = []
-    for part in (lo, hi) if sep else (lo,):
-        if part.isdigit():
-            ids.append(int(part))
-        else:
-            ids.append(names(kind, part))
-    return (ids[0], ids[-1])
+    if sep and lo.isdigit() and hi.isdigit():
+        return (int(lo), int(hi))
+    n = int(tok) if tok.isdigit() else names(kind, tok)
+    return (n, n)
 
 
 def system_names(kind: str, name: str) -> int:

@@ -1,0 +1,212 @@
+"""Check the pod-start budgets in one pytest-benchmark JSON run; print the tables.
+
+    python benchmarks/check_budgets.py RUN.json [--markdown OUT.md]
+
+Budgets are ratios between figures of the same run (absolute times are information only,
+because this machine's speed moves by tens of percent between runs):
+
+* direct-path ADD median  <= 1.0 x upstream's Go plugin median (baseline 2, the upstream
+  restore pipeline, when the Go plugin was not measured: the table says so)
+* agent-path ADD median   <= 0.5 x the same reference
+* skipped-pod ADD median  <= 0.5 x our redirected ADD median
+* plugin peak RSS         <= 30 MiB (max ``peak_rss_kb`` of our ADD benchmarks)
+* 64 concurrent ADDs      every exec succeeded
+
+Benchmarks are found by ``extra_info["role"]`` (benchmarks/conftest.py ``record``); a budget
+whose figure is missing counts as failed ("not measured" is not "within budget"). Exit
+status: 0 all budgets met, 1 a budget missed or not measured, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REFERENCE_ROLES = ("add-upstream-go", "baseline-upstream-pipeline")
+RSS_LIMIT_KB = 30 * 1024
+RSS_ROLES = ("add-direct", "add-skip")
+
+
+class Budget:
+    """``role``'s median must be at most ``max_ratio`` x the first present reference role."""
+
+    def __init__(self, title: str, role: str, references: tuple, max_ratio: float) -> None:
+        self.title, self.role, self.references, self.max_ratio = title, role, references, max_ratio
+
+
+RATIO_BUDGETS = (
+    Budget("direct-path ADD median", "add-direct", REFERENCE_ROLES, 1.0),
+    Budget("agent-path ADD median", "add-agent", REFERENCE_ROLES, 0.5),
+    Budget("skipped-pod ADD median", "add-skip", ("add-direct",), 0.5),
+)
+
+
+class BadInput(ValueError):
+    """The file is not a usable pytest-benchmark JSON run."""
+
+
+class Row:
+    __slots__ = ("budget", "measured", "limit", "detail", "status")
+
+    def __init__(self, budget, measured, limit, detail, status):
+        self.budget, self.measured, self.limit, self.detail, self.status = budget, measured, limit, detail, status
+
+
+def load(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot read benchmark JSON {path}: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise BadInput(f"{path} is not pytest-benchmark JSON (no 'benchmarks' list)")
+    for i, b in enumerate(data["benchmarks"]):
+        stats = b.get("stats") if isinstance(b, dict) else None
+        if not isinstance(stats, dict) or not all(isinstance(stats.get(k), (int, float))
+                                                  for k in ("median", "min", "max", "rounds")):
+            raise BadInput(f"{path}: benchmark #{i} ({b.get('name') if isinstance(b, dict) else b!r}) "
+                           "lacks stats median/min/max/rounds")
+        b.setdefault("name", f"#{i}")
+    return data
+
+
+def by_role(benchmarks: list) -> tuple[dict, list[str]]:
+    """role -> benchmark; plus notes (duplicates, agent benchmark matched by name)."""
+    roles, notes = {}, []
+    for b in benchmarks:
+        role = (b.get("extra_info") or {}).get("role")
+        if not role:
+            continue
+        if role in roles:
+            notes.append(f"role {role!r} appears twice ({roles[role]['name']}, {b['name']}); using the last")
+        roles[role] = b
+    if "add-agent" not in roles:
+        # bench_agent.py may predate the role convention: take an unambiguous agent ADD by name.
+        named = [b for b in benchmarks if "agent" in b["name"] and "direct" not in b["name"]
+                 and any(w in b["name"] for w in ("add", "path")) and "rss" not in b["name"]
+                 and not (b.get("extra_info") or {}).get("role")]
+        if len(named) == 1:
+            roles["add-agent"] = named[0]
+            notes.append(f"agent-path ADD taken by name: {named[0]['name']} (set extra_info role='add-agent')")
+    return roles, notes
+
+
+def median_ms(b: dict) -> float:
+    return b["stats"]["median"] * 1e3
+
+
+def evaluate(data: dict) -> tuple[list[Row], list[str]]:
+    roles, notes = by_role(data["benchmarks"])
+    rows = []
+    for budget in RATIO_BUDGETS:
+        ref_role = next((r for r in budget.references if r in roles), None)
+        if budget.role not in roles or ref_role is None:
+            missing = budget.role if budget.role not in roles else " / ".join(budget.references)
+            rows.append(Row(budget.title, "-", f"<= {budget.max_ratio:g}x", f"not measured: {missing}", "MISSING"))
+            continue
+        if ref_role != budget.references[0]:
+            notes.append(f"{budget.title}: reference is {ref_role} ({budget.references[0]} was not measured)")
+        mine, ref = median_ms(roles[budget.role]), median_ms(roles[ref_role])
+        ratio = mine / ref
+        rows.append(Row(budget.title, f"{mine:.1f} ms", f"<= {budget.max_ratio:g}x {ref_role} ({ref:.1f} ms)",
+                        f"ratio {ratio:.2f}", "PASS" if ratio <= budget.max_ratio else "FAIL"))
+    rss = [(roles[r]["extra_info"]["peak_rss_kb"], r) for r in RSS_ROLES
+           if r in roles and "peak_rss_kb" in roles[r].get("extra_info", {})]
+    if rss:
+        peak, role = max(rss)
+        rows.append(Row("plugin peak RSS", f"{peak / 1024:.1f} MiB", f"<= {RSS_LIMIT_KB / 1024:g} MiB",
+                        f"max over rounds of {role}", "PASS" if peak <= RSS_LIMIT_KB else "FAIL"))
+    else:
+        rows.append(Row("plugin peak RSS", "-", f"<= {RSS_LIMIT_KB / 1024:g} MiB",
+                        "not measured: peak_rss_kb of add-direct", "MISSING"))
+    conc = roles.get("concurrent-64")
+    if conc is None:
+        rows.append(Row("64 concurrent ADDs", "-", "all succeed", "not measured: concurrent-64", "MISSING"))
+    else:
+        info = conc["extra_info"]
+        detail = f"p99 {info.get('p99_ms', float('nan')):.1f} ms, wall median {median_ms(conc):.0f} ms"
+        base = roles.get("concurrent-64-baseline-upstream-pipeline")
+        if base:
+            detail += (f" (baseline 2: p99 {base['extra_info'].get('p99_ms', float('nan')):.1f} ms, "
+                       f"wall {median_ms(base):.0f} ms)")
+        ok = info.get("failures", 1) == 0 and info.get("execs", 0) > 0
+        rows.append(Row("64 concurrent ADDs", f"{info.get('execs', 0) - info.get('failures', 0)}/"
+                        f"{info.get('execs', 0)} ok", "all succeed", detail, "PASS" if ok else "FAIL"))
+    return rows, notes
+
+
+def _info_cell(b: dict) -> str:
+    info = dict(b.get("extra_info") or {})
+    for k in ("role", "api_server_note"):
+        info.pop(k, None)
+    parts = []
+    if "peak_rss_kb" in info:
+        parts.append(f"peak RSS {info.pop('peak_rss_kb') / 1024:.1f} MiB")
+        info.pop("median_rss_kb", None)
+    if "p99_ms" in info:
+        parts.append(f"p99 {info.pop('p99_ms'):.1f} ms")
+        info.pop("p50_ms", None)
+        info.pop("max_ms", None)
+    parts += [f"{k}={v}" for k, v in info.items()]
+    return "; ".join(parts)
+
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+                     + [fmt.format(*r) for r in rows])
+
+
+def report(data: dict, rows: list[Row], notes: list[str], markdown: bool = False) -> str:
+    bench_rows = [[b["name"], (b.get("extra_info") or {}).get("role", ""), f"{median_ms(b):.2f}",
+                   f"{b['stats']['min'] * 1e3:.2f}", f"{b['stats']['max'] * 1e3:.2f}",
+                   str(b["stats"]["rounds"]), _info_cell(b)] for b in data["benchmarks"]]
+    machine = data.get("machine_info") or {}
+    cpu = (machine.get("cpu") or {}).get("brand_raw", "?")
+    parts = [
+        f"Machine: {machine.get('node', '?')}, {cpu}, {(machine.get('cpu') or {}).get('count', '?')} CPUs, "
+        f"{machine.get('system', '?')} {machine.get('release', '?')}, "
+        f"Python {machine.get('python_version', '?')}; run at {data.get('datetime', '?')}",
+        "",
+        _table(["benchmark", "role", "median ms", "min ms", "max ms", "rounds", "info"], bench_rows, markdown),
+        "",
+        _table(["budget", "measured", "limit", "detail", "status"],
+               [[r.budget, r.measured, r.limit, r.detail, r.status] for r in rows], markdown),
+    ]
+    apis = sorted({(b.get("extra_info") or {}).get("api_server_note") for b in data["benchmarks"]} - {None})
+    notes = notes + [f"API server: {a}" for a in apis]
+    if notes:
+        parts += [""] + [f"- {n}" for n in notes]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("json", type=Path, help="pytest-benchmark --benchmark-json output")
+    p.add_argument("--markdown", type=Path, help="also write the tables as Markdown to this file")
+    args = p.parse_args(argv)
+    try:
+        data = load(args.json)
+        rows, notes = evaluate(data)
+    except BadInput as e:
+        print(f"check_budgets: {e}", file=sys.stderr)
+        return 2
+    print(report(data, rows, notes))
+    if args.markdown:
+        args.markdown.write_text(report(data, rows, notes, markdown=True))
+    failed = [r.budget for r in rows if r.status != "PASS"]
+    if failed:
+        print(f"BUDGETS MISSED OR NOT MEASURED: {', '.join(failed)}")
+        return 1
+    print("all budgets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
