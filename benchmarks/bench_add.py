@@ -3,10 +3,13 @@
 Compared in one run (ratios are checked by benchmarks/check_budgets.py):
 
 * ``add-direct``: our plugin (bundle launcher) ADDs an injected pod: pod GET over TLS, decide,
-  rules, commit in the netns. Also records the peak RSS of each exec (``wait4`` maxrss).
+  rules, commit in the netns.
 * ``add-skip``: the same for a pod without a sidecar (pod GET, decide, no netfilter).
 * ``add-upstream-go``: upstream's Go istio-cni, same netconf, pod, API server and netns shape.
 * ``concurrent-64``: 64 ADDs at once on distinct namespaces (all must succeed); per-ADD p99.
+* ``rss-direct`` / ``rss-upstream-go``: peak RSS of one plugin exec (redirected and skipped
+  pods; max over rounds) under ``/usr/bin/time -f %M``, apart from the timed benchmarks so the
+  wrapper never inflates a compared time.
 
 Namespaces are made in ``setup=`` (untimed) and each round's result is verified there too: a
 benchmark that timed a failing or no-op ADD would be worse than none.
@@ -30,8 +33,9 @@ def _container_id() -> str:
     return f"{os.getpid():x}{next(_ids):08x}".rjust(64, "0")
 
 
-def _bench_single_add(benchmark, plugin, pool, pod: str, verify) -> list:
-    """pedantic rounds of one ADD each; returns the per-round ProcResults."""
+def _bench_single_add(benchmark, plugin, pool, pod, verify, rss: bool = False) -> list:
+    """pedantic rounds of one ADD each (``pod`` may be a callable of the round number);
+    returns the per-round ProcResults."""
     results = []
 
     def setup():
@@ -41,17 +45,13 @@ def _bench_single_add(benchmark, plugin, pool, pod: str, verify) -> list:
         return (pool.new(),), {}
 
     def checked_add(ns):
-        results.append(plugin.add(ns, pod, _container_id()))
-        results[-1].check(f"{plugin.label} ADD of {pod}")
+        name = pod(len(results)) if callable(pod) else pod
+        results.append(plugin.add(ns, name, _container_id(), rss=rss))
+        results[-1].check(f"{plugin.label} ADD of {name}")
 
     benchmark.pedantic(checked_add, setup=setup, rounds=ROUNDS, warmup_rounds=2, iterations=1)
     verify(pool.made[-1])
     return results
-
-
-def _rss_info(results) -> dict:
-    rss = sorted(r.maxrss_kb for r in results)
-    return {"peak_rss_kb": rss[-1], "median_rss_kb": rss[len(rss) // 2]}
 
 
 def bench_add_redirected(benchmark, our_plugin, netns_pool, pod_ruleset, record):
@@ -61,16 +61,15 @@ def bench_add_redirected(benchmark, our_plugin, netns_pool, pod_ruleset, record)
         backends.add(harness.assert_redirect_committed(ns, pod_ruleset, our_plugin.label))
 
     results = _bench_single_add(benchmark, our_plugin, netns_pool, REDIRECT_POD, verify)
-    record(benchmark, "add-direct", launcher=our_plugin.launcher, backend=sorted(backends),
-           **_rss_info(results))
+    record(benchmark, "add-direct", launcher=our_plugin.launcher, backend=sorted(backends))
 
 
 def bench_add_skipped_pod(benchmark, our_plugin, netns_pool, record):
     def verify(ns):
         harness.assert_nothing_committed(ns, our_plugin.label)
 
-    results = _bench_single_add(benchmark, our_plugin, netns_pool, PLAIN_POD, verify)
-    record(benchmark, "add-skip", launcher=our_plugin.launcher, **_rss_info(results))
+    _bench_single_add(benchmark, our_plugin, netns_pool, PLAIN_POD, verify)
+    record(benchmark, "add-skip", launcher=our_plugin.launcher)
 
 
 def bench_add_upstream_go(benchmark, upstream_plugin, netns_pool, pod_ruleset, record):
@@ -79,9 +78,8 @@ def bench_add_upstream_go(benchmark, upstream_plugin, netns_pool, pod_ruleset, r
     def verify(ns):
         backends.add(harness.assert_redirect_committed(ns, pod_ruleset, upstream_plugin.label))
 
-    results = _bench_single_add(benchmark, upstream_plugin, netns_pool, REDIRECT_POD, verify)
-    record(benchmark, "add-upstream-go", launcher=upstream_plugin.launcher,
-           backend=sorted(backends), **_rss_info(results))
+    _bench_single_add(benchmark, upstream_plugin, netns_pool, REDIRECT_POD, verify)
+    record(benchmark, "add-upstream-go", launcher=upstream_plugin.launcher, backend=sorted(backends))
 
 
 def run_concurrently(benchmark, pool, start_one, verify) -> dict:
@@ -124,3 +122,36 @@ def bench_add_concurrent_64(benchmark, our_plugin, netns_pool, pod_ruleset, reco
 
     info = run_concurrently(benchmark, netns_pool, start_one, verify)
     record(benchmark, "concurrent-64", launcher=our_plugin.launcher, **info)
+
+
+def _alternate(i: int) -> str:
+    return REDIRECT_POD if i % 2 == 0 else PLAIN_POD
+
+
+def _verify_either(ruleset, who):
+    def verify(ns):
+        try:
+            harness.assert_redirect_committed(ns, ruleset, who)
+        except AssertionError:
+            harness.assert_nothing_committed(ns, who)
+    return verify
+
+
+def _rss_info(results) -> dict:
+    rss = sorted(r.maxrss_kb for r in results)
+    by_pod = {"redirected": max(r.maxrss_kb for r in results[0::2]),
+              "skipped": max(r.maxrss_kb for r in results[1::2])} if len(results) > 1 else {}
+    return {"peak_rss_kb": rss[-1], "median_rss_kb": rss[len(rss) // 2],
+            **{f"peak_rss_kb_{k}": v for k, v in by_pod.items()}}
+
+
+def bench_peak_rss_ours(benchmark, our_plugin, netns_pool, pod_ruleset, record):
+    results = _bench_single_add(benchmark, our_plugin, netns_pool, _alternate,
+                                _verify_either(pod_ruleset, our_plugin.label), rss=True)
+    record(benchmark, "rss-direct", launcher=our_plugin.launcher, **_rss_info(results))
+
+
+def bench_peak_rss_upstream_go(benchmark, upstream_plugin, netns_pool, pod_ruleset, record):
+    results = _bench_single_add(benchmark, upstream_plugin, netns_pool, _alternate,
+                                _verify_either(pod_ruleset, upstream_plugin.label), rss=True)
+    record(benchmark, "rss-upstream-go", launcher=upstream_plugin.launcher, **_rss_info(results))

@@ -9,7 +9,7 @@ because this machine's speed moves by tens of percent between runs):
   restore pipeline, when the Go plugin was not measured: the table says so)
 * agent-path ADD median   <= 0.5 x the same reference
 * skipped-pod ADD median  <= 0.5 x our redirected ADD median
-* plugin peak RSS         <= 30 MiB (max ``peak_rss_kb`` of our ADD benchmarks)
+* plugin peak RSS         <= 30 MiB (``peak_rss_kb`` of ``rss-direct``: max over its rounds)
 * 64 concurrent ADDs      every exec succeeded
 
 Benchmarks are found by ``extra_info["role"]`` (benchmarks/conftest.py ``record``); a budget
@@ -26,7 +26,7 @@ from pathlib import Path
 
 REFERENCE_ROLES = ("add-upstream-go", "baseline-upstream-pipeline")
 RSS_LIMIT_KB = 30 * 1024
-RSS_ROLES = ("add-direct", "add-skip")
+RSS_ROLES = ("rss-direct",)
 
 
 class Budget:
@@ -119,7 +119,7 @@ def evaluate(data: dict) -> tuple[list[Row], list[str]]:
                         f"max over rounds of {role}", "PASS" if peak <= RSS_LIMIT_KB else "FAIL"))
     else:
         rows.append(Row("plugin peak RSS", "-", f"<= {RSS_LIMIT_KB / 1024:g} MiB",
-                        "not measured: peak_rss_kb of add-direct", "MISSING"))
+                        "not measured: peak_rss_kb of rss-direct", "MISSING"))
     conc = roles.get("concurrent-64")
     if conc is None:
         rows.append(Row("64 concurrent ADDs", "-", "all succeed", "not measured: concurrent-64", "MISSING"))

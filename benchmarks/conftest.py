@@ -129,14 +129,15 @@ class Plugin:
         self.label, self.bin_dir, self.run_dir, self.launcher = label, bin_dir, run_dir, launcher
         self.exe = bin_dir / "istio-cni"
 
-    def add(self, ns: harness.PodNetns, pod: str, container_id: str, timeout: float = 60.0):
+    def add(self, ns: harness.PodNetns, pod: str, container_id: str, timeout: float = 60.0,
+            rss: bool = False):
         from istio_cni._fastpath import json_dumps
 
         env = harness.cni_env(str(self.bin_dir), ns, pod, container_id)
         conf = harness.netconf(str(self.run_dir), ns.prev_result())
         stdin = json_dumps(conf)
         return harness.run_process([self.exe], env, stdin if isinstance(stdin, bytes) else stdin.encode(),
-                                   timeout=timeout)
+                                   timeout=timeout, rss=rss)
 
 
 def _our_bin_dir(base: Path) -> tuple[Path, str]:

@@ -1,8 +1,10 @@
 """What every ADD benchmark shares: exec a CNI plugin like kubelet does, fresh pod netns, pods.
 
 * ``run_process``: fork/exec one program with stdin/stdout/stderr on memfds (no pipes, so no
-  deadlock and no reader threads in the timed part) and reap it with ``wait4``, which also
-  yields that one process's peak RSS (``ru_maxrss``). A watchdog kills it after ``timeout``.
+  deadlock and no reader threads in the timed part) and reap it with ``wait4``. A watchdog kills
+  it after ``timeout``. With ``rss=True`` it runs under ``/usr/bin/time -f %M`` for the
+  program's peak RSS: ``wait4``'s own ``ru_maxrss`` is useless here, because a child forked (or
+  vforked) from the large pytest process starts out charged with the parent's resident pages.
 * ``PodNetns``: a named netns that looks like a pod after the primary CNI ran: ``lo`` up and
   ``eth0`` (a veth whose peer also stays inside the netns, never in the host's) holding a
   documentation-range address (upstream's plugin refuses a netns without a non-link-local
@@ -19,6 +21,7 @@ import time
 
 from istio_cni.devtools import netns as nsutil
 
+TIME = "/usr/bin/time"  # GNU time (Debian package ``time``), for peak RSS
 POD_SUBNET = "192.0.2"  # TEST-NET-1, only ever assigned inside benchmark namespaces
 POD_NAMESPACE = "bench"
 NODE_NAME = "bench-node"
@@ -64,9 +67,16 @@ def _drain(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def run_process(argv, env: dict, stdin: bytes = b"", timeout: float = 60.0) -> ProcResult:
-    """Exec ``argv`` with exactly ``env``; wall time covers fork+exec to reaped exit."""
+def run_process(argv, env: dict, stdin: bytes = b"", timeout: float = 60.0,
+                rss: bool = False) -> ProcResult:
+    """Exec ``argv`` with exactly ``env``; wall time covers fork+exec to reaped exit.
+
+    ``maxrss_kb`` is the program's peak RSS in KiB when ``rss`` is true, else None.
+    """
     fds = [_memfd("stdin", stdin), _memfd("stdout"), _memfd("stderr")]
+    if rss:
+        fds.append(_memfd("rss"))
+        argv = [TIME, "-f", "%M", "-o", f"/proc/{os.getpid()}/fd/{fds[3]}", *argv]
     try:
         t0 = time.perf_counter()
         proc = subprocess.Popen([str(a) for a in argv], stdin=fds[0], stdout=fds[1],
@@ -80,13 +90,19 @@ def run_process(argv, env: dict, stdin: bytes = b"", timeout: float = 60.0) -> P
         watchdog = threading.Timer(timeout, kill)
         watchdog.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _usage = os.wait4(proc.pid, 0)
         finally:
             watchdog.cancel()
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        maxrss = None
+        if rss:
+            text = _drain(fds[3]).decode().split()
+            if not text or not text[-1].isdigit():
+                raise AssertionError(f"{TIME} reported no peak RSS for {argv}: {text!r}")
+            maxrss = int(text[-1])
         return ProcResult(argv, proc.returncode, _drain(fds[1]), _drain(fds[2]), seconds,
-                          usage.ru_maxrss, killed.is_set())
+                          maxrss, killed.is_set())
     finally:
         for fd in fds:
             os.close(fd)

@@ -49,19 +49,33 @@ def launcher_text(host_bundle: str, manifest: dict) -> str:
     )
 
 
+def _syncfs(d: Path) -> None:
+    """Flush the whole filesystem holding ``d`` in one call: far cheaper than an fsync per file
+    for a bundle of ~1000 files, with the same guarantee before the rename that publishes it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.syncfs(fd) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"syncfs {d}: {os.strerror(e)}")
+    finally:
+        os.close(fd)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # The bundle is content-addressed and never modified in place, so when source and bin dir
+    # share a filesystem (node images that pre-stage bundles, tests) a hard link is a safe copy.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _copy_tree_durably(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, symlinks=True)
-    for dirpath, _dirs, files in os.walk(dst):
-        for n in files:
-            p = os.path.join(dirpath, n)
-            if os.path.islink(p):
-                continue
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
+    shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    _syncfs(dst)
 
 
 class Binaries:

@@ -72,8 +72,9 @@ def project_token(sa_dir: Path, files: dict[str, bytes]) -> None:
     ``name -> ..data/name``; the previous timestamped directory is then deleted."""
     sa_dir.mkdir(parents=True, exist_ok=True)
     old = os.readlink(sa_dir / "..data") if (sa_dir / "..data").is_symlink() else None
-    n = len(list(sa_dir.glob("..20*")))
-    ts = sa_dir / f"..2026_11_26_00_00_{n:02d}.{os.getpid()}"
+    import time
+
+    ts = sa_dir / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
     ts.mkdir()
     for name, data in files.items():
         (ts / name).write_bytes(data)

@@ -49,6 +49,7 @@ class MiniAPI:
         self.events: list[dict] = []
         self.requests: list[tuple[str, str]] = []
         self.fail_gets = 0  # next N single-pod GETs answer 503
+        self.delay_gets = 0.0  # the next single-pod GET waits this long (bounded by stop())
         self._cond = threading.Condition()
         self._generation = 0  # bumped by drop_watches()
         self._stopping = threading.Event()
@@ -181,6 +182,9 @@ class _Handler(BaseHTTPRequestHandler):
                                     "metadata": {"resourceVersion": rv}, "items": items})
         m = POD.match(url.path)
         if m and not m.group(3):
+            delay, self.api.delay_gets = self.api.delay_gets, 0.0
+            if delay:
+                self.api._stopping.wait(delay)
             if self.api.fail_gets > 0:
                 self.api.fail_gets -= 1
                 return self._send(503, status(503, "ServiceUnavailable", "injected"))

@@ -192,3 +192,26 @@ def test_real_authorizer_grants_least_privilege(api, namespace, applied_rbac, mo
     assert not allowed(ns, ns, "get", "daemonsets", group="apps", name="kube-proxy")
     assert not allowed("kube-system", ns, "get", "daemonsets", group="apps", name="istio-cni-node")
     assert not allowed(ns, ns, "delete", "daemonsets", group="apps", name="istio-cni-node")
+
+
+def test_helm_install_and_uninstall_on_the_real_api_server(api, namespace, helm, control_plane):
+    from chartlib import CHART
+
+    kc = ["--kubeconfig", str(control_plane.kubeconfig), "--namespace", namespace]
+    out = helm.run("install", "istio-cni", str(CHART), *kc, "--set", "platform=k3s").stdout
+    assert "STATUS: deployed" in out
+    assert "CNI bin dir:       /var/lib/rancher/k3s/data/current/bin" in out  # NOTES.txt
+    assert f"kubectl -n {namespace} rollout status daemonset/istio-cni-node" in out
+    try:
+        code, ds = api.request("GET", f"/apis/apps/v1/namespaces/{namespace}/daemonsets/istio-cni-node")
+        assert code == 200 and ds["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert ds["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"] == \
+            "/var/lib/rancher/k3s/data/current/bin"
+    finally:
+        helm.run("uninstall", "istio-cni", *kc)
+    for path in (f"/apis/apps/v1/namespaces/{namespace}/daemonsets/istio-cni-node",
+                 f"/api/v1/namespaces/{namespace}/configmaps/istio-cni-config",
+                 "/apis/rbac.authorization.k8s.io/v1/clusterroles/istio-cni",
+                 "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/istio-cni-repair"):
+        code, _ = api.request("GET", path)
+        assert code == 404, f"{path} left behind by helm uninstall"

@@ -224,11 +224,13 @@ def test_pod_customisation_values(render):
     assert pod["spec"]["affinity"]["nodeAffinity"]
     assert pod["spec"]["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "x",
                                            "effect": "NoSchedule"}]
-    assert pod["spec"]["nodeSelector"] == {"pool": "a"}
+    # Helm merges maps with the defaults (set a key to null to drop it)
+    assert pod["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "a"}
     assert pod["spec"]["priorityClassName"] == "high"
     assert pod["spec"]["hostNetwork"] is True and pod["spec"]["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert m.daemonset["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
-    assert m.container["resources"] == {"limits": {"memory": "256Mi"}}
+    assert m.container["resources"] == {"requests": {"cpu": "100m", "memory": "100Mi"},
+                                        "limits": {"memory": "256Mi"}}
     assert {"name": "EXTRA", "value": "5"} in m.container["env"]
 
 
@@ -249,14 +251,3 @@ def test_resource_quota_for_critical_pods(render, default_manifests):
     quota = render({"resourceQuota": {"enabled": True, "pods": 100}}).get("ResourceQuota")
     assert quota["spec"]["hard"] == {"pods": "100"}
     assert quota["spec"]["scopeSelector"]["matchExpressions"][0]["values"] == ["system-node-critical"]
-
-
-def test_notes_render(helm, values_dir):
-    from chartlib import CHART, NAMESPACE
-    # `helm install --dry-run` renders NOTES.txt; template does not. No cluster is contacted
-    # with --dry-run=client.
-    out = helm.run("install", "istio-cni", str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
-                   "--kube-version", "v1.32.0", "--set", "platform=openshift").stdout
-    assert "NOTES:" in out
-    assert "CNI bin dir:       /var/lib/cni/bin" in out
-    assert "NetworkAttachmentDefinition" in out

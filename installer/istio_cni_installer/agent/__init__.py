@@ -12,7 +12,7 @@ import threading
 
 from istio_cni.log import log
 
-from .handler import Handler
+from .handler import Handler, warm_up
 from .podcache import PodCache
 from .server import AgentServer
 
@@ -63,6 +63,10 @@ class NodeAgent:
                 break
         if self._stopped.is_set():
             return
+        try:
+            warm_up()
+        except Exception as e:  # a broken import will show on the first request too; serve anyway
+            log.error("agent warm-up import failed", error=repr(e)[:300])
         self.server.start()
         self._serving.set()
 

@@ -41,6 +41,16 @@ def _default_plan(conf, k8s, netconf, get_pod):
     return plan(conf, k8s, netconf, get_pod=get_pod)
 
 
+def warm_up() -> None:
+    """Import the decision/rule/netfilter modules now, so the first ADD pays no import."""
+    import istio_cni.decide  # noqa: F401
+    import istio_cni.netfilter  # noqa: F401
+    import istio_cni.plugin  # noqa: F401
+    import istio_cni.redirect  # noqa: F401
+    import istio_cni.rules.builder  # noqa: F401
+    import istio_cni.skel  # noqa: F401
+
+
 class Handler:
     """Turns decoded request bodies into answer dicts. ``cache``: a ``PodCache``-like object."""
 

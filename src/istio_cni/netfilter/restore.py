@@ -116,19 +116,45 @@ class RestoreBackend:
         return parse_save(_run([_tool(self.variant, family, "save")]), family)
 
     def commit(self, rs: RuleSet) -> None:
+        done: list = []  # (family, save text before) of families already written
         for family, tables in ((4, rs.v4), (6, rs.v6)):
             if not tables:
                 continue
-            for attempt in range(RETRIES):
-                live = self._save(family)
-                text = "".join(payload(t, family, live.get(t.name)) for t in tables)
-                try:
-                    _run([_tool(self.variant, family, "restore"), "--noflush"], text)
-                    break
-                except NetfilterError as e:
-                    if "temporarily unavailable" not in e.details or attempt == RETRIES - 1:
-                        raise
-                    log.warning("restore raced with another writer; retrying", attempt=attempt + 1)
+            try:
+                done.append((family, self._commit_family(family, tables)))
+            except NetfilterError as e:
+                # iptables-legacy-restore commits table by table: put back every table of
+                # every family we touched, from the save taken just before.
+                names = {4: {t.name for t in rs.v4}, 6: {t.name for t in rs.v6}}
+                self._roll_back(done + [(family, getattr(e, "before", None))], names)
+                raise
+
+    def _commit_family(self, family: int, tables) -> str:
+        for attempt in range(RETRIES):
+            before = _run([_tool(self.variant, family, "save")])
+            live = parse_save(before, family)
+            text = "".join(payload(t, family, live.get(t.name)) for t in tables)
+            try:
+                _run([_tool(self.variant, family, "restore"), "--noflush"], text)
+                return before
+            except NetfilterError as e:
+                if "temporarily unavailable" not in e.details or attempt == RETRIES - 1:
+                    e.before = before
+                    raise
+                log.warning("restore raced with another writer; retrying", attempt=attempt + 1)
+        raise AssertionError("unreachable")
+
+    def _roll_back(self, done: list, names: dict) -> None:
+        for family, before in done:
+            if before is None:
+                continue
+            blocks = _blocks(before, names[family])
+            if not blocks:
+                continue
+            try:  # without --noflush: each listed table becomes exactly what it was
+                _run([_tool(self.variant, family, "restore")], blocks)
+            except NetfilterError as e:
+                log.error("restore roll-back failed", family=family, error=str(e))
 
     def check(self, rs: RuleSet) -> list:
         diffs: list = []
@@ -168,3 +194,20 @@ def _removal_with_rules(table: Table, family: int, live: dict) -> str:
     stale = [c for c in table.chains if c in live["chains"]]
     keep[-1:-1] = [f"-F {c}" for c in stale] + [f"-X {c}" for c in stale]
     return "\n".join(keep) + "\n"
+
+
+def _blocks(save_text: str, names: set) -> str:
+    """The ``*table`` ... ``COMMIT`` blocks of ``save_text`` for tables in ``names``; a table
+    the save did not have comes back empty (``*t`` + ``COMMIT`` flushes it)."""
+    out, keep = [], False
+    present = {ln[1:].strip() for ln in save_text.splitlines() if ln.startswith("*")}
+    for name in sorted(names - present):
+        out += [f"*{name}", "COMMIT"]
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            keep = line[1:].strip() in names
+        if keep and not line.startswith("#"):
+            out.append(line)
+        if line == "COMMIT":
+            keep = False
+    return "\n".join(out) + "\n" if out else ""

@@ -69,20 +69,37 @@ def _port(field: str, text: object) -> str:
     return _number(field, text, 0, 65535, "port number")
 
 
+def _each(field: str, value: object, items: tuple, check) -> tuple:
+    """Apply ``check`` to every list item; an error names the whole value and the item."""
+    out = []
+    for item in items:
+        try:
+            out.append(check(field, item))
+        except ConfigError as exc:
+            if item == value:
+                raise
+            raise ConfigError(field, value, f"item {item!r}: {exc.reason}") from None
+    return tuple(out)
+
+
 def _ports(field: str, value: object, wildcard: bool = False) -> tuple:
     items = split_list(value, field)
     if wildcard and "*" in items:
         if items != WILDCARD:
             raise ConfigError(field, value, "'*' cannot be combined with other ports")
         return WILDCARD
-    return tuple(_port(field, p) for p in items)
+    return _each(field, value, items, _port)
+
+
+def _id(field: str, text: object) -> str:
+    return _number(field, text, 0, 4294967294, "numeric id")
 
 
 def _ids(field: str, value: object) -> tuple:
     items = split_list(value, field)
     if not items:
         raise ConfigError(field, value, "at least one numeric id is required")
-    return tuple(_number(field, i, 0, 4294967294, "numeric id") for i in items)
+    return _each(field, value, items, _id)
 
 
 def _owner_groups(field: str, value: object, wildcard: bool) -> tuple:
