@@ -49,8 +49,18 @@ test: setup
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# The run's JSON lands in .benchmarks/latest.json; check_budgets.py prints the tables and
+# fails the target when a budget is missed or not measured (it runs even if a benchmark failed).
+BENCH_JSON := .benchmarks/latest.json
 bench: setup
-	$(PY) -m pytest benchmarks $(PYTEST_ARGS)
+	@mkdir -p $(dir $(BENCH_JSON)) && rm -f $(BENCH_JSON)
+	@rc=0; $(PY) -m pytest benchmarks -p no:cacheprovider --benchmark-json=$(BENCH_JSON) $(PYTEST_ARGS) || rc=1; \
+	$(PY) benchmarks/check_budgets.py $(BENCH_JSON) --markdown $(BENCH_JSON:.json=.md) || rc=1; \
+	exit $$rc
+
+# pip wheel + auditwheel repair + install into a clean venv + unit tier (docs/wheels.md).
+wheel: venv
+	@tools/wheel-check.sh
 
 clean:
 	rm -rf build dist *.egg-info src/*.egg-info src/istio_cni/*.so src/istio_cni/_fastpath.c src/istio_cni/_nf.c

@@ -43,6 +43,17 @@ RATIO_BUDGETS = (
 )
 
 
+# Ratios printed for information (no budget): numerator role, denominator role.
+INFO_RATIOS = (
+    ("direct ADD / upstream Go plugin", "add-direct", "add-upstream-go"),
+    ("direct ADD / baseline 2 (upstream restore pipeline)", "add-direct", "baseline-upstream-pipeline"),
+    ("direct ADD / baseline 1 (2019 script)", "add-direct", "baseline-2019"),
+    ("agent ADD / direct ADD", "add-agent", "add-direct"),
+    ("in-process libiptc commit / iptables-restore exec", "nf-iptc", "nf-exec-iptables-restore"),
+    ("in-process libnftables commit / nft -f exec", "nf-nft", "nf-exec-nft"),
+)
+
+
 class BadInput(ValueError):
     """The file is not a usable pytest-benchmark JSON run."""
 
@@ -163,6 +174,13 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
                      + [fmt.format(*r) for r in rows])
 
 
+def info_ratios(data: dict) -> list[list[str]]:
+    roles, _ = by_role(data["benchmarks"])
+    return [[title, f"{median_ms(roles[a]):.2f} / {median_ms(roles[b]):.2f} ms",
+             f"{median_ms(roles[a]) / median_ms(roles[b]):.3f}"]
+            for title, a, b in INFO_RATIOS if a in roles and b in roles]
+
+
 def report(data: dict, rows: list[Row], notes: list[str], markdown: bool = False) -> str:
     bench_rows = [[b["name"], (b.get("extra_info") or {}).get("role", ""), f"{median_ms(b):.2f}",
                    f"{b['stats']['min'] * 1e3:.2f}", f"{b['stats']['max'] * 1e3:.2f}",
@@ -179,6 +197,9 @@ def report(data: dict, rows: list[Row], notes: list[str], markdown: bool = False
         _table(["budget", "measured", "limit", "detail", "status"],
                [[r.budget, r.measured, r.limit, r.detail, r.status] for r in rows], markdown),
     ]
+    ratios = info_ratios(data)
+    if ratios:
+        parts += ["", _table(["ratio (information, same run)", "medians", "ratio"], ratios, markdown)]
     apis = sorted({(b.get("extra_info") or {}).get("api_server_note") for b in data["benchmarks"]} - {None})
     notes = notes + [f"API server: {a}" for a in apis]
     if notes:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["peers.fixtures"]
+pytest_plugins = ["peers.fixtures", "istio_cni_installer.testing"]
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -32,18 +32,18 @@ def pytest_runtest_setup(item):
 
 
 @pytest.fixture(scope="session")
-def plugin_bin() -> Path:
+def plugin_bin(plugin_bundle) -> Path:
+    """The plugin as kubelet runs it: the installer's launcher exec'ing the bundled
+    interpreter (``-I -S``), deployed by the real installer code from this venv."""
     if not PLUGIN.exists():
         pytest.fail(f"{PLUGIN} missing: run `make setup`")
-    return PLUGIN
+    return plugin_bundle.launcher
 
 
 @pytest.fixture(scope="session")
-def cni_bin_dir(tmp_path_factory, plugin_bin) -> Path:
-    """A CNI bin dir holding only ``istio-cni`` (next to /usr/lib/cni in CNI_PATH)."""
-    d = tmp_path_factory.mktemp("cnibin")
-    (d / "istio-cni").symlink_to(plugin_bin)
-    return d
+def cni_bin_dir(plugin_bundle) -> Path:
+    """The CNI bin dir holding the ``istio-cni`` launcher (next to /usr/lib/cni in CNI_PATH)."""
+    return plugin_bundle.bin_dir
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ declare -A SPEC=(
 )
 ORDER=(istio-iptables helm cnitool portmap kube-apiserver istio-cni)
 
+export PATH="$PATH:/usr/local/go/bin"  # where the machine image keeps Go, if PATH lacks it
 if ! command -v go >/dev/null; then
   echo "go-tools: 'go' not found on PATH; no Go tool can be built" >&2
   mkdir -p "$CACHE"
@@ -36,12 +37,32 @@ if ! command -v go >/dev/null; then
   exit 0
 fi
 
+# Version stamps upstream's own Makefiles put in with -X (helm: `helm version`, its default
+# .Capabilities.KubeVersion; kube-apiserver: /version, which clients and charts' kubeVersion
+# constraints read). Without them helm says "v3.22" and the apiserver "v0.0.0-master".
+extra_ldflags() {  # name dir version
+  local name=$1 dir=$2 ver=$3 kv major minor
+  case $name in
+    helm)
+      kv=$(cd "$dir" && go list -m -f '{{.Version}}' k8s.io/client-go)   # v0.M.x -> Kubernetes 1.M
+      minor=$(echo "$kv" | cut -d. -f2)
+      echo "-X helm.sh/helm/v3/internal/version.version=$ver -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+           "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
+           "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor" ;;
+    kube-apiserver)
+      major=$(echo "${ver#v}" | cut -d. -f1); minor=$(echo "$ver" | cut -d. -f2)
+      for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        echo "-X $p.gitVersion=$ver -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+      done ;;
+  esac
+}
+
 pinned_version() {  # dir module -> version from the require line of go.mod
   awk -v m="$2" '($1 == m || ($1 == "require" && $2 == m)) { print ($1 == m ? $2 : $3); exit }' "$1/go.mod"
 }
 
 build_one() {
-  local name=$1 module pkg dir ver out log status t0
+  local name=$1 module pkg dir ver out log status t0 flags
   read -r module pkg <<< "${SPEC[$name]}"
   dir="$ROOT/tools/go/$name"
   log="$CACHE/$name.build.log"; status="$CACHE/$name.status"
@@ -52,7 +73,9 @@ build_one() {
     return 1
   fi
   out="$CACHE/$name-$ver/$name"
-  if [ -x "$out" ]; then
+  # The cached binary counts only if it was built with today's flags (a flag change rebuilds).
+  flags="-trimpath -ldflags=-s -w $(extra_ldflags "$name" "$dir" "$ver" | tr '\n' ' ')"
+  if [ -x "$out" ] && [ "$(cat "$out.flags" 2>/dev/null)" = "$flags" ]; then
     ln -sfn "$out" "$CACHE/bin/$name"
     echo "ok $ver" > "$status"
     echo "go-tools: $name $ver: cached"
@@ -72,13 +95,16 @@ build_one() {
   echo "# step: build" >> "$log"
   mkdir -p "$CACHE/$name-$ver"
   # Build to a temporary name, then rename: a half-written binary is never taken as cached.
-  if ! (cd "$dir" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" "$pkg") >> "$log" 2>&1; then
+  echo "# flags: $flags" >> "$log"
+  if ! (cd "$dir" && go build -trimpath -ldflags="-s -w $(extra_ldflags "$name" "$dir" "$ver")" \
+        -o "$out.tmp" "$pkg") >> "$log" 2>&1; then
     rm -f "$out.tmp"
     echo "failed build $ver" > "$status"
     echo "go-tools: $name: FAILED at step build (see $log)" >&2
     return 1
   fi
   mv -f "$out.tmp" "$out"
+  echo "$flags" > "$out.flags"
   ln -sfn "$out" "$CACHE/bin/$name"
   echo "# built in $((SECONDS - t0))s" >> "$log"
   echo "ok $ver" > "$status"
@@ -86,6 +112,9 @@ build_one() {
 }
 
 mkdir -p "$CACHE/bin"
+# Two setups at once (two shells, make -j) would race on the same output files: take turns.
+exec 9>"$CACHE/.lock"
+flock -w 3600 9 || { echo "go-tools: another go-tools.sh holds $CACHE/.lock for an hour; giving up" >&2; exit 0; }
 names=("$@"); [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 failed=()
 for n in "${names[@]}"; do

@@ -7,6 +7,8 @@ PKGS=(
   nftables libnftables-dev                                       # libnftables
   containernetworking-plugins                                    # reference plugins in /usr/lib/cni
   iproute2 util-linux conntrack hyperfine etcd-server procps
+  time                                                           # /usr/bin/time: plugin peak RSS (benchmarks)
+  python3                                                        # /usr/bin/python3: traffic helpers run as uid 1337 (tests/integration/traffic.py)
   openssl                                                        # test PKI (tests/peers/certs.py)
 )
 missing=()

@@ -21,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     from .app import App
 
     try:
-        return App(settings).run_until_signal()
+        app = App(settings)
+        from .agent.services import node_services  # node agent + repair controller
+
+        app.extra = node_services(settings, app.metrics)
+        return app.run_until_signal()
     except (OSError, ValueError) as e:
         log.error("cannot start", error=str(e))
         print(f"install-cni: {e}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """The node program's process: settings -> services -> wait for SIGTERM -> shutdown policy.
 
 Services are objects with ``name``, ``start()`` and ``stop(deadline)``; they start in list
-order and stop in reverse. The node agent and repair controller join the list later
-(``extra_services``) without touching the installer.
+order and stop in reverse. The node agent and repair controller join through
+``service_factories``: callables ``(settings, metrics) -> [service, ...]`` run at start, e.g.
+``App(settings, service_factories=[agent.services.node_services])``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ from .upgrade import ApiClient, decide
 
 
 class App:
-    def __init__(self, settings, extra_services: list | None = None) -> None:
+    def __init__(self, settings, extra_services: list | None = None,
+                 service_factories: tuple | list = ()) -> None:
         self.s = settings
         self.metrics = Metrics()
         self.installer = Installer(settings, self.metrics)
         self.extra = list(extra_services or [])
+        self.factories = list(service_factories)
         self.services: list = []
         self.stopping = threading.Event()
 
     def start(self) -> None:
+        for make in self.factories:
+            self.extra.extend(make(self.s, self.metrics))
         self.services = [
             HealthServer(self.metrics, self.s.bind_address, self.s.readiness_port, "readiness"),
             HealthServer(self.metrics, self.s.bind_address, self.s.monitoring_port, "monitoring"),
@@ -53,7 +58,7 @@ class App:
             if svc is self.installer or svc in self.extra:
                 svc.stop(deadline)
         api_timeout = max(0.5, min(3.0, (deadline - time.monotonic()) / 4))
-        keep, reason = decide(self.s, ApiClient.from_settings(self.s, api_timeout))
+        keep, reason = decide(self.s, lambda: ApiClient.from_settings(self.s, api_timeout))
         if keep:
             log.info("leaving plugin and config in place", reason=reason)
         else:
@@ -91,3 +96,19 @@ def install_once(settings) -> dict[str, list[str]]:
         return inst.check()
     finally:
         inst.close()
+
+
+def install_into(net_dir: str, bin_dir: str, run_dir: str, bundle_dir: str = "", **env: str) -> dict:
+    """One-shot install into a plain directory layout (host path = mounted path), e.g. for
+    ``make demo``: inserts our entry into the conflist in ``net_dir``, deploys the bundle
+    launcher into ``bin_dir`` and (when a service-account dir with a token is given through
+    ``SERVICE_ACCOUNT_DIR``) the kubeconfig into ``run_dir``. Extra settings as env names."""
+    from .settings import parse
+
+    base = {"MOUNTED_CNI_NET_DIR": net_dir, "CNI_NET_DIR": net_dir, "MOUNTED_CNI_BIN_DIR": bin_dir,
+            "CNI_BIN_DIR": bin_dir, "CNI_AGENT_RUN_DIR": run_dir, "PLUGIN_BUNDLE_DIR": bundle_dir,
+            "MOUNTED_SECONDARY_BIN_DIR": "", "SERVICE_ACCOUNT_DIR": env.pop("SERVICE_ACCOUNT_DIR",
+                                                                            f"{run_dir}/no-service-account"),
+            "KUBERNETES_NODE_NAME": env.pop("KUBERNETES_NODE_NAME", "demo-node")}
+    base.update(env)
+    return install_once(parse([], base))

@@ -127,7 +127,7 @@ class Binaries:
             write_atomic(tmp / COMPLETE, self.bundle_id + "\n")
             os.rename(tmp, self.target)
             fsync_dir(parent)
-        write_atomic(self.launcher, self.text, 0o755)
+        write_atomic(self.launcher, self.text, 0o755, sync_dir=True)
         self._prune(parent)
         log.info("plugin installed", launcher=str(self.launcher), bundle=self.bundle_id)
         return True

@@ -44,6 +44,7 @@ class ConfList:
         self.dir = Path(settings.mounted_cni_net_dir)
         self.entry = entry if entry is not None else cc.entry_for(settings)
         self.style = settings.conflist_style
+        self._warned_order = False
 
     # --- planning ---------------------------------------------------------------------------
 
@@ -108,7 +109,9 @@ class ConfList:
         else:
             if current != plan.desired:
                 problems.append(f"{plan.dest} does not hold our istio-cni entry as the last plugin")
-        if self.s.istio_owned_config and plan.source and plan.source < plan.dest:
+        if self.s.istio_owned_config and plan.source and plan.source < plan.dest \
+                and not self._warned_order:
+            self._warned_order = True
             log.warning("the Istio-owned conflist sorts after the primary's: kubelet will not use it",
                         owned=plan.dest, primary=plan.source)
         return problems
@@ -153,8 +156,11 @@ class ConfList:
             except cc.ConfigFileError:
                 continue
             if cc.is_list(conf) and cc.our_entries(conf):
-                mode = os.stat(path).st_mode & 0o7777
-                write_atomic(path, cc.render(cc.remove(conf), self.style), mode)
+                rest = cc.remove(conf)
+                if rest["plugins"]:
+                    write_atomic(path, cc.render(rest, self.style), os.stat(path).st_mode & 0o7777)
+                else:  # a list holding nothing but us was ours alone: an empty list is invalid
+                    remove_atomic(path)
                 touched.append(name)
         if touched:
             log.info("istio-cni entry removed from CNI config", files=touched)

@@ -22,6 +22,8 @@ class Metrics:
         "istio_cni_installs_total": "Install passes, by result.",
         "istio_cni_drift_repairs_total": "Rewrites after another component changed our files, by part.",
         "istio_cni_config_fights_total": "Times a component was detected reverting our config repeatedly.",
+        "istio_cni_agent_requests_total": "Plugin requests the node agent answered, by result (ok/error/fallback).",
+        "istio_cni_repair_pods_repaired_total": "Repair controller actions on broken pods, by type and result.",
     }
 
     def __init__(self) -> None:
@@ -42,9 +44,11 @@ class Metrics:
             return self._counters.get((name, tuple(sorted(labels.items()))), 0)
 
     def set_ready(self, ready: bool, reason: str = "") -> None:
-        if ready != self.ready:
+        reason = "" if ready else reason
+        changed = ready != self.ready or reason != self.not_ready_reason
+        self.ready, self.not_ready_reason = ready, reason
+        if changed:  # logged after the state is visible: a reader of the log may probe at once
             log.info("readiness changed", ready=ready, reason=reason)
-        self.ready, self.not_ready_reason = ready, ("" if ready else reason)
 
     def beat(self) -> None:
         self.heartbeat = time.monotonic()

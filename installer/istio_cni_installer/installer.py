@@ -19,6 +19,7 @@ from pathlib import Path
 
 from istio_cni.log import log
 
+from .atomic import remove_stale_temps
 from .binaries import Binaries
 from .conflist import ConfList, Waiting
 from .health import Metrics
@@ -100,6 +101,8 @@ class Installer:
         if not net.is_dir():
             raise FileNotFoundError(f"MOUNTED_CNI_NET_DIR {net} does not exist (host path not mounted?)")
         Path(self.s.run_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in remove_stale_temps(net) + remove_stale_temps(self.s.run_dir):
+            log.info("removed temp file left by an interrupted write", file=stale)
         if "istio-cni" in self.s.skip_cni_binaries:
             log.info("SKIP_CNI_BINARIES lists istio-cni: plugin binaries left alone")
             return

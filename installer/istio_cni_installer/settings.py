@@ -200,6 +200,20 @@ SPECS = (
      lambda s: _positive_int(s), "rewrites allowed back to back before rate limiting"),
     ("repair_rate", "--repair-rate", ("REPAIR_RATE",), "20",
      lambda s: _positive_float(s), "sustained rewrites per second once the burst is spent"),
+    # Node agent and repair controller (istio_cni_installer.agent / .repair).
+    ("agent_enabled", "--agent-enabled", ("AGENT_ENABLED",), "true",
+     _bool, "serve the plugin's fast path on <run dir>/agent.sock (pod watch cache)"),
+    ("agent_kubeconfig", "--agent-kubeconfig", ("AGENT_KUBECONFIG",), "",
+     _path, "kubeconfig for the agent and repair controller (default: the service account)"),
+    ("repair_enabled", "--repair-enabled", ("REPAIR_ENABLED",), "true",
+     _bool, "run the repair controller for pods that started without redirect rules"),
+    ("repair_mode", "--repair-mode", ("REPAIR_MODE",), "repair",
+     _choice("repair", "label", "delete"),
+     "repair: commit the rules in the pod netns; label: cni.istio.io/uninitialized=true; delete: delete the pod"),
+    ("repair_check_netns", "--repair-check-netns", ("REPAIR_CHECK_NETNS",), "false",
+     _bool, "also inspect each running pod's netns for missing rules (not only istio-validation exit 126)"),
+    ("host_proc_dir", "--host-proc-dir", ("HOST_PROC_DIR",), "/proc",
+     _abs_path, "the host's /proc as mounted here (repair finds pod netns through it; hostPID or a mount)"),
 )
 
 

@@ -59,6 +59,9 @@ class HostLayout(Value):
             "MONITORING_PORT": "0",
             "DISABLE_SAFE_UPGRADE": "true",
             "LOG_LEVEL": "info",
+            # the installer alone unless a test turns the node agent / repair controller on
+            "AGENT_ENABLED": "false",
+            "REPAIR_ENABLED": "false",
         }
         if bundle is not None:
             env["PLUGIN_BUNDLE_DIR"] = str(bundle.bundle_dir)

@@ -88,10 +88,15 @@ def _daemonset_name(s, api: ApiClient) -> str | None:
     return None
 
 
-def decide(s, api: ApiClient | None) -> tuple[bool, str]:
-    """(keep, reason): keep=True leaves plugin and config in place."""
+def decide(s, api_factory) -> tuple[bool, str]:
+    """(keep, reason): keep=True leaves plugin and config in place. ``api_factory()`` returns an
+    ApiClient, or None when there are no in-cluster credentials."""
     if s.disable_safe_upgrade:
         return False, "DISABLE_SAFE_UPGRADE is set"
+    try:
+        api = api_factory()
+    except (OSError, ValueError, ssl.SSLError) as e:
+        return True, f"cannot set up the API client ({e}): keeping the plugin to be safe"
     if api is None:
         return False, "no service-account credentials: cannot be an in-cluster upgrade"
     try:

@@ -5,7 +5,8 @@ a raw ``AF_UNIX`` socket and the compiled JSON codec.
 
 Protocol (the agent implements the other half in ``istio_cni_installer.agent``)::
 
-    POST /v1/cni   {"command","container_id","netns","ifname","args","path","stdin","deadline"}
+    POST /v1/cni   {"command","container_id","netns","ifname","args","path","stdin",
+                    "deadline" (seconds the plugin waits), "expires" (unix time it stops waiting)}
       200 {"result": {...}}                   the CNI result; the agent committed the rules
       200 {"error": {"code","msg","details"}} a CNI error the ADD must fail with
       200 {"fallback": "why"}                 the agent cannot decide (e.g. it cannot see the
@@ -95,14 +96,17 @@ def _parse_http(raw: bytes) -> bytes:
 
 
 def _request_body(args, timeout: float) -> bytes:
+    import time
+
     from ._fastpath import json_dumps
 
     stdin = args.stdin.decode("utf-8") if isinstance(args.stdin, (bytes, bytearray)) else str(args.stdin)
     return json_dumps({
         "command": args.command, "container_id": args.container_id, "netns": args.netns,
         "ifname": args.ifname, "args": args.args, "path": args.path, "stdin": stdin,
-        # The agent leaves itself a margin under this so its answer arrives before we give up.
-        "deadline": timeout,
+        # The agent leaves itself a margin under this so its answer arrives before we give up;
+        # "expires" (wall clock, same host) also covers time spent queued in the agent's backlog.
+        "deadline": timeout, "expires": time.time() + timeout,
     }).encode()
 
 

@@ -75,7 +75,6 @@ ENV_ONLY = {
 }
 NO_ENV = {"envoy-port"}  # upstream binds no environment variable to -p
 DEFAULT_PROXY_UID = "1337"
-VALIDATION_ERROR_CODE = 126
 
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
@@ -135,16 +134,17 @@ def parse_options(argv: list, environ: dict) -> Options:
     for flag, _short, _field, _help in STRING_FLAGS:
         value = ns[flag]
         if value is None and flag not in NO_ENV:
-            value = environ.get(env_name(flag))
+            value = environ.get(env_name(flag)) or None
         strings[flag] = value if value is not None else ""
     bools: dict = {}
     for flag, _short, _field, fallback in BOOL_FLAGS:
         value, source = ns[flag], f"--{flag}"
         if value is None:
+            # viper ignores empty environment variables; so do we.
             source = env_name(flag)
-            value = environ.get(source)
+            value = environ.get(source) or None
             if value is None and fallback:
-                source, value = fallback, environ.get(fallback)
+                source, value = fallback, environ.get(fallback) or None
         bools[flag] = parse_bool(value, source) if value is not None else False
     return Options(strings, bools, environ)
 
@@ -271,7 +271,9 @@ def _preferred_backend(opts: Options) -> str:
         return "auto"
     if forced not in ("legacy", "nft"):
         raise UsageError(f"--force-iptables-binary: expected legacy or nft (got {forced!r})")
-    return "iptc" if forced == "legacy" else "nft"
+    # legacy: x_tables through libiptc; nft: upstream means iptables-nft (x_tables rules
+    # over nf_tables), which is the restore backend's nft variant, not native nftables.
+    return "iptc" if forced == "legacy" else "restore-nft"
 
 
 def _netfilter():
@@ -286,19 +288,12 @@ def _netfilter():
 
 def run(opts: Options, out=sys.stdout) -> int:
     from .log import log
+    from .rules.builder import build
 
     preferred = _preferred_backend(opts)
     netns = _netns_path(opts.string("network-namespace"))
-    if opts.flag("run-validation"):
-        raise UsageError("--run-validation: validation mode is not implemented by this tool")
-    if opts.flag("cleanup-only"):
-        if opts.flag("dry-run"):
-            out.write("# remove ISTIO_* chains, our jumps and TPROXY routes\n")
-            return 0
-        _netfilter().remove(netns, preferred)
-        return 0
-    dual_stack = opts.flag("dual-stack")
-    enable_ipv6 = ipv6_enabled(local_addresses(), dual_stack)
+    probe = _validation_settings(opts) if opts.flag("run-validation") else None
+    enable_ipv6 = ipv6_enabled(local_addresses(), opts.flag("dual-stack"))
     dns: tuple = ((), ())
     if opts.flag("redirect-dns") and not opts.flag("capture-all-dns"):
         with open("/etc/resolv.conf", encoding="utf-8") as fh:
@@ -306,18 +301,46 @@ def run(opts: Options, out=sys.stdout) -> int:
     cfg = config_from_options(opts, enable_ipv6, dns)
     if cfg.redirect_dns and not cfg.dns_capture_active:
         log.warning("redirect-dns is set but no DNS servers are known and capture-all-dns is "
-                 "off: DNS capture disabled")
-    if opts.flag("skip-rule-apply"):
+                    "off: DNS capture disabled")
+    if opts.flag("cleanup-only"):
+        # Like upstream, the flags describe what was installed: the rule set tells the
+        # backends which jumps in built-in chains and which policy routes are ours.
+        if opts.flag("dry-run"):
+            out.write("# remove ISTIO_* chains, our jumps and TPROXY routes\n")
+        else:
+            _netfilter().remove(netns, preferred, rs=build(cfg))
         return 0
-    from .rules.builder import build
+    if not opts.flag("skip-rule-apply"):
+        rules = build(cfg)
+        if opts.flag("dry-run"):
+            out.write(rules.nft_text() if preferred == "nft" else render_dry_run(rules))
+        else:
+            backend = _netfilter().apply(netns, rules, preferred)
+            log.info("rules committed", backend=backend, netns=netns)
+    if probe is None:
+        return 0
+    from . import iptables_validation as validation
 
-    rules = build(cfg)
-    if opts.flag("dry-run"):
-        out.write(rules.nft_text() if preferred == "nft" else render_dry_run(rules))
+    port, timeout = probe
+    if validation.validate(cfg.proxy_port, cfg.inbound_capture_port, port, enable_ipv6, timeout):
+        log.info("validation passed", probe_port=port)
         return 0
-    backend = _netfilter().apply(netns, rules, preferred)
-    log.info("rules committed", backend=backend, netns=netns)
-    return 0
+    sys.stderr.write(validation.FAILURE_MESSAGE)
+    return validation.VALIDATION_ERROR_CODE
+
+
+def _validation_settings(opts: Options) -> tuple:
+    """(probe port, timeout seconds) from --iptables-probe-port / --probe-timeout."""
+    from .iptables_validation import parse_duration
+
+    port_text = opts.string("iptables-probe-port") or "15002"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"--iptables-probe-port: expected a port number (got {port_text!r})")
+    try:
+        timeout = parse_duration(opts.string("probe-timeout") or "5s")
+    except ValueError as exc:
+        raise UsageError(f"--probe-timeout: {exc}") from None
+    return int(port_text), timeout
 
 
 def main(argv: list | None = None) -> int:

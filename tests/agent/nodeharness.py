@@ -51,12 +51,18 @@ def rules_in(netns_name: str) -> str:
 
 
 class Node:
-    def __init__(self, api, tmp: Path) -> None:
+    """``api``: the mini API (writes both kubeconfigs), or None with ``agent_kubeconfig`` given
+    and the plugin's kubeconfig already written by the caller (real control plane)."""
+
+    def __init__(self, api, tmp: Path, node: str = NODE, agent_kubeconfig: str = "") -> None:
         self.api = api
+        self.node = node
         self.run_dir = tmp / "run"
         self.run_dir.mkdir()
-        api.kubeconfig(self.run_dir / "istio-cni-kubeconfig")  # what the installer writes for the plugin
-        self.agent_kubeconfig = api.kubeconfig(tmp / "agent-kubeconfig")
+        if api is not None:
+            api.kubeconfig(self.run_dir / "istio-cni-kubeconfig")  # what the installer writes for the plugin
+            agent_kubeconfig = api.kubeconfig(tmp / "agent-kubeconfig")
+        self.agent_kubeconfig = agent_kubeconfig
         self.socket = self.run_dir / "agent.sock"
         self.agent_out = tmp / "agent.out"
         self.agent_err = tmp / "agent.err"
@@ -65,7 +71,7 @@ class Node:
     def start_agent(self, *extra: str, timeout: float = 60) -> subprocess.Popen:
         self.agent = subprocess.Popen(
             [sys.executable, "-m", "istio_cni_installer.agent", "--run-dir", str(self.run_dir),
-             "--node-name", NODE, "--kubeconfig", self.agent_kubeconfig, *extra],
+             "--node-name", self.node, "--kubeconfig", self.agent_kubeconfig, *extra],
             stdout=open(self.agent_out, "ab"), stderr=open(self.agent_err, "ab"))
         end = time.monotonic() + timeout
         while not self.socket.exists():

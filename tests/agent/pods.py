@@ -77,7 +77,8 @@ def validation_failed(pod: dict, exit_code: int = 126, restarted: bool = True) -
     pod = copy.deepcopy(pod)
     term = {"exitCode": exit_code, "reason": "Error", "message": "iptables validation failed"}
     st = {"name": "istio-validation", "ready": False, "restartCount": 1 if restarted else 0,
-          "image": "docker.io/istio/proxyv2:1.24.0"}
+          "image": "docker.io/istio/proxyv2:1.24.0", "started": False,
+          "imageID": "docker.io/istio/proxyv2@sha256:" + "ab" * 32, "containerID": "containerd://" + "cd" * 32}
     if restarted:
         st.update(state={"running": {"startedAt": "2026-11-26T14:00:10Z"}}, lastState={"terminated": term})
     else:

@@ -105,12 +105,25 @@ def test_fetch_gets_unseen_pods_and_reports_404_as_none(mini_api, cache):
     assert c.fetch("default", "other-node", timeout=5)["metadata"]["name"] == "other-node"
     assert c.fetch("default", "missing", timeout=5) is None
     mini_api.fail_gets = 1
-    from kubernetes.client.exceptions import ApiException
+    from istio_cni_installer.agent import ApiError
 
-    with pytest.raises(ApiException):
+    with pytest.raises(ApiError, match="HTTP 503"):
         c.fetch("default", "other-node", timeout=5)
 
 
 def test_needs_a_node_name(api_client):
     with pytest.raises(ValueError, match="node name"):
         PodCache(api_client, "")
+
+
+def test_watch_that_ends_at_once_is_backed_off_not_spun(mini_api, api_client):
+    # timeoutSeconds=0: every watch ends immediately with no events (like a proxy cutting it).
+    c = PodCache(api_client, NODE, watch_seconds=0, relist_backoff=0.2).start()
+    try:
+        assert c.wait_synced(WAIT)
+        threading.Event().wait(1.0)  # observation window
+        watches = mini_api.watch_count()
+    finally:
+        c.stop()
+    # At most one watch per back-off (~5 in the window); without it, hundreds.
+    assert 1 <= watches <= 15

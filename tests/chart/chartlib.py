@@ -14,6 +14,20 @@ KUBE_VERSION = "v1.32.0"
 PLATFORMS = ("gke", "k3s", "microk8s", "openshift")
 
 
+class StrictLoader(yaml.SafeLoader):
+    """Refuses duplicate keys: YAML readers keep the last one silently, the API server does not."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 class HelmFailed(AssertionError):
     def __init__(self, argv: list[str], stderr: str) -> None:
         self.stderr = stderr
@@ -75,7 +89,7 @@ class Helm:
                  kube_version: str = KUBE_VERSION, namespace: str = NAMESPACE) -> Manifests:
         out = self.run("template", RELEASE, str(CHART), "--namespace", namespace,
                        "--kube-version", kube_version, *self.values_args(values, tmp), *extra).stdout
-        return Manifests(d for d in yaml.safe_load_all(out) if d)
+        return Manifests(d for d in yaml.load_all(out, Loader=StrictLoader) if d)
 
     def template_error(self, values: dict | None = None, *extra: str, tmp: Path) -> str:
         """Render expecting failure; returns helm's error text."""

@@ -59,3 +59,19 @@ def test_helm_lint_is_clean(helm, platform):
     out = helm.run("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION,
                    "--set", f"platform={platform}").stdout
     assert "0 chart(s) failed" in out, out
+
+
+@pytest.mark.parametrize("key, volume", [("cniBinDir", "cni-bin-dir"), ("cniConfDir", "cni-net-dir")])
+def test_documented_platform_defaults_are_what_renders(render, key, volume):
+    import re
+
+    doc = next(d for d in load_generator().parse_comments((CHART / "values.yaml").read_text())
+               if d.name == key)
+    pairs = re.findall(r"(?:(\w+) )?`([^`]+)`", doc.default)
+    generic = pairs[0][1]
+    documented = {name: path for name, path in pairs[1:]}
+    for platform in ("",) + PLATFORMS:
+        m = render({"platform": platform})
+        got = next(v["hostPath"]["path"] for v in m.daemonset["spec"]["template"]["spec"]["volumes"]
+                   if v["name"] == volume)
+        assert got == documented.get(platform, generic), f"{key} for platform {platform or 'generic'}"

@@ -251,3 +251,12 @@ def test_resource_quota_for_critical_pods(render, default_manifests):
     quota = render({"resourceQuota": {"enabled": True, "pods": 100}}).get("ResourceQuota")
     assert quota["spec"]["hard"] == {"pods": "100"}
     assert quota["spec"]["scopeSelector"]["matchExpressions"][0]["values"] == ["system-node-critical"]
+
+
+def test_renders_are_read_with_a_loader_that_refuses_duplicate_keys():
+    import yaml
+
+    from chartlib import StrictLoader
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'app'"):
+        yaml.load("labels:\n  app: a\n  app: b\n", Loader=StrictLoader)
+    assert yaml.load("labels: {app: a}", Loader=StrictLoader) == {"labels": {"app": "a"}}

@@ -127,6 +127,16 @@ def _sidecar_pod(ns: str, name: str) -> dict:
     }
 
 
+def test_control_plane_version_and_loopback_only(control_plane):
+    assert control_plane.api.call("GET", "/version")["gitVersion"] == tool_version("kube-apiserver")
+    pids = {str(p.pid) for p in control_plane.procs.values()}
+    assert len(pids) == 2, control_plane.procs
+    listeners = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=30, check=True).stdout
+    ours = [line.split()[3] for line in listeners.splitlines() if any(f"pid={pid}," in line for pid in pids)]
+    assert ours, listeners
+    assert all(addr.startswith("127.0.0.1:") for addr in ours), ours
+
+
 def test_pod_round_trip_through_real_api(control_plane):
     from kubernetes import client, config
 
@@ -145,9 +155,16 @@ def test_pod_round_trip_through_real_api(control_plane):
     rv = created["metadata"]["resourceVersion"]
     control_plane.api.patch_pod(ns, "web-0", {"metadata": {"annotations": {"sidecar.istio.io/interceptionMode": "TPROXY"}}})
     control_plane.delete_pod(ns, "web-0")
-    events = [(t, o["metadata"]["name"], o["metadata"].get("annotations", {}).get("sidecar.istio.io/interceptionMode"))
-              for t, o in control_plane.api.watch_pods(ns, resource_version=rv, timeout_seconds=3)]
-    assert events[:2] == [("MODIFIED", "web-0", "TPROXY"), ("DELETED", "web-0", "TPROXY")]
+    events = []
+    for kind, obj in control_plane.api.watch_pods(ns, resource_version=rv, timeout_seconds=20):
+        events.append((kind, obj["metadata"]["name"],
+                       obj["metadata"].get("annotations", {}).get("sidecar.istio.io/interceptionMode")))
+        if kind == "DELETED":
+            break
+    # patch, then (API-server side of a delete) deletionTimestamp set, then gone
+    assert events[0] == ("MODIFIED", "web-0", "TPROXY"), events
+    assert events[-1] == ("DELETED", "web-0", "TPROXY"), events
+    assert {kind for kind, _, _ in events[1:-1]} <= {"MODIFIED"}, events
     with pytest.raises(client.ApiException) as gone:
         api.read_namespaced_pod("web-0", ns)
     assert gone.value.status == 404
@@ -275,3 +292,22 @@ def test_fake_api_token_and_tls(tmp_path):
         with pytest.raises(urllib.error.URLError) as untrusted:
             _get(url, context=ssl.create_default_context())
         assert isinstance(untrusted.value.reason, ssl.SSLCertVerificationError)
+
+
+# --------------------------------------------------------------------------------------------------
+# a tool that did not build fails its tests with the step, never a silent skip
+# --------------------------------------------------------------------------------------------------
+
+def test_missing_tool_fails_naming_the_build_step(tmp_path, monkeypatch):
+    import peers.tools as tools
+
+    monkeypatch.setattr(tools, "CACHE", tmp_path)
+    (tmp_path / "helm.status").write_text("failed download v3.22.0\n")
+    (tmp_path / "helm.build.log").write_text("# step: download\ngo: helm.sh/helm/v3@v3.22.0: 410 Gone\n")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        tools.tool_path("helm")
+    assert "FAILED at step 'download'" in str(failed.value) and "410 Gone" in str(failed.value)
+    with pytest.raises(pytest.fail.Exception, match="never built"):
+        tools.tool_path("cnitool")
+    with pytest.raises(ValueError, match="unknown tool 'kubectl'"):
+        tools.tool_path("kubectl")

@@ -29,11 +29,11 @@ def cfg(**kw) -> RedirectConfig:
 def state(ns: str, backend: str) -> str:
     """Everything netfilter holds in ``ns`` for the backend's subsystem, normalised: no
     comment lines, no table that holds nothing (libiptc instantiates empty tables)."""
-    if backend not in LEGACY:
-        out = nsutil.exec_in(ns, "nft", "list", "ruleset", check=True).stdout
-        return "\n".join(ln for ln in out.splitlines() if 'comment "istio-cni' not in ln)
+    if backend == "nft":
+        return _nft_state(nsutil.exec_in(ns, "nft", "list", "ruleset", check=True).stdout)
+    variant = "legacy" if backend in LEGACY else "nft"
     text = []
-    for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+    for tool in (f"iptables-{variant}-save", f"ip6tables-{variant}-save"):
         blocks, cur = {}, None
         for line in nsutil.exec_in(ns, tool, check=True).stdout.splitlines():
             if line.startswith("#"):
@@ -43,10 +43,40 @@ def state(ns: str, backend: str) -> str:
                 blocks[cur] = []
             blocks[cur].append(line)
         for name in sorted(blocks):
-            body = blocks[name]
+            # iptables-nft lists chains in creation order; a roll-back recreates them
+            # (stable sort by chain: the order within a chain is kept)
+            body = [blocks[name][0]] + sorted(ln for ln in blocks[name][1:] if ln.startswith(":")) + sorted(
+                (ln for ln in blocks[name][1:] if not ln.startswith(":")), key=lambda ln: ln.split()[:2])
             if any(ln.startswith("-A") or (ln.startswith(":") and " - " in ln) for ln in body):
                 text.append(tool + "\n" + "\n".join(body))
     return "\n".join(text)
+
+
+def _nft_state(listing: str) -> str:
+    """Tables and chains sorted (a roll-back recreates a table: listing order changes); our digest
+    comment and empty accept-policy base chains (iptables-nft leaves them, as x_tables leaves
+    empty tables) dropped, and tables left empty by that dropped."""
+    tables, cur, chain = [], None, None
+    for ln in listing.splitlines():
+        if 'comment "istio-cni' in ln or not ln.strip():
+            continue
+        if ln.startswith("table "):
+            cur = [ln, []]
+            tables.append(cur)
+        elif ln.strip().startswith("chain "):
+            chain = [ln]
+            cur[1].append(chain)
+        elif ln == "\t}":
+            chain = None
+        elif ln != "}" and chain is not None:
+            chain.append(ln)
+    out = []
+    for head, chains in tables:
+        kept = ["\n".join(c) for c in chains
+                if not (len(c) == 2 and c[1].strip().endswith("policy accept;"))]
+        if kept:
+            out.append(head + "\n" + "\n".join(sorted(kept)))
+    return "\n".join(sorted(out))
 
 
 def foreign_rule(ns: str, backend: str) -> None:
@@ -73,11 +103,23 @@ def test_second_commit_changes_nothing(backend, netns):
     assert netfilter.check(nsutil.path(ns), rs, backend) == []
 
 
+CHANGES = {
+    # DNS capture (raw table, ISTIO_OUTPUT_DNS), drop-invalid, TPROXY marks -> plain REDIRECT
+    "tproxy-dns-to-redirect": (dict(redirect_dns=True, dns_servers_v4="169.254.0.53",
+                                    drop_invalid=True, interception_mode="TPROXY",
+                                    exclude_interfaces="eth9"),
+                               dict(outbound_ports_exclude="9090")),
+    # IPv6 switched off: our ip6tables rules / ip6 parts must go
+    "ipv6-off": (dict(), dict(enable_ipv6=False)),
+    "redirect-to-tproxy": (dict(reroute_virtual_interfaces="eth7"), dict(interception_mode="TPROXY")),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_different_rule_set_replaces_ours(backend, netns):
-    old = build(cfg(redirect_dns=True, dns_servers_v4="169.254.0.53", drop_invalid=True,
-                    interception_mode="TPROXY"))
-    new = build(cfg(outbound_ports_exclude="9090"))
+def test_different_rule_set_replaces_ours(backend, change, netns):
+    old_kw, new_kw = CHANGES[change]
+    old, new = build(cfg(**old_kw)), build(cfg(**new_kw))
     replaced, fresh = netns("repl"), netns("fresh")
     netfilter.apply(nsutil.path(replaced), old, backend)
     netfilter.apply(nsutil.path(replaced), new, backend)
@@ -125,27 +167,39 @@ def test_nft_check_reports_changed_chain(netns):
         "inet istio-proxy-nat: chain istio-redirect has 0 rules, expected 1"]
 
 
-def _with_rejected_rule(rs):
-    """``rs`` plus, in its last IPv4 table, a rule the kernel refuses only at commit time
-    (REDIRECT is a NAT target, legal in nat PREROUTING/OUTPUT, not in POSTROUTING)."""
-    nat = next(t for t in rs.v4 if t.name == "nat")
+def _with_rejected_rule(rs, family: int = 4):
+    """``rs`` plus, in the last table of ``family``, a rule the kernel refuses only at commit
+    time (REDIRECT is a NAT target, legal in nat PREROUTING/OUTPUT, not in POSTROUTING)."""
+    tables = rs.v4 if family == 4 else rs.v6
+    nat = next(t for t in tables if t.name == "nat")
     bad = nat.replace(rules=nat.rules + (Rule("POSTROUTING", ("-p", "tcp", "-j", "REDIRECT",
                                                                 "--to-ports", "1")),))
-    v4 = tuple(t for t in rs.v4 if t.name != "nat") + (bad,)
-    nft = rs.nft[:-1] + (rs.nft[-1].replace(statements=rs.nft[-1].statements + (
-        f"add rule inet {rs.nft[-1].name} prerouting tcp dport 1 counter tproxy ip to :1",)),)
-    return rs.replace(v4=v4, nft=nft)
+    tables = tuple(t for t in tables if t.name != "nat") + (bad,)
+    # nftables: a NAT statement in a filter-type chain passes nft's checks, the kernel
+    # refuses it (EOPNOTSUPP) while processing the batch.
+    nft = tuple(t.replace(statements=t.statements + (
+        f"add rule inet {t.name} prerouting tcp dport 1 counter redirect to :1",))
+        if t.name == "istio-proxy-mangle" else t for t in rs.nft)
+    assert nft != rs.nft
+    return rs.replace(nft=nft, **{"v4" if family == 4 else "v6": tables})
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_failed_commit_leaves_netns_as_before(backend, netns):
+# The nftables form is one inet transaction: there is no per-family step to fail.
+FAILURES = [(b, f) for b in BACKENDS for f in (4, 6) if not (b == "nft" and f == 6)]
+
+
+@pytest.mark.parametrize("backend, family", FAILURES)
+def test_failed_commit_leaves_netns_as_before(backend, family, netns):
+    """The failing table comes last: mangle (and, for IPv6, every IPv4 table) was already
+    written when the kernel refuses it, so this proves the roll-back."""
     ns = netns("fail")
     foreign_rule(ns, backend)
     good = build(cfg(outbound_ports_exclude="9090"))
     netfilter.apply(nsutil.path(ns), good, backend)
     before = state(ns, backend)
-    bad = _with_rejected_rule(build(cfg(interception_mode="TPROXY")))
-    assert [t.name for t in bad.v4][-1] == "nat" and len(bad.v4) > 1  # fails after mangle
+    bad = _with_rejected_rule(build(cfg(interception_mode="TPROXY")), family)
+    tables = bad.v4 if family == 4 else bad.v6
+    assert [t.name for t in tables][-1] == "nat" and len(tables) > 1
     with pytest.raises(NetfilterError):
         netfilter.apply(nsutil.path(ns), bad, backend)
     assert state(ns, backend) == before
@@ -207,14 +261,17 @@ def test_commit_ignores_the_xtables_lock(backend, netns, monkeypatch, tmp_path):
         assert netfilter.check(nsutil.path(ns), rs, backend) == []
 
 
-def test_parallel_commits_into_many_netns(netns):
+@pytest.mark.parametrize("backend", ["iptc", "nft"])
+def test_parallel_commits_into_many_netns(backend, netns):
+    """Threads of one process (the agent's shape): each enters its own netns; the backends
+    serialise their library calls, every netns ends up with exactly its rules."""
     names = [netns(f"par{i}") for i in range(8)]
     rs = build(cfg(interception_mode="TPROXY"))
     errors = []
 
     def work(name):
         try:
-            netfilter.apply(nsutil.path(name), rs, "iptc")
+            netfilter.apply(nsutil.path(name), rs, backend, long_lived=True)
         except Exception as e:  # collected and asserted below
             errors.append(e)
 
@@ -225,4 +282,24 @@ def test_parallel_commits_into_many_netns(netns):
         t.join(timeout=60)
     assert not errors
     for name in names:
-        assert netfilter.check(nsutil.path(name), rs, "iptc") == []
+        assert netfilter.check(nsutil.path(name), rs, backend) == []
+
+
+def test_nft_retries_when_the_ruleset_changed_under_it(netns, monkeypatch):
+    from istio_cni.netfilter import nft as nft_mod
+
+    ns = netns("nftrace")
+    real_run = nft_mod.Nft.run
+    failures = []
+
+    def flaky_run(self, text, what):
+        if what == "commit" and not failures:  # as libnftables reports a stale batch
+            failures.append(1)
+            raise NetfilterError("libnftables commit failed", "Resource temporarily unavailable")
+        return real_run(self, text, what)
+
+    monkeypatch.setattr(nft_mod.Nft, "run", flaky_run)
+    rs = build(cfg())
+    netfilter.apply(nsutil.path(ns), rs, "nft")
+    assert failures == [1]
+    assert netfilter.check(nsutil.path(ns), rs, "nft") == []

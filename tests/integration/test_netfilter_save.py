@@ -110,3 +110,46 @@ def test_libnftables_commit_lists_like_nft_f(case, conformance, netns):
     nsutil.exec_in(theirs, "nft", "-f", "-", input=rs.nft_text(), check=True)
     assert _listing(ours) == _listing(theirs)
     assert netfilter.check(nsutil.path(ours), rs, "nft") == []
+
+
+# Options upstream's goldens do not use but the parser accepts: each must encode exactly
+# as iptables-legacy-restore encodes it.
+EXTRA_V4 = Table("mangle", ("ISTIO_EXTRA",), tuple(Rule("ISTIO_EXTRA", tuple(s.split())) for s in (
+    "-p tcp -m socket -j ACCEPT",
+    "-p tcp -m socket --transparent --nowildcard -j ACCEPT",
+    "! -i eth0 ! -s 10.0.0.0/8 -p udp ! --sport 1000:2000 -j RETURN",
+    "-i veth+ -p tcp --sport 1 --dport 2:3 -j RETURN",
+    "-p tcp -m multiport --dports 80,8000:8080,443 -j RETURN",
+    "-p tcp -m multiport --sports 22 -j RETURN",
+    "-m conntrack ! --ctstate NEW,INVALID -j RETURN",
+    "-m owner --uid-owner 1000-2000 -j RETURN",
+    "-m owner ! --gid-owner 0 -j RETURN",
+    "! -p tcp -j RETURN",
+    "-m connmark ! --mark 0x10/0xf0 -j RETURN",
+    "-j MARK --set-xmark 0x1/0x3",
+    "-j MARK --set-mark 0x4/0x4",
+    "-p tcp -j TPROXY --on-port 15006 --on-ip 127.0.0.1 --tproxy-mark 0x1/0x1",
+)))
+EXTRA_NAT = Table("nat", ("ISTIO_EXTRA",), (
+    Rule("ISTIO_EXTRA", ("-p", "tcp", "-j", "REDIRECT", "--to-ports", "15001-15002")),
+    Rule("ISTIO_EXTRA", ("-p", "tcp", "-j", "REDIRECT")),
+    Rule("OUTPUT", ("-j", "ISTIO_EXTRA"), insert_at=1),
+))
+EXTRA_RAW = Table("raw", ("ISTIO_EXTRA",), (Rule("ISTIO_EXTRA", ("-j", "CT", "--notrack")),))
+
+
+def test_libiptc_extra_vocabulary_matches_iptables(netns):
+    v6_mangle = Table("mangle", ("ISTIO_EXTRA",), tuple(
+        Rule("ISTIO_EXTRA", tuple(s.split())) for s in (
+            "-p tcp -m socket -j ACCEPT", "! -s fd00::/8 -p tcp ! --dport 5 -j RETURN",
+            "-p tcp -j TPROXY --on-port 15006 --on-ip ::1 --tproxy-mark 0x1/0x1")))
+    rs = RuleSet(v4=(EXTRA_V4, EXTRA_NAT, EXTRA_RAW), v6=(v6_mangle, EXTRA_NAT))
+    ours, theirs = netns("iptc"), netns("restore")
+    netfilter.apply(nsutil.path(ours), rs, "iptc")
+    for family, tables in ((4, rs.v4), (6, rs.v6)):
+        tool = "iptables-legacy-restore" if family == 4 else "ip6tables-legacy-restore"
+        nsutil.exec_in(theirs, tool, "--noflush", input=rs.restore_text(family), check=True)
+        saved = _save(ours, family)
+        assert saved == _save(theirs, family)
+        assert _rules_by_chain(saved, family) == _expected_by_chain(tables, family)
+    assert netfilter.check(nsutil.path(ours), rs, "iptc") == []

@@ -7,6 +7,7 @@ plugin's code consumes; no client library sits in between to normalise away a bu
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import urllib.error
 import urllib.parse
@@ -33,7 +34,7 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: s
     }
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", opener=lambda p, f: __import__("os").open(p, f, 0o600)) as fh:
+    with open(tmp, "w", opener=lambda p, f: os.open(p, f, 0o600)) as fh:
         yaml.safe_dump(doc, fh)
     tmp.replace(path)
     return path

@@ -54,6 +54,9 @@ def test_boolean_flags_env_and_upstream_aliases():
     assert config(["-u", "1"], {"INVALID_DROP": "true"}).drop_invalid
     assert config(["-u", "1"], {"ISTIO_DUAL_STACK": "True"}).dual_stack
     assert config(["-u", "1"], {"CAPTURE_ALL_DNS": "t"}).capture_all_dns
+    # Empty variables count as unset, as with upstream's viper binding.
+    assert config(["-u", "1"], {"REDIRECT_DNS": "", "ISTIO_META_DNS_CAPTURE": "1"}).redirect_dns
+    assert config(["-u", "1"], {"INBOUND_CAPTURE_PORT": ""}).inbound_capture_port == "15006"
 
 
 def test_env_only_knobs():
@@ -153,7 +156,12 @@ def test_commit_without_backend_is_a_clear_error(monkeypatch, capsys):
     import sys
 
     monkeypatch.setattr(cli, "local_addresses", lambda: ["192.0.2.1"])
+    import istio_cni
+
+    # Both the module cache and the package attribute: `from . import netfilter` prefers
+    # the attribute when an earlier test already imported the real backends.
     monkeypatch.setitem(sys.modules, "istio_cni.netfilter", None)  # import fails
+    monkeypatch.delattr(istio_cni, "netfilter", raising=False)
     monkeypatch.setattr(cli.os, "environ", {"PATH": "/usr/bin:/bin"})
     assert cli.main(["-u", "1", "--network-namespace", "/run/netns/none"]) == 1
     assert "netfilter backend unavailable" in capsys.readouterr().err
@@ -166,7 +174,7 @@ def test_commit_goes_through_netfilter_apply(monkeypatch):
     calls = []
     fake = types.ModuleType("istio_cni.netfilter")
     fake.apply = lambda path, rs, preferred="auto": calls.append((path, rs, preferred)) or "iptc"
-    fake.remove = lambda path, preferred="auto": calls.append((path, "remove", preferred))
+    fake.remove = lambda path, preferred="auto", rs=None: calls.append((path, rs, preferred))
     monkeypatch.setitem(sys.modules, "istio_cni.netfilter", fake)
     import istio_cni
 
@@ -178,5 +186,35 @@ def test_commit_goes_through_netfilter_apply(monkeypatch):
     path, rs, preferred = calls[0]
     assert (path, preferred) == ("/run/netns/pod1", "iptc")
     assert isinstance(rs, RuleSet) and rs.v4
-    assert cli.run(cli.parse_options(["--cleanup-only", "--native-nftables"], {})) == 0
-    assert calls[1] == ("/proc/self/ns/net", "remove", "nft")
+    assert cli.run(cli.parse_options(["--cleanup-only", "--native-nftables", "-u", "1",
+                                      "-m", "TPROXY", "-b", "*"], {})) == 0
+    path, rs, preferred = calls[1]
+    assert (path, preferred) == ("/proc/self/ns/net", "nft")
+    assert rs.routes == (PolicyRoute(4, 1337, 133),)  # what --cleanup-only knows to remove
+
+
+@pytest.mark.parametrize("text, seconds", [("5s", 5.0), ("500ms", 0.5), ("1m30s", 90.0),
+                                           ("0", 0.0), ("1.5h", 5400.0), ("250us", 0.00025)])
+def test_parse_duration_like_go(text, seconds):
+    from istio_cni.iptables_validation import parse_duration
+
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["5", "", "s", "5 seconds", "1d"])
+def test_parse_duration_rejects(text):
+    from istio_cni.iptables_validation import parse_duration
+
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--run-validation", "--probe-timeout", "soon"], "--probe-timeout"),
+    (["--run-validation", "--iptables-probe-port", "70000"], "--iptables-probe-port"),
+])
+def test_bad_validation_flags_exit_2(argv, named, monkeypatch, capsys):
+    monkeypatch.setattr(cli.os, "environ", {"PATH": "/usr/bin:/bin"})
+    monkeypatch.setattr(cli, "local_addresses", lambda: ["192.0.2.1"])
+    assert cli.main(["-u", "1", "-n", *argv]) == 2
+    assert named in capsys.readouterr().err

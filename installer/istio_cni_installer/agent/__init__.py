@@ -13,38 +13,37 @@ import threading
 from istio_cni.log import log
 
 from .handler import Handler, warm_up
+from .kubeclient import ApiError, KubeClient
 from .podcache import PodCache
 from .server import AgentServer
 
 SOCKET_NAME = "agent.sock"  # istio_cni.config.AGENT_SOCKET_NAME: the plugin derives the same path
-SYNC_TIMEOUT = 60.0
 
-__all__ = ["NodeAgent", "PodCache", "Handler", "AgentServer", "make_api_client", "SOCKET_NAME"]
+__all__ = ["NodeAgent", "PodCache", "Handler", "AgentServer", "KubeClient", "ApiError", "make_api_client",
+           "SOCKET_NAME"]
 
 
-def make_api_client(kubeconfig: str = ""):
-    """A ``kubernetes`` ApiClient from ``kubeconfig`` or, when empty, the in-cluster config."""
-    from kubernetes import client, config
-
+def make_api_client(kubeconfig: str = "") -> KubeClient:
+    """An API client from ``kubeconfig`` or, when empty, the pod's service account."""
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    cfg = client.Configuration()
-    config.load_incluster_config(client_configuration=cfg)
-    return client.ApiClient(cfg)
+        return KubeClient.from_kubeconfig(kubeconfig)
+    return KubeClient.in_cluster(os.environ.get("KUBERNETES_SERVICE_HOST", ""),
+                                 int(os.environ.get("KUBERNETES_SERVICE_PORT", "443")),
+                                 "/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class NodeAgent:
-    """Start/stop service object for the installer's main loop."""
+    """Start/stop service object: the cache starts at once, the socket once the cache has synced."""
 
     def __init__(self, run_dir: str, node_name: str, api_client=None, *, cache: PodCache | None = None,
-                 handler: Handler | None = None, log_stream=None, sync_timeout: float = SYNC_TIMEOUT) -> None:
+                 handler: Handler | None = None, log_stream=None) -> None:
         self.socket_path = os.path.join(run_dir, SOCKET_NAME)
         self.cache = cache if cache is not None else PodCache(api_client, node_name)
         self.handler = handler if handler is not None else Handler(self.cache)
         self.server = AgentServer(self.socket_path, self.handler, log_stream=log_stream)
-        self.sync_timeout = sync_timeout
         self._serving = threading.Event()
         self._stopped = threading.Event()
+        self._lock = threading.Lock()  # server start vs stop: never leave a socket behind
         self._starter: threading.Thread | None = None
 
     @property
@@ -58,35 +57,28 @@ class NodeAgent:
         return self
 
     def _serve_when_synced(self) -> None:
-        while not self._stopped.is_set():
-            if self.cache.wait_synced(min(self.sync_timeout, 1.0)):
-                break
+        while not self._stopped.is_set() and not self.cache.wait_synced(0.5):
+            pass
         if self._stopped.is_set():
             return
         try:
             warm_up()
         except Exception as e:  # a broken import will show on the first request too; serve anyway
             log.error("agent warm-up import failed", error=repr(e)[:300])
-        self.server.start()
-        self._serving.set()
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self.server.start()
+            self._serving.set()
 
     def wait_ready(self, timeout: float) -> bool:
         return self._serving.wait(timeout)
 
     def stop(self) -> None:
-        self._stopped.set()
-        if self._serving.is_set():
-            self.server.stop()
+        with self._lock:
+            self._stopped.set()
+            if self._serving.is_set():
+                self.server.stop()
         if self._starter is not None:
-            self._starter.join(5)
+            self._starter.join(2)
         self.cache.stop()
-
-    def metrics_text(self) -> str:
-        """Prometheus text lines for the installer's /metrics."""
-        lines = ["# TYPE istio_cni_agent_requests_total counter"]
-        for outcome, n in sorted(self.handler.counts.items()):
-            lines.append(f'istio_cni_agent_requests_total{{result="{outcome}"}} {n}')
-        lines += ["# TYPE istio_cni_agent_cached_pods gauge", f"istio_cni_agent_cached_pods {len(self.cache)}",
-                  "# TYPE istio_cni_agent_relists_total counter",
-                  f"istio_cni_agent_relists_total {self.cache.relists}"]
-        return "\n".join(lines) + "\n"

@@ -54,8 +54,9 @@ def warm_up() -> None:
 class Handler:
     """Turns decoded request bodies into answer dicts. ``cache``: a ``PodCache``-like object."""
 
-    def __init__(self, cache, *, plan=_default_plan, apply=_default_apply) -> None:
+    def __init__(self, cache, *, plan=_default_plan, apply=_default_apply, metrics=None) -> None:
         self.cache = cache
+        self.metrics = metrics  # optional: .inc(name, **labels) (the installer's Metrics)
         self.plan = plan
         self.apply = apply
         self.commit_lock = threading.Lock()
@@ -65,6 +66,8 @@ class Handler:
     def _count(self, outcome: str) -> None:
         with self._counts_lock:
             self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        if self.metrics is not None:
+            self.metrics.inc("istio_cni_agent_requests_total", result=outcome)
 
     def pod_getter(self, budget_end: float):
         """``get_pod(ns, name)`` for ``plan``: cache, then one GET, then wait for the watch."""
@@ -123,7 +126,13 @@ class Handler:
         conf = parse_conf(netconf)
         k8s = parse_k8s_args(req["args"])
         pod = f"{k8s.pod_namespace}/{k8s.pod_name}"
-        budget_end = started + max(deadline - DEADLINE_MARGIN, MIN_BUDGET)
+        budget_end = started + deadline - DEADLINE_MARGIN
+        expires = req.get("expires")
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+            # Time spent in our accept backlog counts against the plugin's wait, not ours.
+            budget_end = min(budget_end, started + (expires - time.time()) - DEADLINE_MARGIN)
+        if budget_end <= time.monotonic():
+            raise Fallback("request expired while queued in the agent (plugin has given up)")
         ruleset, reason = self.plan(conf, k8s, netconf, self.pod_getter(budget_end))
         result = prev_result(netconf)
         if ruleset is None:

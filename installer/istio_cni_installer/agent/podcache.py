@@ -1,9 +1,8 @@
 """The pods of this node, kept current by list + watch (field selector ``spec.nodeName``).
 
 Pods are kept as the plain JSON dicts the API returns (what ``decide``/``redirect`` read),
-minus ``metadata.managedFields`` (often half the object, never read by us). Going through
-the ``kubernetes`` client's raw responses (``_preload_content=False``) skips its model
-classes, which would triple the memory and cost a conversion back to dicts per ADD.
+minus ``metadata.managedFields`` (often half the object, never read by us). The API client
+is ``kubeclient.KubeClient`` (no model classes: dicts in, dicts out).
 
 Watch protocol: list (resourceVersion R) -> watch from R with bookmarks; each event moves
 R on; a server-side timeout re-watches from R; "410 Gone" (R compacted away) or any error
@@ -41,24 +40,22 @@ def _key(pod: dict) -> tuple[str, str]:
 class PodCache:
     """``get(ns, name)`` answers from memory; ``fetch`` GETs one pod the watch has not shown yet."""
 
-    def __init__(self, api_client, node_name: str, *, watch_seconds: int = WATCH_SECONDS,
+    def __init__(self, api, node_name: str, *, watch_seconds: int = WATCH_SECONDS,
                  relist_backoff: float = RELIST_BACKOFF) -> None:
-        from kubernetes import client
-
         if not node_name:
             raise ValueError("PodCache needs the node name (KUBERNETES_NODE_NAME)")
-        self.core = client.CoreV1Api(api_client)
+        self.api = api  # kubeclient.KubeClient
         self.node_name = node_name
         self.watch_seconds = watch_seconds
         self.relist_backoff = relist_backoff
         self.listeners: list = []  # callables (event_type, pod); called on the watch thread
         self.relists = 0
+        self._events = 0  # watch events seen (a stream that delivers none is backed off)
         self._pods: dict[tuple[str, str], dict] = {}
         self._cond = threading.Condition()
         self._synced = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._resp = None
         self.resource_version = ""
 
     # ---- reads ------------------------------------------------------------------------------
@@ -89,18 +86,13 @@ class PodCache:
         return self._synced.wait(timeout)
 
     def fetch(self, namespace: str, name: str, timeout: float) -> dict | None:
-        """GET the pod from the API (None on 404); raises ApiException/OSError otherwise."""
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False,
-                                                 _request_timeout=timeout)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        pod = slim(json.loads(resp.data))
-        self._store("ADDED", pod)
+        """GET the pod from the API (None on 404); raises ApiError/OSError otherwise."""
+        pod = self.api.get_pod(namespace, name, timeout=timeout)
+        if pod is None:
+            return None
+        pod = slim(pod)
+        if (pod.get("spec") or {}).get("nodeName") == self.node_name:
+            self._store("ADDED", pod)  # ours: the watch will keep it current from here
         return pod
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -109,15 +101,12 @@ class PodCache:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
         self._stop.set()
-        resp = self._resp
-        if resp is not None:
-            try:
-                resp.shutdown() if hasattr(resp, "shutdown") else resp.close()
-            except Exception:
-                pass
+        self.api.close()  # aborts the open watch stream
         if self._thread is not None:
+            # Daemon thread: one stuck in a connect is abandoned (it re-checks _stop before
+            # touching anything), so shutdown never waits on an unreachable API.
             self._thread.join(timeout)
 
     # ---- the watch loop ---------------------------------------------------------------------
@@ -126,7 +115,12 @@ class PodCache:
             try:
                 self._list()
                 while not self._stop.is_set():
+                    started, events = time.monotonic(), self._events
                     self._watch()
+                    if self._events == events and time.monotonic() - started < 1.0:
+                        # A watch that ends at once with nothing (a proxy cutting streams):
+                        # do not spin on the API server.
+                        self._stop.wait(self.relist_backoff)
             except Gone:
                 log.info("pod watch expired (410 Gone), re-listing", node=self.node_name,
                          resource_version=self.resource_version)
@@ -141,9 +135,7 @@ class PodCache:
         return f"spec.nodeName={self.node_name}"
 
     def _list(self) -> None:
-        resp = self.core.list_pod_for_all_namespaces(field_selector=self._selector(),
-                                                     _preload_content=False, _request_timeout=30)
-        doc = json.loads(resp.data)
+        doc = self.api.request("GET", self.api.pods_path(fieldSelector=self._selector()), timeout=30)
         fresh = {}
         for pod in doc.get("items") or []:
             fresh[_key(pod)] = slim(pod)
@@ -162,31 +154,23 @@ class PodCache:
                  resource_version=self.resource_version)
 
     def _watch(self) -> None:
-        from kubernetes.client.exceptions import ApiException
+        from .kubeclient import ApiError
 
+        path = self.api.pods_path(fieldSelector=self._selector(), watch="true", allowWatchBookmarks="true",
+                                  resourceVersion=self.resource_version, timeoutSeconds=str(self.watch_seconds))
         try:
-            resp = self.core.list_pod_for_all_namespaces(
-                field_selector=self._selector(), watch=True, allow_watch_bookmarks=True,
-                resource_version=self.resource_version, timeout_seconds=self.watch_seconds,
-                _preload_content=False, _request_timeout=(10, self.watch_seconds + 30))
-        except ApiException as e:
-            if e.status == 410:
-                raise Gone() from None
-            raise
-        self._resp = resp
-        try:
-            # stop() sets the flag, then closes _resp: one of the two always catches us.
-            if self._stop.is_set():
-                return
-            for line in _lines(resp):
+            # stop() sets the flag, then closes the client (aborts open streams, refuses new ones).
+            for line in self.api.stream_lines(path, read_timeout=self.watch_seconds + 30):
                 if self._stop.is_set():
                     return
                 self._event(json.loads(line))
-        finally:
-            self._resp = None
-            resp.release_conn()
+        except ApiError as e:
+            if e.status == 410:
+                raise Gone() from None
+            raise
 
     def _event(self, ev: dict) -> None:
+        self._events += 1
         kind, obj = ev.get("type"), ev.get("object") or {}
         if kind == "ERROR":
             if obj.get("code") == 410:
@@ -220,15 +204,3 @@ class PodCache:
             except Exception as e:  # a listener bug must not stop the watch
                 log.error("pod cache listener failed", listener=repr(fn)[:80], error=repr(e)[:300])
 
-
-def _lines(resp):
-    """Split a chunked watch stream into JSON lines."""
-    buf = b""
-    for chunk in resp.stream(65536, decode_content=False):
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            if line.strip():
-                yield line
-    if buf.strip():
-        yield buf

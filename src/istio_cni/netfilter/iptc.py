@@ -5,10 +5,14 @@ our old jumps/rules out of the built-in chains, append/insert the new rules, ``i
 (one ``IPT_SO_SET_REPLACE``: the kernel swaps the whole table or nothing). Applying the same
 rule set twice gives the same table; a different rule set replaces ours.
 
-Across tables the kernel offers no transaction, so before committing we keep an untouched
-handle per table (the snapshot) and, if a later table's commit fails, commit the snapshots of
-the tables already written: the netns is left with the rules it had (an empty legacy table
-that ``iptc_init`` instantiated stays instantiated: that is how x_tables works).
+Tables of a previous rule set that the new one does not name (``raw`` when DNS capture was
+turned off, ``ip6tables`` when IPv6 was) lose our chains and rules in the same round.
+
+Across tables the kernel offers no transaction, so before editing a table we dump its rules
+and, if a later table's commit fails, write the dumps of the tables already committed back
+(a fresh handle: the kernel refuses a commit from a handle read before our own commit). The
+netns is left with the rules it had; an empty legacy table that ``iptc_init`` instantiated
+stays instantiated (that is how x_tables works).
 
 No ``/run/xtables.lock``: it is node-wide and serialises every pod's ADD; the rules live in
 the pod's own netns and the kernel rejects a commit based on a stale blob with EAGAIN, which
@@ -26,7 +30,7 @@ from ..log import log
 from ..rules.model import RuleSet, Table
 from . import owned
 from .xt import parse
-from .xtenc import encode, identity, identity_of
+from .xtenc import encode, encode_with_identity, identity, identity_of, standard_target
 
 LOCK = _thread.allocate_lock()
 EAGAIN = 11
@@ -90,6 +94,7 @@ class Handle:
     def __init__(self, lib: _Lib, table: str) -> None:
         self.lib = lib
         self.table = table
+        self.dirty = False
         self.h = lib.init(table.encode())
         if self.h == lib.ffi.NULL:
             raise lib.error(f"init of table {table}")
@@ -108,7 +113,7 @@ class Handle:
         return out
 
     def rules(self, chain: str) -> list:
-        """[(identity, target label)] of ``chain``'s rules in order."""
+        """[(identity, target label, upstream shape?)] of ``chain``'s rules in order."""
         out, lib, ffi = [], self.lib, self.lib.ffi
         bchain = chain.encode()
         e = lib.first_rule(bchain, self.h)
@@ -117,9 +122,21 @@ class Handle:
             raw = bytes(ffi.buffer(ffi.cast("char *", e), e.next_offset))
             ident = identity_of(raw[:lib.ip_size], raw[lib.entry_size:e.target_offset],
                                 raw[e.target_offset:], label)
-            out.append((ident, label))
+            out.append((ident, label, self._shape(chain, raw[:lib.ip_size], ident, label)))
             e = lib.next_rule(e, self.h)
         return out
+
+    def _shape(self, chain: str, ip: bytes, ident: tuple, label: str) -> bool:
+        if self.lib.family == 4:
+            addrs, ifaces, proto_at = ip[8:16], ip[16:48], 80
+        else:
+            addrs, ifaces, proto_at = ip[32:64], ip[64:96], 128
+        proto = {6: "tcp", 17: "udp"}.get(int.from_bytes(ip[proto_at:proto_at + 2], "little"))
+        target = label if isinstance(ident[2], str) else ident[2][0][0]
+        return owned.upstream_shape(
+            self.table, chain, ifaces[:16].split(b"\0", 1)[0].decode(),
+            ifaces[16:].split(b"\0", 1)[0].decode(), proto, any(addrs),
+            tuple(m[0] for m in ident[1]), target)
 
     def call(self, fn, what: str, *args) -> None:
         if not fn(*args, self.h):
@@ -129,26 +146,84 @@ class Handle:
         if not self.lib.commit(self.h):
             raise self.lib.error(f"commit of table {self.table}")
 
-    def mark_changed(self) -> None:
-        """libiptc skips the commit of an unchanged handle; a snapshot must be written."""
-        tmp = b"ISTIO_CNI_RESTORE"
-        self.call(self.lib.create_chain, "snapshot mark", tmp)
-        self.call(self.lib.delete_chain, "snapshot mark", tmp)
+    def dump(self) -> tuple:
+        """(user chains, [(chain, entry bytes)]): the table's rules, re-appendable.
+
+        A standard target read back holds a verdict or a jump offset into this blob; it is
+        re-encoded by label so the entry can be appended to another handle.
+        """
+        lib, ffi = self.lib, self.lib.ffi
+        chains = self.chains()
+        user = [c for c in chains if not lib.builtin(c.encode(), self.h)]
+        entries = []
+        for c in chains:
+            e = lib.first_rule(c.encode(), self.h)
+            while e != ffi.NULL:
+                raw = bytes(ffi.buffer(ffi.cast("char *", e), e.next_offset))
+                label = ffi.string(lib.get_target(e, self.h)).decode()
+                tname = raw[e.target_offset + 2:e.target_offset + 31].split(b"\0", 1)[0]
+                if not tname:  # standard target: verdict or jump
+                    raw = raw[:e.target_offset] + standard_target(label)
+                entries.append((c, raw))
+                e = lib.next_rule(e, self.h)
+        return user, entries
+
+    def load(self, dump: tuple) -> None:
+        """Make this handle's table equal to ``dump`` (built-in policies are never changed)."""
+        user, entries = dump
+        lib, ffi = self.lib, self.lib.ffi
+        current = self.chains()
+        for c in current:
+            self.call(lib.flush_entries, f"flush {c}", c.encode())
+        for c in current:
+            if not lib.builtin(c.encode(), self.h):
+                self.call(lib.delete_chain, f"delete chain {c}", c.encode())
+        for c in user:
+            self.call(lib.create_chain, f"create chain {c}", c.encode())
+        for c, raw in entries:
+            e = ffi.cast(lib.entry_type, ffi.from_buffer(raw))
+            self.call(lib.append_entry, f"append to {c}", c.encode(), e)
 
 
-def _desired(table: Table, family: int) -> list:
-    """[(chain, rule identity, encoded entry, insert_at, text)] in application order."""
+# (spec, family) -> [entry, identity or None]. A plugin process commits once, so this only
+# pays off in the node agent, where every pod of a deployment has the same rules. Bounded.
+_ENCODED: dict = {}
+CACHE_LIMIT = 4096
+
+
+def _encoded(spec: tuple, family: int, need_identity: bool) -> list:
+    key = (spec, family)
+    hit = _ENCODED.get(key)
+    if hit is None:
+        x = parse(spec, family)
+        hit = list(encode_with_identity(x)) if need_identity else [encode(x), x]
+        if len(_ENCODED) >= CACHE_LIMIT:
+            _ENCODED.clear()
+        _ENCODED[key] = hit
+    elif need_identity and not isinstance(hit[1], tuple):
+        hit[1] = identity(hit[1])  # parsed earlier without it: the XtRule waits there
+    return hit
+
+
+def _desired(table: Table, family: int, for_check: bool = False) -> list:
+    """[(chain, identity, encoded entry, insert_at, Rule)] in application order.
+
+    A commit needs the identity only of rules in built-in chains (to recognise our own
+    there); ``check`` compares every chain, so it needs all of them."""
     out = []
     for r in table.rules:
-        x = parse(r.spec, family)
-        out.append((r.chain, identity(x), encode(x), r.insert_at, r.render()))
+        need = for_check or not owned.is_our_chain(r.chain)
+        entry, ident = _encoded(r.spec, family, need)
+        out.append((r.chain, ident if need else None, entry, r.insert_at, r))
     return out
 
 
-def _clear_ours(h: Handle, desired_ids: dict) -> None:
-    """Flush our chains, drop our rules from built-in chains, delete our chains."""
+def _clear_ours(h: Handle, desired_ids: dict) -> int:
+    """Flush our chains, drop our rules from built-in chains, delete our chains.
+    Returns how many chains and built-in-chain rules went."""
     chains = h.chains()
     ours = [c for c in chains if owned.is_our_chain(c)]
+    gone = len(ours)
     for c in ours:
         h.call(h.lib.flush_entries, f"flush {c}", c.encode())
     for c in chains:
@@ -157,17 +232,20 @@ def _clear_ours(h: Handle, desired_ids: dict) -> None:
         mine = desired_ids.get(c, set())
         rules = h.rules(c)
         for num in range(len(rules) - 1, -1, -1):
-            ident, label = rules[num]
-            if owned.is_our_chain(label) or ident in mine:
+            ident, label, shape = rules[num]
+            if owned.is_our_chain(label) or ident in mine or shape:
                 h.call(h.lib.delete_num_entry, f"delete rule {num + 1} of {c}", c.encode(), num)
+                gone += 1
     for c in ours:
         h.call(h.lib.delete_chain, f"delete chain {c}", c.encode())
+    return gone
 
 
 def _program(h: Handle, table: Table, desired: list) -> None:
     ids: dict = {}
     for chain, ident, *_ in desired:
-        ids.setdefault(chain, set()).add(ident)
+        if ident is not None:  # rules of built-in chains
+            ids.setdefault(chain, set()).add(ident)
     _clear_ours(h, ids)
     for c in table.chains:
         h.call(h.lib.create_chain, f"create chain {c}", c.encode())
@@ -178,6 +256,22 @@ def _program(h: Handle, table: Table, desired: list) -> None:
             h.call(h.lib.append_entry, f"append to {chain}", chain.encode(), e)
         else:
             h.call(h.lib.insert_entry, f"insert into {chain}", chain.encode(), e, insert_at - 1)
+
+
+def _holds_ours(h: Handle) -> bool:
+    chains = h.chains()
+    if any(owned.is_our_chain(c) for c in chains):
+        return True
+    return any(owned.is_our_chain(label) or shape for c in chains for _, label, shape in h.rules(c))
+
+
+def _with_stale_tables(work: list) -> list:
+    """``work`` plus an empty target for every live table the new rule set does not name,
+    so ours there (from a previous rule set) is removed in the same commit round."""
+    named = {(f, t.name) for f, t, _ in work}
+    extra = [(f, Table(name, (), ()), []) for f in (4, 6) for name in sorted(live_tables(f))
+             if (f, name) not in named]
+    return list(work) + extra
 
 
 def _tables_by_family(rs: RuleSet) -> list:
@@ -201,32 +295,40 @@ class IptcBackend:
                                 backend=self.name, attempt=attempt + 1)
 
     def _commit_once(self, work: list) -> None:
-        snapshots, committed, handles = {}, [], []
+        dumps, committed, handles = {}, [], []
         try:
-            for family, table, desired in work:
-                lib = _lib(family)
-                snapshots[(family, table.name)] = Handle(lib, table.name)
-                h = Handle(lib, table.name)
+            for family, table, desired in _with_stale_tables(work):
+                h = Handle(_lib(family), table.name)
                 handles.append(h)
+                if not desired and not _holds_ours(h):
+                    continue  # a live table with nothing of ours: leave it alone
+                dumps[(family, table.name)] = h.dump()
                 _program(h, table, desired)
+                h.dirty = True
             for h in handles:
-                h.commit()
-                committed.append((h.lib.family, h.table))
+                if h.dirty:
+                    h.commit()
+                    committed.append((h.lib.family, h.table))
         except NetfilterError:
-            self._roll_back(committed, snapshots)
+            self._roll_back(committed, dumps)
             raise
         finally:
-            for h in handles + list(snapshots.values()):
+            for h in handles:
                 h.close()
 
-    def _roll_back(self, committed: list, snapshots: dict) -> None:
-        for key in reversed(committed):
-            snap = snapshots[key]
+    def _roll_back(self, committed: list, dumps: dict) -> None:
+        """Write back, table by table, what the tables held before this commit."""
+        for family, table in reversed(committed):
+            h = None
             try:
-                snap.mark_changed()
-                snap.commit()
+                h = Handle(_lib(family), table)
+                h.load(dumps[(family, table)])
+                h.commit()
             except NetfilterError as e:
-                log.error("netfilter roll-back failed", table=key[1], family=key[0], error=str(e))
+                log.error("netfilter roll-back failed", table=table, family=family, error=str(e))
+            finally:
+                if h is not None:
+                    h.close()
 
     def check(self, rs: RuleSet) -> list:
         diffs: list = []
@@ -242,7 +344,8 @@ class IptcBackend:
         h = Handle(_lib(family), table.name)
         try:
             present = set(h.chains())
-            return owned.compare(where, table, _desired(table, family), present, h.rules)
+            return owned.compare(where, table, _desired(table, family, for_check=True), present,
+                                 h.rules)
         finally:
             h.close()
 
@@ -255,14 +358,11 @@ class IptcBackend:
                 for name in sorted(live_tables(family)):
                     h = Handle(lib, name)
                     try:
-                        before = h.chains()
                         ids: dict = {}
                         if name in by_name:
                             for chain, ident, *_ in _desired(by_name[name], family):
                                 ids.setdefault(chain, set()).add(ident)
-                        n_before = sum(len(h.rules(c)) for c in before)
-                        _clear_ours(h, ids)
-                        if h.chains() != before or sum(len(h.rules(c)) for c in h.chains()) != n_before:
+                        if _clear_ours(h, ids):  # nothing of ours: no commit at all
                             h.commit()
                     finally:
                         h.close()

@@ -13,16 +13,28 @@ nft re-spells rules when listing them (``meta l4proto tcp tcp dport`` becomes ``
 marks turn hex), so rule text is not compared.
 
 The libnftables context opens its netlink socket when created, so one is created per
-operation, inside the target netns, and freed before leaving.
+operation, inside the target netns. Closing that socket right after a commit is slow: the
+kernel's netlink release handler flushes nf_tables' (global) transaction-destroy work, which
+waits for an RCU grace period (measured 1-10 ms here, growing with load). The per-exec
+plugin pays that at close or at exit either way (so does ``nft -f``); a long-lived caller
+(the node agent) passes ``defer_close=True`` and the context is freed on a short-lived
+background thread, off the ADD's critical path.
 """
 
 from __future__ import annotations
+
+import _thread
 
 from ..errors import NetfilterError
 from ..rules.model import NftTable, RuleSet
 
 OURS = "istio-proxy-"
 COMMENT = "istio-cni "
+RETRIES = 3
+
+
+def _is_race(e: NetfilterError) -> bool:
+    return "Resource temporarily unavailable" in e.details or "Interrupted system call" in e.details
 
 
 def digest(table: NftTable) -> str:
@@ -47,15 +59,26 @@ def transaction_text(rs: RuleSet, existing: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+LOCK = _thread.allocate_lock()
+
+
 class Nft:
-    """A libnftables context with buffered output and error text."""
+    """A libnftables context with buffered output and error text.
+
+    One context at a time per process (``LOCK``, held from creation to ``close``): contexts
+    are independent in libnftables 1.0.x, but its parser and caches have not been audited
+    for concurrent use, and the node agent commits from several threads. Freeing (the slow
+    part, see the module docstring) happens after the lock is released.
+    """
 
     def __init__(self) -> None:
         from .._nf import ffi, lib
 
         self.ffi, self.lib = ffi, lib
+        LOCK.acquire()
         self.ctx = lib.nft_ctx_new(lib.NFT_CTX_DEFAULT)
         if self.ctx == ffi.NULL:
+            LOCK.release()
             raise NetfilterError("libnftables: nft_ctx_new failed")
         lib.nft_ctx_buffer_output(self.ctx)
         lib.nft_ctx_buffer_error(self.ctx)
@@ -67,10 +90,15 @@ class Nft:
             raise NetfilterError(f"libnftables {what} failed", err.strip())
         return self.ffi.string(self.lib.nft_ctx_get_output_buffer(self.ctx)).decode(errors="replace")
 
-    def close(self) -> None:
-        if self.ctx is not None:
-            self.lib.nft_ctx_free(self.ctx)
-            self.ctx = None
+    def close(self, defer: bool = False) -> None:
+        if self.ctx is None:
+            return
+        ctx, self.ctx = self.ctx, None
+        LOCK.release()
+        if defer:  # nft_ctx_free is a cffi call: it runs without the GIL
+            _thread.start_new_thread(self.lib.nft_ctx_free, (ctx,))
+        else:
+            self.lib.nft_ctx_free(ctx)
 
     def __enter__(self):
         return self
@@ -150,12 +178,25 @@ def _hook_of(line: str | None):
 class NftBackend:
     name = "nft"
 
+    def __init__(self, defer_close: bool = False) -> None:
+        self.defer_close = defer_close
+
     def commit(self, rs: RuleSet) -> None:
         if not rs.nft:
             raise NetfilterError("nft backend: the rule set has no nftables tables",
                                  "build it with the nftables builder or choose an x_tables backend")
-        with Nft() as n:
-            n.run(transaction_text(rs, _our_tables(n)), "commit")
+        n = Nft()
+        try:
+            for attempt in range(RETRIES):
+                try:  # the table list is read in the same context the batch is sent from
+                    n.run(transaction_text(rs, _our_tables(n)), "commit")
+                    return
+                except NetfilterError as e:
+                    # another writer changed the ruleset between our read and the batch
+                    if not _is_race(e) or attempt == RETRIES - 1:
+                        raise
+        finally:
+            n.close(defer=self.defer_close)
 
     def check(self, rs: RuleSet) -> list:
         diffs: list = []

@@ -1,9 +1,13 @@
 """What we own in a table, and how ``check`` compares it with what the kernel holds.
 
 Ours: every chain named ``ISTIO_*`` (upstream istio-iptables' prefix) and, in the built-in
-chains, the rules that jump to one of them or are identical to a rule of the rule set being
-committed/checked. Anything else in a built-in chain (another CNI's rule, an admin's rule)
-is foreign and never touched.
+chains, the rules that jump to one of them, are identical to a rule of the rule set being
+committed/checked, or have the shape of a rule upstream puts in built-in chains without a
+jump (``upstream_shape``: the exclude/virtual-interface RETURNs and TPROXY's mark rules), so
+a rule set from an earlier config is replaced even where its rules did not jump to our
+chains. Anything else in a built-in chain (another CNI's rule, an admin's rule) is foreign
+and never touched. Limitation: a foreign rule of exactly such a shape (``-i eth9 -j RETURN``
+alone in nat PREROUTING) would be taken for ours.
 
 Comparison is generic over the rule identity: the libiptc backend compares entry bytes
 (``xtenc.identity``), the restore backend parsed ``XtRule`` values from ``*-save`` output.
@@ -18,12 +22,38 @@ def is_our_chain(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
+def upstream_shape(table: str, chain: str, iniface, outiface, proto, has_addr: bool,
+                   matches: tuple, target: str) -> bool:
+    """True for the built-in-chain rules upstream istio-iptables writes that jump nowhere
+    (every such rule in every upstream golden has one of these shapes)."""
+    if table not in ("nat", "mangle"):
+        return False
+    if target == "RETURN" and not matches and not proto and not has_addr:
+        return (chain == "PREROUTING" and bool(iniface) and not outiface) or (
+            chain == "OUTPUT" and bool(outiface) and not iniface)
+    if table != "mangle" or proto != "tcp":
+        return False
+    if target in ("MARK", "CONNMARK"):
+        return matches in (("mark",), ("connmark",), ("owner",))
+    return chain == "OUTPUT" and target == "RETURN" and outiface == "lo" and matches == ("mark",)
+
+
+def xt_shape(table: str, chain: str, rule) -> bool:
+    """``upstream_shape`` for a parsed ``XtRule`` (None-safe for unparsed foreign text)."""
+    if isinstance(rule, str):
+        return False
+    return upstream_shape(table, chain, rule.iniface and rule.iniface[0],
+                          rule.outiface and rule.outiface[0], rule.proto and rule.proto[0],
+                          bool(rule.src or rule.dst), tuple(m for m, _ in rule.matches),
+                          rule.target[0])
+
+
 def expected_order(desired: list) -> dict:
-    """chain -> [(identity, text)] after applying appends/inserts in order (ours only)."""
+    """chain -> [(identity, Rule)] after applying appends/inserts in order (ours only)."""
     out: dict = {}
-    for chain, ident, _entry, insert_at, text in desired:
+    for chain, ident, _entry, insert_at, rule in desired:
         lst = out.setdefault(chain, [])
-        item = (ident, text)
+        item = (ident, rule)
         if insert_at is None:
             lst.append(item)
         else:
@@ -34,7 +64,7 @@ def expected_order(desired: list) -> dict:
 def compare(where: str, table, desired: list, present: set, rules_of) -> list:
     """Differences between ``desired`` (see ``expected_order``) and the live table.
 
-    ``rules_of(chain)`` yields [(identity, target label)] for a live chain.
+    ``rules_of(chain)`` yields [(identity, target label, upstream shape?)] for a live chain.
     """
     diffs = []
     for c in table.chains:
@@ -51,10 +81,11 @@ def compare(where: str, table, desired: list, present: set, rules_of) -> list:
                 diffs.append(f"{where}: built-in chain {chain} missing")
             continue
         want = expected.get(chain, [])
-        live = rules_of(chain)
+        live = [(i, lbl) for i, lbl, _ in rules_of(chain)]
         if not is_our_chain(chain):
             mine = ids.get(chain, set())
-            live = [(i, lbl) for i, lbl in live if is_our_chain(lbl) or i in mine]
+            live = [(i, lbl) for i, lbl, shape in rules_of(chain)
+                    if is_our_chain(lbl) or i in mine or shape]
         diffs += _diff_chain(f"{where} {chain}", want, live)
     return diffs
 
@@ -65,9 +96,9 @@ def _diff_chain(where: str, want: list, live: list) -> list:
     if want_ids == live_ids:
         return []
     out = []
-    for ident, text in want:
+    for ident, rule in want:
         if ident not in live_ids:
-            out.append(f"{where}: missing rule: {text}")
+            out.append(f"{where}: missing rule: {rule.render()}")
     for n, (ident, label) in enumerate(live, 1):
         if ident not in want_ids:
             out.append(f"{where}: unexpected rule #{n} (target {label})")

@@ -7,8 +7,9 @@ creates or flushes each chain we want, ``-D`` lines take our old rules out of bu
 chains (read from ``*-save`` first), ``-F``/``-X`` drop ISTIO chains no longer wanted.
 
 Lock: iptables-legacy-restore takes ``/run/xtables.lock`` (node-wide, it serialises every
-pod). The rules are per netns, so we point ``XTABLES_LOCKFILE`` at a private file per call;
-the kernel still refuses a replace based on a stale table, and that failure is retried.
+pod). The rules are per netns, so we point ``XTABLES_LOCKFILE`` at a private file per
+process and thread (removed afterwards); the kernel still refuses a replace based on a stale
+table, and that failure is retried.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def _tool(variant: str, family: int, what: str) -> str:
 
 
 def _run(argv: list, stdin: str = "") -> str:
+    import _thread
     import os
     import subprocess
 
     env = dict(os.environ)
-    env["XTABLES_LOCKFILE"] = f"/run/istio-cni-xtables-{os.getpid()}.lock"
+    env["XTABLES_LOCKFILE"] = f"/run/istio-cni-xtables-{os.getpid()}-{_thread.get_ident()}.lock"
     try:
         p = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT,
                            env=env)
@@ -52,7 +54,7 @@ def _run(argv: list, stdin: str = "") -> str:
 
 
 def parse_save(text: str, family: int) -> dict:
-    """``*-save`` output -> {table: {"chains": [names], "rules": {chain: [(XtRule|str, label)]}}}.
+    """``*-save`` output -> {table: {"chains": [...], "rules": {chain: [(XtRule|str, label, shape)]}}}.
 
     A rule our parser does not know (someone else's extension) is kept as its text: it can
     never equal one of ours, and its target label still says whether it jumps to our chain.
@@ -61,7 +63,8 @@ def parse_save(text: str, family: int) -> dict:
     cur = None
     for line in text.splitlines():
         if line.startswith("*"):
-            cur = tables.setdefault(line[1:].strip(), {"chains": [], "rules": {}})
+            name = line[1:].strip()
+            cur = tables.setdefault(name, {"chains": [], "rules": {}, "name": name})
         elif line.startswith(":") and cur is not None:
             name = line[1:].split()[0]
             cur["chains"].append(name)
@@ -73,12 +76,13 @@ def parse_save(text: str, family: int) -> dict:
                 chain, rule = parse_save_line(line, family)
             except XtParseError:
                 chain, rule = toks[1], line
-            cur["rules"].setdefault(chain, []).append((rule, label))
+            shape = owned.xt_shape(cur["name"], chain, rule)
+            cur["rules"].setdefault(chain, []).append((rule, label, shape))
     return tables
 
 
 def _desired(table: Table, family: int) -> list:
-    return [(r.chain, parse(r.spec, family), None, r.insert_at, r.render()) for r in table.rules]
+    return [(r.chain, parse(r.spec, family), None, r.insert_at, r) for r in table.rules]
 
 
 def payload(table: Table, family: int, live: dict | None) -> str:
@@ -95,8 +99,8 @@ def payload(table: Table, family: int, live: dict | None) -> str:
                 continue
             # by number, highest first, so earlier deletes do not shift later ones
             for num in range(len(rules), 0, -1):
-                rule, label = rules[num - 1]
-                if owned.is_our_chain(label) or rule in mine.get(chain, ()):
+                rule, label, shape = rules[num - 1]
+                if owned.is_our_chain(label) or rule in mine.get(chain, ()) or shape:
                     lines.append(f"-D {chain} {num}")
         stale = [c for c in live["chains"] if owned.is_our_chain(c) and c not in table.chains]
         lines += [f"-F {c}" for c in stale] + [f"-X {c}" for c in stale]
@@ -116,45 +120,51 @@ class RestoreBackend:
         return parse_save(_run([_tool(self.variant, family, "save")]), family)
 
     def commit(self, rs: RuleSet) -> None:
-        done: list = []  # (family, save text before) of families already written
+        done: list = []  # (family, save before, table names written) per family tried
         for family, tables in ((4, rs.v4), (6, rs.v6)):
-            if not tables:
-                continue
+            # a family without tables still loses ours (IPv6 switched off since last time)
+            attempt = _Attempt(family)
             try:
-                done.append((family, self._commit_family(family, tables)))
-            except NetfilterError as e:
+                self._commit_family(attempt, tables)
+                done.append(attempt)
+            except NetfilterError:
                 # iptables-legacy-restore commits table by table: put back every table of
                 # every family we touched, from the save taken just before.
-                names = {4: {t.name for t in rs.v4}, 6: {t.name for t in rs.v6}}
-                self._roll_back(done + [(family, getattr(e, "before", None))], names)
+                self._roll_back(done + [attempt])
                 raise
 
-    def _commit_family(self, family: int, tables) -> str:
-        for attempt in range(RETRIES):
-            before = _run([_tool(self.variant, family, "save")])
-            live = parse_save(before, family)
-            text = "".join(payload(t, family, live.get(t.name)) for t in tables)
+    def _commit_family(self, attempt: "_Attempt", tables) -> None:
+        family = attempt.family
+        for n in range(RETRIES):
+            attempt.before = _run([_tool(self.variant, family, "save")])
+            live = parse_save(attempt.before, family)
+            blocks = [payload(t, family, live.get(t.name)) for t in tables]
+            attempt.tables = {t.name for t in tables}
+            for name, lt in live.items():  # ours in tables the new rule set does not name
+                if name not in attempt.tables and _holds_ours(lt):
+                    blocks.append(payload(Table(name, (), ()), family, lt))
+                    attempt.tables.add(name)
+            if not blocks:
+                return
             try:
-                _run([_tool(self.variant, family, "restore"), "--noflush"], text)
-                return before
+                _run([_tool(self.variant, family, "restore"), "--noflush"], "".join(blocks))
+                return
             except NetfilterError as e:
-                if "temporarily unavailable" not in e.details or attempt == RETRIES - 1:
-                    e.before = before
+                if "temporarily unavailable" not in e.details or n == RETRIES - 1:
                     raise
-                log.warning("restore raced with another writer; retrying", attempt=attempt + 1)
-        raise AssertionError("unreachable")
+                log.warning("restore raced with another writer; retrying", attempt=n + 1)
 
-    def _roll_back(self, done: list, names: dict) -> None:
-        for family, before in done:
-            if before is None:
+    def _roll_back(self, attempts: list) -> None:
+        for a in attempts:
+            if a.before is None:
                 continue
-            blocks = _blocks(before, names[family])
+            blocks = _blocks(a.before, a.tables)
             if not blocks:
                 continue
             try:  # without --noflush: each listed table becomes exactly what it was
-                _run([_tool(self.variant, family, "restore")], blocks)
+                _run([_tool(self.variant, a.family, "restore")], blocks)
             except NetfilterError as e:
-                log.error("restore roll-back failed", family=family, error=str(e))
+                log.error("restore roll-back failed", family=a.family, error=str(e))
 
     def check(self, rs: RuleSet) -> list:
         diffs: list = []
@@ -194,6 +204,23 @@ def _removal_with_rules(table: Table, family: int, live: dict) -> str:
     stale = [c for c in table.chains if c in live["chains"]]
     keep[-1:-1] = [f"-F {c}" for c in stale] + [f"-X {c}" for c in stale]
     return "\n".join(keep) + "\n"
+
+
+class _Attempt:
+    """One family's commit: the save taken before it and the tables its payload names."""
+
+    __slots__ = ("family", "before", "tables")
+
+    def __init__(self, family: int) -> None:
+        self.family = family
+        self.before = None
+        self.tables: set = set()
+
+
+def _holds_ours(live: dict) -> bool:
+    return any(owned.is_our_chain(c) for c in live["chains"]) or any(
+        owned.is_our_chain(label) or shape for rules in live["rules"].values()
+        for _, label, shape in rules)
 
 
 def _blocks(save_text: str, names: set) -> str:

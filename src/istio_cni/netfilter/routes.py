@@ -3,7 +3,9 @@
 For each ``PolicyRoute(family, fwmark, table)``:
 ``ip [-6] rule add fwmark M lookup T`` and ``ip [-6] route add local default dev lo table T``.
 Runs on a netlink socket opened inside the current (pod) netns. Adding is idempotent: the
-route is sent with NLM_F_REPLACE, an existing identical rule (EEXIST) counts as done.
+route is sent with NLM_F_REPLACE; the rule is added only if a dump does not show it already
+(like ``ip rule add`` without ``pref``, the kernel would otherwise add a duplicate at the next
+free priority: NLM_F_EXCL only catches an identical priority).
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def program(routes) -> None:
     try:
         for r in routes:
             try:
-                nl.request(RTM_NEWRULE, F_ACK | F_CREATE | F_EXCL, _rule_msg(r))
+                if (r.fwmark, r.table) not in _rules(nl, r.family):
+                    nl.request(RTM_NEWRULE, F_ACK | F_CREATE | F_EXCL, _rule_msg(r))
             except OSError as e:
                 if e.errno != EEXIST:
                     raise NetfilterError("policy rule add failed",
@@ -126,6 +129,16 @@ def program(routes) -> None:
         nl.close()
 
 
+def _dump_body(family: int) -> bytes:
+    return _struct.pack("<BBBBBBBBI", AF[family], 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _rules(nl: Netlink, family: int) -> set:
+    """{(fwmark, table)} of the family's policy rules."""
+    return {(_u32(a.get(FRA_FWMARK)), _u32(a.get(FRA_TABLE)))
+            for _, p in nl.request(RTM_GETRULE, F_DUMP, _dump_body(family)) for a in [_attrs(p, 12)]}
+
+
 def missing(routes) -> list:
     """Descriptions of the policy rules/routes of ``routes`` not present in the netns."""
     if not routes:
@@ -134,10 +147,8 @@ def missing(routes) -> list:
     try:
         out = []
         for fam in sorted({r.family for r in routes}):
-            body = _struct.pack("<BBBBBBBBI", AF[fam], 0, 0, 0, 0, 0, 0, 0, 0)
-            rules = {(_u32(a.get(FRA_FWMARK)), _u32(a.get(FRA_TABLE)))
-                     for _, p in nl.request(RTM_GETRULE, F_DUMP, body) for a in [_attrs(p, 12)]}
-            local = {_u32(a.get(RTA_TABLE)) for _, p in nl.request(RTM_GETROUTE, F_DUMP, body)
+            rules = _rules(nl, fam)
+            local = {_u32(a.get(RTA_TABLE)) for _, p in nl.request(RTM_GETROUTE, F_DUMP, _dump_body(fam))
                      if p[7] == RTN_LOCAL and p[1] == 0 for a in [_attrs(p, 12)]}
             for r in routes:
                 if r.family != fam:

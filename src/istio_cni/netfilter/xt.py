@@ -44,9 +44,9 @@ def _num(tok: str, what: str) -> int:
 
 
 def _port_range(tok: str) -> tuple:
-    lo, _, hi = tok.partition(":")
+    lo, sep, hi = tok.partition(":")  # "p", "a:b", "a:" (to 65535), ":b" (from 0)
     a = _num(lo, "port") if lo else 0
-    b = _num(hi, "port") if hi else (a if not _ else 0xFFFF)
+    b = _num(hi, "port") if hi else (0xFFFF if sep else a)
     if not (0 <= a <= b <= 0xFFFF):
         raise XtParseError(f"bad port or port range {tok!r}")
     return (a, b)
@@ -266,20 +266,26 @@ def parse(spec, family: int = 4, names=system_names) -> XtRule:
         neg = False
     if target is None:
         raise XtParseError(f"rule has no target (-j): {' '.join(toks)!r}")
+    return XtRule(family=family, matches=tuple((n, _freeze(p)) for n, p in matches),
+                  target=(target, _freeze(_target_params(target, tparams))), **fields)
+
+
+def _target_params(target: str, tparams: dict) -> dict:
+    """Defaults filled in and required options checked, so both spellings compare equal."""
     if target in TARGET_DEFAULTS:
         tparams = {**TARGET_DEFAULTS[target], **tparams}
-    if target == "TPROXY" and tparams["ip"] in ("0.0.0.0", "::"):
-        tparams["ip"] = None  # iptables-save spells the default "any" address out
-    if target == "TPROXY" and "port" not in tparams:
-        raise XtParseError("TPROXY needs --on-port")
-    if target == "REDIRECT" and "ports" not in tparams:
-        tparams["ports"] = None
-    if target == "MARK" and "mark" not in tparams:
+    if target == "TPROXY":
+        if "port" not in tparams:
+            raise XtParseError("TPROXY needs --on-port")
+        if tparams["ip"] in ("0.0.0.0", "::"):
+            tparams["ip"] = None  # iptables-save spells the default "any" address out
+    elif target == "REDIRECT":
+        tparams.setdefault("ports", None)
+    elif target == "MARK" and "mark" not in tparams:
         raise XtParseError("MARK needs --set-mark or --set-xmark")
-    if target == "CONNMARK" and "mode" not in tparams:
+    elif target == "CONNMARK" and "mode" not in tparams:
         raise XtParseError("CONNMARK needs --save-mark or --restore-mark")
-    return XtRule(family=family, matches=tuple((n, _freeze(p)) for n, p in matches),
-                  target=(target, _freeze(tparams)), **fields)
+    return tparams
 
 
 def _match_option(matches: list, fields: dict, tok: str, neg: bool, val, names) -> None:

@@ -135,6 +135,11 @@ MATCH_ENCODERS = {"tcp": _m_tcpudp, "udp": _m_tcpudp, "owner": _m_owner,
 
 # ---- targets -----------------------------------------------------------------------
 
+def standard_target(label: str) -> bytes:
+    """The 40-byte standard target naming a verdict or a chain (libiptc resolves it)."""
+    return _t_standard(label)
+
+
 def _t_standard(label: str) -> bytes:
     if len(label) > 28:
         raise XtParseError(f"chain name too long: {label!r}")
@@ -263,8 +268,17 @@ def encode_parts(rule: XtRule) -> tuple:
 
 def encode(rule: XtRule) -> bytes:
     """The complete entry, ready for ``iptc_append_entry`` / ``ip6tc_append_entry``."""
-    ip, matches, target = encode_parts(rule)
-    v6 = rule.family == 6
+    return _entry(rule.family, *encode_parts(rule))
+
+
+def encode_with_identity(rule: XtRule) -> tuple:
+    """(entry, identity) from one encoding pass (what a commit needs for every rule)."""
+    parts = encode_parts(rule)
+    return _entry(rule.family, *parts), identity_of(*parts, rule.target[0])
+
+
+def _entry(family: int, ip: bytes, matches: bytes, target: bytes) -> bytes:
+    v6 = family == 6
     entry_size = lib.NF_SIZEOF_IP6T_ENTRY if v6 else lib.NF_SIZEOF_IPT_ENTRY
     off = lib.NF_OFF_IP6T_ENTRY_TARGET_OFFSET if v6 else lib.NF_OFF_IPT_ENTRY_TARGET_OFFSET
     target_offset = entry_size + len(matches)

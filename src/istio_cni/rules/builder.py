@@ -55,33 +55,50 @@ class _Collector:
     def add(self, table: str, chain: str, *spec, at: int | None = None,
             v4: bool = True, v6: bool = True) -> None:
         if v4:
-            self.v4.append((table, chain, _pick(spec, 4), at))
+            self.v4.append(_rule(table, chain, spec, at))
         if v6 and self.ipv6:
-            self.v6.append((table, chain, _pick(spec, 6), at))
+            self.v6.append(_rule(table, chain, spec, at))
+
+    def add_versioned(self, table: str, chain: str, *spec, at: int | None = None) -> None:
+        """``add`` for a spec holding ``_Family`` tokens (upstream's AppendVersionedRule)."""
+        self.v4.append(_rule(table, chain, _pick(spec, 4), at))
+        if self.ipv6:
+            self.v6.append(_rule(table, chain, _pick(spec, 6), at))
 
 
 def _pick(spec: tuple, family: int) -> tuple:
-    if not any(type(t) is _Family for t in spec):
-        return spec
-    return tuple(
-        (t.v4 if family == 4 else t.v6) if type(t) is _Family else t for t in spec
-    )
+    return tuple((t.v4 if family == 4 else t.v6) if type(t) is _Family else t for t in spec)
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _rule(table: str, chain: str, spec: tuple, at: int | None) -> tuple:
+    # A pod's rule set is ~20-140 rules, built on every ADD; Value's generic keyword
+    # constructor was the largest cost here, so Rules are filled field by field (the same
+    # thing Value.__init__ does, minus argument matching).
+    rule = _new(Rule)
+    _set(rule, "chain", chain)
+    _set(rule, "spec", spec)
+    _set(rule, "insert_at", at)
+    return table, rule
 
 
 def _tables(rules: list) -> tuple:
     """Group collected rules into restore tables (upstream's buildRestore)."""
     chains: dict = {}
     by_table: dict = {}
-    for table, chain, _spec, _at in rules:
+    for table, rule in rules:
+        by_table.setdefault(table, []).append(rule)
         known = chains.setdefault(table, {})
-        if chain not in _BUILTIN:
-            known.setdefault(chain, None)
-    for table, _chain, spec, _at in rules:
+        if rule.chain not in _BUILTIN:
+            known.setdefault(rule.chain, None)
+    for table, rule in rules:
         # Chains we only jump to still need to exist for the restore to load.
+        spec = rule.spec
         if len(spec) >= 2 and spec[-2] == "-j" and spec[-1] not in _BUILTIN:
             chains[table].setdefault(spec[-1], None)
-    for table, chain, spec, at in rules:
-        by_table.setdefault(table, []).append(Rule(chain, spec, at))
     return tuple(
         Table(name, tuple(chains[name]), tuple(by_table[name])) for name in sorted(by_table)
     )
@@ -109,7 +126,7 @@ def _inbound(r: _Collector, cfg, loopback: _Family) -> None:
         # Marked packets are routed to lo (policy route), where TPROXY hands them to the proxy.
         r.add("mangle", DIVERT, "-j", "MARK", "--set-mark", cfg.inbound_tproxy_mark)
         r.add("mangle", DIVERT, "-j", "ACCEPT")
-        r.add("mangle", TPROXY, "!", "-d", loopback, "-p", "tcp", "-j", "TPROXY",
+        r.add_versioned("mangle", TPROXY, "!", "-d", loopback, "-p", "tcp", "-j", "TPROXY",
               "--tproxy-mark", cfg.inbound_tproxy_mark + "/0xffffffff",
               "--on-port", cfg.inbound_capture_port)
     table = "mangle" if tproxy else "nat"
@@ -142,11 +159,11 @@ def _proxy_owner(r: _Collector, cfg, loopback: _Family, dns: bool, keep_lo: bool
             # With DNS capture, uid rules also leave port 53 to the agent (upstream does this
             # for uids only).
             if dns and kind == "--uid-owner":
-                r.add("nat", OUTPUT, "-o", "lo", "!", "-d", loopback, "-p", "tcp",
+                r.add_versioned("nat", OUTPUT, "-o", "lo", "!", "-d", loopback, "-p", "tcp",
                       "-m", "multiport", "!", "--dports", "53," + tunnel,
                       "-m", "owner", kind, ident, "-j", IN_REDIRECT)
             else:
-                r.add("nat", OUTPUT, "-o", "lo", "!", "-d", loopback, "-p", "tcp",
+                r.add_versioned("nat", OUTPUT, "-o", "lo", "!", "-d", loopback, "-p", "tcp",
                       "!", "--dport", tunnel, "-m", "owner", kind, ident, "-j", IN_REDIRECT)
             if keep_lo:
                 # app -> itself over lo is not captured, except DNS to a local server.
@@ -239,7 +256,7 @@ def _tproxy_marks(r: _Collector, cfg, loopback: _Family) -> None:
     for kind, ids in (("--uid-owner", cfg.proxy_uids), ("--gid-owner", cfg.proxy_gids)):
         for ident in ids:
             # proxy (outbound) -> app via pod IP over lo: mark so inbound capture skips it.
-            r.add("mangle", "OUTPUT", "!", "-d", loopback, "-p", "tcp", "-o", "lo",
+            r.add_versioned("mangle", "OUTPUT", "!", "-d", loopback, "-p", "tcp", "-o", "lo",
                   "-m", "owner", kind, ident, "-j", "MARK", "--set-mark", OUTBOUND_MARK)
     r.add("mangle", "OUTPUT", "-p", "tcp", "-m", "connmark", "--mark", mark,
           "-j", "CONNMARK", "--restore-mark")
@@ -266,8 +283,8 @@ def _is_loopback(cidr: str) -> bool:
     return addr.startswith("127.") or addr in ("::1", "0:0:0:0:0:0:0:1")
 
 
-def collect(cfg) -> _Collector:
-    """All rules for ``cfg`` in upstream's order, per family (exposed for tests)."""
+def _collect(cfg) -> _Collector:
+    """All rules for ``cfg`` in upstream's order, per family."""
     r = _Collector(cfg.enable_ipv6)
     loopback = _Family(cfg.host_ipv4_loopback_cidr, LOOPBACK_V6)
     include_v4, include_v6 = _split_families(cfg.outbound_ip_ranges_include)
@@ -290,14 +307,14 @@ def collect(cfg) -> _Collector:
         r.add("nat", OUTPUT, "-p", "tcp", "--dport", port, "-j", "RETURN")
         r.add("nat", OUTPUT, "-p", "udp", "--dport", port, "-j", "RETURN")
     # Inbound passthrough traffic is sent from 127.0.0.6 (::6) and must not loop.
-    r.add("nat", OUTPUT, "-o", "lo", "-s", _Family(PASSTHROUGH_V4, PASSTHROUGH_V6),
+    r.add_versioned("nat", OUTPUT, "-o", "lo", "-s", _Family(PASSTHROUGH_V4, PASSTHROUGH_V6),
           "-j", "RETURN")
     _proxy_owner(r, cfg, loopback, dns, keep_lo)
     _owner_groups(r, cfg)
     if dns:
         _dns(r, cfg)
     # Envoy-aware apps and container-to-container traffic use localhost.
-    r.add("nat", OUTPUT, "-d", loopback, "-j", "RETURN")
+    r.add_versioned("nat", OUTPUT, "-d", loopback, "-j", "RETURN")
     for cidr in exclude_v4:
         r.add("nat", OUTPUT, "-d", cidr, "-j", "RETURN", v6=False)
     for cidr in exclude_v6:
@@ -336,7 +353,7 @@ def _nft_tables(cfg) -> tuple:
 
 def build_xtables(cfg) -> RuleSet:
     """The x_tables view only (v4, v6, routes), without the native-nftables rendering."""
-    r = collect(cfg)
+    r = _collect(cfg)
     return RuleSet(v4=_tables(r.v4), v6=_tables(r.v6), routes=policy_routes(cfg))
 
 

@@ -21,231 +21,72 @@ construction time, so nothing half-valid ever reaches the builder.
 from __future__ import annotations
 
 from ..value import Value
-
-WILDCARD = ("*",)
-MAX_OWNER_GROUPS_INCLUDE = 64  # upstream's limit: one rule carries one match per group
-
-
-class ConfigError(ValueError):
-    """A redirect setting is invalid; ``field`` and ``value`` name the culprit."""
-
-    def __init__(self, field: str, value: object, reason: str) -> None:
-        self.field = field
-        self.value = value
-        self.reason = reason
-        super().__init__(f"invalid {field}={value!r}: {reason}")
-
-
-def split_list(value: object, field: str) -> tuple:
-    """Upstream's ``config.Split``: comma list, empty items dropped; tuples pass through."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return tuple(item.strip() for item in value.split(",") if item.strip())
-    if isinstance(value, (tuple, list)):
-        out = []
-        for item in value:
-            if not isinstance(item, (str, int)) or isinstance(item, bool):
-                raise ConfigError(field, value, f"item {item!r} is not a string")
-            text = str(item).strip()
-            if text:
-                out.append(text)
-        return tuple(out)
-    raise ConfigError(field, value, "expected a comma-separated string or a list of strings")
-
-
-def _number(field: str, text: object, low: int, high: int, what: str) -> str:
-    if isinstance(text, int) and not isinstance(text, bool):
-        text = str(text)
-    if not isinstance(text, str) or not text.strip().isdigit() or not text.strip().isascii():
-        raise ConfigError(field, text, f"expected a {what} ({low}-{high})")
-    number = int(text)
-    if not low <= number <= high:
-        raise ConfigError(field, text, f"{what} out of range {low}-{high}")
-    return str(number)
-
-
-def _port(field: str, text: object) -> str:
-    return _number(field, text, 0, 65535, "port number")
-
-
-def _each(field: str, value: object, items: tuple, check) -> tuple:
-    """Apply ``check`` to every list item; an error names the whole value and the item."""
-    out = []
-    for item in items:
-        try:
-            out.append(check(field, item))
-        except ConfigError as exc:
-            if item == value:
-                raise
-            raise ConfigError(field, value, f"item {item!r}: {exc.reason}") from None
-    return tuple(out)
-
-
-def _ports(field: str, value: object, wildcard: bool = False) -> tuple:
-    items = split_list(value, field)
-    if wildcard and "*" in items:
-        if items != WILDCARD:
-            raise ConfigError(field, value, "'*' cannot be combined with other ports")
-        return WILDCARD
-    return _each(field, value, items, _port)
-
-
-def _id(field: str, text: object) -> str:
-    return _number(field, text, 0, 4294967294, "numeric id")
-
-
-def _ids(field: str, value: object) -> tuple:
-    items = split_list(value, field)
-    if not items:
-        raise ConfigError(field, value, "at least one numeric id is required")
-    return _each(field, value, items, _id)
-
-
-def _owner_groups(field: str, value: object, wildcard: bool) -> tuple:
-    items = split_list(value, field)
-    if wildcard and "*" in items:
-        if items != WILDCARD:
-            raise ConfigError(field, value, "'*' cannot be combined with other groups")
-        return WILDCARD
-    for group in items:
-        # A gid or a group name; names go to `-m owner --gid-owner` and must not carry
-        # characters that would split or quote the iptables token.
-        if not all(c.isalnum() or c in "._-" for c in group) or not group.isascii():
-            raise ConfigError(field, value, f"{group!r} is not a group name or gid")
-    return items
-
-
-def _interfaces(field: str, value: object) -> tuple:
-    items = split_list(value, field)
-    for name in items:
-        # Kernel rules (dev_valid_name): at most 15 bytes, no '/', ':' or whitespace.
-        # iptables adds the trailing '+' wildcard, which is allowed here.
-        bad = len(name.encode()) > 15 or name in (".", "..") or any(
-            c in "/:" or c.isspace() for c in name
-        )
-        if bad:
-            raise ConfigError(field, value, f"{name!r} is not a valid interface name")
-    return items
-
-
-def _cidrs(field: str, value: object, wildcard: bool) -> tuple:
-    items = split_list(value, field)
-    if "*" in items:
-        if not wildcard:
-            raise ConfigError(field, value, "'*' is not allowed here")
-        if items != WILDCARD:
-            raise ConfigError(field, value, "'*' cannot be combined with CIDRs")
-        return WILDCARD
-    if not items:
-        return ()
-    import ipaddress  # lazily: most pods carry no CIDR lists
-
-    out = []
-    for cidr in items:
-        if "/" not in cidr:
-            raise ConfigError(field, value, f"{cidr!r} is not a CIDR (missing /prefix)")
-        try:
-            net = ipaddress.ip_interface(cidr)
-        except ValueError as exc:
-            raise ConfigError(field, value, f"{cidr!r} is not a CIDR: {exc}") from None
-        # Upstream renders netip.Prefix.String(): address bits kept, IPv6 compressed.
-        out.append(net.with_prefixlen)
-    return tuple(out)
-
-
-def _addresses(field: str, value: object, version: int) -> tuple:
-    items = split_list(value, field)
-    if not items:
-        return ()
-    import ipaddress
-
-    out = []
-    for addr in items:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            raise ConfigError(field, value, f"{addr!r} is not an IP address") from None
-        if ip.version != version:
-            raise ConfigError(field, value, f"{addr!r} is not an IPv{version} address")
-        out.append(addr)  # verbatim: upstream writes resolv.conf's spelling into the rule
-    return tuple(out)
-
-
-def _loopback_cidr(field: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(field, value, "expected an IPv4 CIDR inside 127.0.0.0/8")
-    import ipaddress
-
-    try:
-        net = ipaddress.IPv4Network(value.strip(), strict=False)
-    except ValueError as exc:
-        raise ConfigError(field, value, f"not an IPv4 CIDR: {exc}") from None
-    if not net.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")):
-        raise ConfigError(field, value, "must lie inside 127.0.0.0/8")
-    return value.strip()
-
-
-def _flag(field: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(field, value, "expected true or false")
-    return value
-
-
-def _mode(field: str, value: object) -> str:
-    mode = value.upper() if isinstance(value, str) else value
-    if mode not in ("REDIRECT", "TPROXY"):
-        raise ConfigError(field, value, "expected REDIRECT or TPROXY")
-    return mode
+from .checks import (  # noqa: F401  (ConfigError, WILDCARD, split_list are part of this API)
+    MAX_OWNER_GROUPS_INCLUDE,
+    WILDCARD,
+    ConfigError,
+    parse_addresses,
+    parse_cidrs,
+    parse_flag,
+    parse_ids,
+    parse_interfaces,
+    parse_loopback_cidr,
+    parse_mode,
+    parse_number,
+    parse_owner_groups,
+    parse_port,
+    parse_ports,
+    split_list,
+)
 
 
 def _normalise(cfg: "RedirectConfig") -> dict:
     get = cfg.__getattribute__
     out = {
-        "proxy_port": _port("proxy_port", get("proxy_port")),
-        "inbound_capture_port": _port("inbound_capture_port", get("inbound_capture_port")),
-        "inbound_tunnel_port": _port("inbound_tunnel_port", get("inbound_tunnel_port")),
-        "proxy_uids": _ids("proxy_uids", get("proxy_uids")),
-        "interception_mode": _mode("interception_mode", get("interception_mode")),
-        "inbound_tproxy_mark": _number(
+        "proxy_port": parse_port("proxy_port", get("proxy_port")),
+        "inbound_capture_port": parse_port("inbound_capture_port", get("inbound_capture_port")),
+        "inbound_tunnel_port": parse_port("inbound_tunnel_port", get("inbound_tunnel_port")),
+        "proxy_uids": parse_ids("proxy_uids", get("proxy_uids")),
+        "interception_mode": parse_mode("interception_mode", get("interception_mode")),
+        "inbound_tproxy_mark": parse_number(
             "inbound_tproxy_mark", get("inbound_tproxy_mark"), 0, 4294967295, "mark"
         ),
-        "inbound_tproxy_route_table": _number(
+        "inbound_tproxy_route_table": parse_number(
             "inbound_tproxy_route_table", get("inbound_tproxy_route_table"),
             1, 4294967295, "route table id",
         ),
-        "inbound_ports_include": _ports(
+        "inbound_ports_include": parse_ports(
             "inbound_ports_include", get("inbound_ports_include"), wildcard=True
         ),
-        "inbound_ports_exclude": _ports("inbound_ports_exclude", get("inbound_ports_exclude")),
-        "outbound_ip_ranges_include": _cidrs(
+        "inbound_ports_exclude": parse_ports("inbound_ports_exclude", get("inbound_ports_exclude")),
+        "outbound_ip_ranges_include": parse_cidrs(
             "outbound_ip_ranges_include", get("outbound_ip_ranges_include"), wildcard=True
         ),
-        "outbound_ip_ranges_exclude": _cidrs(
+        "outbound_ip_ranges_exclude": parse_cidrs(
             "outbound_ip_ranges_exclude", get("outbound_ip_ranges_exclude"), wildcard=False
         ),
-        "outbound_ports_include": _ports("outbound_ports_include", get("outbound_ports_include")),
-        "outbound_ports_exclude": _ports("outbound_ports_exclude", get("outbound_ports_exclude")),
-        "exclude_interfaces": _interfaces("exclude_interfaces", get("exclude_interfaces")),
-        "reroute_virtual_interfaces": _interfaces(
+        "outbound_ports_include": parse_ports("outbound_ports_include", get("outbound_ports_include")),
+        "outbound_ports_exclude": parse_ports("outbound_ports_exclude", get("outbound_ports_exclude")),
+        "exclude_interfaces": parse_interfaces("exclude_interfaces", get("exclude_interfaces")),
+        "reroute_virtual_interfaces": parse_interfaces(
             "reroute_virtual_interfaces", get("reroute_virtual_interfaces")
         ),
-        "dns_servers_v4": _addresses("dns_servers_v4", get("dns_servers_v4"), 4),
-        "dns_servers_v6": _addresses("dns_servers_v6", get("dns_servers_v6"), 6),
-        "owner_groups_include": _owner_groups(
+        "dns_servers_v4": parse_addresses("dns_servers_v4", get("dns_servers_v4"), 4),
+        "dns_servers_v6": parse_addresses("dns_servers_v6", get("dns_servers_v6"), 6),
+        "owner_groups_include": parse_owner_groups(
             "owner_groups_include", get("owner_groups_include"), wildcard=True
         ),
-        "owner_groups_exclude": _owner_groups(
+        "owner_groups_exclude": parse_owner_groups(
             "owner_groups_exclude", get("owner_groups_exclude"), wildcard=False
         ),
-        "host_ipv4_loopback_cidr": _loopback_cidr(
+        "host_ipv4_loopback_cidr": parse_loopback_cidr(
             "host_ipv4_loopback_cidr", get("host_ipv4_loopback_cidr")
         ),
     }
     gids = get("proxy_gids")
-    out["proxy_gids"] = out["proxy_uids"] if gids is None else _ids("proxy_gids", gids)
+    out["proxy_gids"] = out["proxy_uids"] if gids is None else parse_ids("proxy_gids", gids)
     for name in ("redirect_dns", "capture_all_dns", "drop_invalid", "enable_ipv6", "dual_stack"):
-        out[name] = _flag(name, get(name))
+        out[name] = parse_flag(name, get(name))
 
     include, exclude = out["owner_groups_include"], out["owner_groups_exclude"]
     if exclude and include != WILDCARD:

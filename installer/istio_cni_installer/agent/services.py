@@ -1,0 +1,90 @@
+"""The node agent and repair controller as services of the installer's ``App``.
+
+``node_services(settings, metrics)`` returns objects with ``name``, ``start()`` and
+``stop(deadline)`` (the App's service protocol) for whatever the settings enable:
+``AGENT_ENABLED`` (default true) and ``REPAIR_ENABLED`` / ``REPAIR_MODE``. Both share one
+API client and one pod watch. Their counters go to the installer's ``Metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from istio_cni.log import log
+
+
+def api_client_from_settings(s):
+    """The agent's API client: ``AGENT_KUBECONFIG`` if set, else the service account the
+    installer itself uses (token re-read per request, so rotation needs nothing)."""
+    from .kubeclient import KubeClient
+
+    if getattr(s, "agent_kubeconfig", ""):
+        return KubeClient.from_kubeconfig(s.agent_kubeconfig)
+    sa = s.service_account_dir.rstrip("/")
+    token = f"{sa}/token"
+    if not os.access(token, os.R_OK):
+        raise ValueError(f"service-account token {token} not readable")
+    return KubeClient.in_cluster(s.k8s_service_host, s.k8s_service_port, sa, s.kube_ca_file,
+                                 s.skip_tls_verify, s.k8s_service_protocol)
+
+
+class AgentService:
+    name = "node-agent"
+
+    def __init__(self, agent) -> None:
+        self.agent = agent
+
+    def start(self) -> None:
+        self.agent.start()
+
+    def stop(self, deadline: float | None = None) -> None:
+        self.agent.stop()
+
+
+class RepairService:
+    name = "repair-controller"
+
+    def __init__(self, controller, cache, own_cache: bool) -> None:
+        self.controller, self.cache, self.own_cache = controller, cache, own_cache
+
+    def start(self) -> None:
+        if self.own_cache:  # the agent is off: the repair controller needs its own watch
+            self.cache.start()
+        self.controller.start()
+
+    def stop(self, deadline: float | None = None) -> None:
+        left = 5.0 if deadline is None else max(0.1, deadline - time.monotonic())
+        self.controller.stop(min(left, 5.0))
+        if self.own_cache:
+            self.cache.stop(min(left, 5.0))
+
+
+def node_services(s, metrics=None) -> list:
+    agent_on = getattr(s, "agent_enabled", True)
+    repair_on = getattr(s, "repair_enabled", False)
+    if not (agent_on or repair_on):
+        return []
+    from . import NodeAgent, PodCache
+    from .handler import Handler
+
+    node = s.node_name or os.uname().nodename
+    try:
+        api = api_client_from_settings(s)
+    except Exception as e:  # no credentials yet must not stop the installer: the plugin works without us
+        log.warning("node agent and repair controller disabled: no usable API credentials", error=str(e)[:300])
+        return []
+    cache = PodCache(api, node)
+    services: list = []
+    if agent_on:
+        agent = NodeAgent(s.run_dir, node, cache=cache, handler=Handler(cache, metrics=metrics))
+        services.append(AgentService(agent))
+    if repair_on:
+        from istio_cni_installer.repair import RepairController, RepairSettings
+
+        rs = RepairSettings(mode=s.repair_mode, node_name=node, check_netns=s.repair_check_netns,
+                            proc_root=s.host_proc_dir, netfilter_backend=s.netfilter_backend)
+        services.append(RepairService(RepairController(api, cache, rs, metrics=metrics), cache, own_cache=not agent_on))
+    log.info("node services configured", agent=agent_on, repair=repair_on,
+             repair_mode=getattr(s, "repair_mode", ""), node=node)
+    return services

@@ -1,0 +1,8 @@
+"""Repair controller: finds pods on this node that started without redirect rules and
+repairs them in place, labels them, or deletes them (see ``controller``)."""
+
+from .controller import RepairController
+from .detect import MODES, RepairSettings, validation_failure
+from .netns import find_netns
+
+__all__ = ["RepairController", "RepairSettings", "MODES", "validation_failure", "find_netns"]

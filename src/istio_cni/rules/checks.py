@@ -1,0 +1,218 @@
+"""Field checks for ``RedirectConfig``: parse, normalise, or raise ``ConfigError``.
+
+Each check takes the field name (for the error) and the raw value, and returns the value in
+the form the builder uses. Kept apart from ``config`` so the record stays readable; nothing
+here imports more than the standard library, and ``ipaddress`` only when a CIDR or address
+list is actually present.
+"""
+
+from __future__ import annotations
+
+WILDCARD = ("*",)
+MAX_OWNER_GROUPS_INCLUDE = 64  # upstream's limit: one rule carries one match per group
+
+
+class ConfigError(ValueError):
+    """A redirect setting is invalid; ``field`` and ``value`` name the culprit."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {field}={value!r}: {reason}")
+
+
+def split_list(value: object, field: str) -> tuple:
+    """Upstream's ``config.Split``: comma list, empty items dropped; tuples pass through."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, (tuple, list)):
+        out = []
+        for item in value:
+            if not isinstance(item, (str, int)) or isinstance(item, bool):
+                raise ConfigError(field, value, f"item {item!r} is not a string")
+            text = str(item).strip()
+            if text:
+                out.append(text)
+        return tuple(out)
+    raise ConfigError(field, value, "expected a comma-separated string or a list of strings")
+
+
+def parse_number(field: str, text: object, low: int, high: int, what: str) -> str:
+    if isinstance(text, int) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str) or not text.strip().isdigit() or not text.strip().isascii():
+        raise ConfigError(field, text, f"expected a {what} ({low}-{high})")
+    number = int(text)
+    if not low <= number <= high:
+        raise ConfigError(field, text, f"{what} out of range {low}-{high}")
+    return str(number)
+
+
+def parse_port(field: str, text: object) -> str:
+    return parse_number(field, text, 0, 65535, "port number")
+
+
+def _each(field: str, value: object, items: tuple, check) -> tuple:
+    """Apply ``check`` to every list item; an error names the whole value and the item."""
+    out = []
+    for item in items:
+        try:
+            out.append(check(field, item))
+        except ConfigError as exc:
+            if item == value:
+                raise
+            raise ConfigError(field, value, f"item {item!r}: {exc.reason}") from None
+    return tuple(out)
+
+
+def parse_ports(field: str, value: object, wildcard: bool = False) -> tuple:
+    items = split_list(value, field)
+    if wildcard and "*" in items:
+        if items != WILDCARD:
+            raise ConfigError(field, value, "'*' cannot be combined with other ports")
+        return WILDCARD
+    return _each(field, value, items, parse_port)
+
+
+def _id(field: str, text: object) -> str:
+    return parse_number(field, text, 0, 4294967294, "numeric id")
+
+
+def parse_ids(field: str, value: object) -> tuple:
+    items = split_list(value, field)
+    if not items:
+        raise ConfigError(field, value, "at least one numeric id is required")
+    return _each(field, value, items, _id)
+
+
+def parse_owner_groups(field: str, value: object, wildcard: bool) -> tuple:
+    items = split_list(value, field)
+    if wildcard and "*" in items:
+        if items != WILDCARD:
+            raise ConfigError(field, value, "'*' cannot be combined with other groups")
+        return WILDCARD
+    for group in items:
+        # A gid or a group name; names go to `-m owner --gid-owner` and must not carry
+        # characters that would split or quote the iptables token.
+        if not all(c.isalnum() or c in "._-" for c in group) or not group.isascii():
+            raise ConfigError(field, value, f"{group!r} is not a group name or gid")
+    return items
+
+
+def parse_interfaces(field: str, value: object) -> tuple:
+    items = split_list(value, field)
+    for name in items:
+        # Kernel rules (dev_valid_name): at most 15 bytes, no '/', ':' or whitespace.
+        # iptables adds the trailing '+' wildcard, which is allowed here.
+        bad = len(name.encode()) > 15 or name in (".", "..") or any(
+            c in "/:" or c.isspace() for c in name
+        )
+        if bad:
+            raise ConfigError(field, value, f"{name!r} is not a valid interface name")
+    return items
+
+
+_CANONICAL: dict = {}  # CIDR / loopback text -> canonical form or error reason
+
+
+def _remember(text: str, result: object) -> object:
+    # The warm node agent sees the same few CIDR lists for every pod; parsing them with
+    # ipaddress each time would dominate building the config. Bounded so odd inputs
+    # cannot grow it without limit.
+    if len(_CANONICAL) > 1024:
+        _CANONICAL.clear()
+    _CANONICAL[text] = result
+    return result
+
+
+def _cidr(text: str):
+    """Canonical spelling of one CIDR, or a ValueError naming what is wrong."""
+    known = _CANONICAL.get(("cidr", text))
+    if known is not None:
+        return known
+    if "/" not in text:
+        return _remember(("cidr", text), ValueError("missing /prefix"))
+    import ipaddress  # lazily: most pods carry no CIDR lists
+
+    try:
+        # Upstream renders netip.Prefix.String(): address bits kept, IPv6 compressed.
+        result = ipaddress.ip_interface(text).with_prefixlen
+    except ValueError as exc:
+        result = ValueError(str(exc))
+    return _remember(("cidr", text), result)
+
+
+def parse_cidrs(field: str, value: object, wildcard: bool) -> tuple:
+    items = split_list(value, field)
+    if "*" in items:
+        if not wildcard:
+            raise ConfigError(field, value, "'*' is not allowed here")
+        if items != WILDCARD:
+            raise ConfigError(field, value, "'*' cannot be combined with CIDRs")
+        return WILDCARD
+    out = []
+    for cidr in items:
+        canonical = _cidr(cidr)
+        if isinstance(canonical, ValueError):
+            raise ConfigError(field, value, f"{cidr!r} is not a CIDR ({canonical})")
+        out.append(canonical)
+    return tuple(out)
+
+
+def parse_addresses(field: str, value: object, version: int) -> tuple:
+    items = split_list(value, field)
+    if not items:
+        return ()
+    import ipaddress
+
+    out = []
+    for addr in items:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            raise ConfigError(field, value, f"{addr!r} is not an IP address") from None
+        if ip.version != version:
+            raise ConfigError(field, value, f"{addr!r} is not an IPv{version} address")
+        out.append(addr)  # verbatim: upstream writes resolv.conf's spelling into the rule
+    return tuple(out)
+
+
+def _loopback_reason(text: str) -> str:
+    """Why ``text`` is not an IPv4 CIDR inside 127.0.0.0/8 ("" when it is)."""
+    import ipaddress
+
+    try:
+        net = ipaddress.IPv4Network(text, strict=False)
+    except ValueError as exc:
+        return f"not an IPv4 CIDR: {exc}"
+    if not net.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")):
+        return "must lie inside 127.0.0.0/8"
+    return ""
+
+
+def parse_loopback_cidr(field: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(field, value, "expected an IPv4 CIDR inside 127.0.0.0/8")
+    text = value.strip()
+    reason = _CANONICAL.get(("loopback", text))
+    if reason is None:
+        reason = _remember(("loopback", text), _loopback_reason(text))
+    if reason:
+        raise ConfigError(field, value, reason)
+    return text
+
+
+def parse_flag(field: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(field, value, "expected true or false")
+    return value
+
+
+def parse_mode(field: str, value: object) -> str:
+    mode = value.upper() if isinstance(value, str) else value
+    if mode not in ("REDIRECT", "TPROXY"):
+        raise ConfigError(field, value, "expected REDIRECT or TPROXY")
+    return mode

@@ -1,0 +1,103 @@
+"""The self-contained bundle and launcher, and deploying them into a bin dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from istio_cni_installer.binaries import BUNDLE_DIR, Binaries
+from istio_cni_installer.bundle import read_manifest
+
+
+def _run(launcher, env, stdin=b"", extra_args=()):
+    return subprocess.run([str(launcher), *extra_args], input=stdin, env=env, capture_output=True,
+                          timeout=60)
+
+
+def test_launcher_runs_plugin_with_an_empty_environment(plugin_bundle):
+    # No PATH, no PYTHON*: the launcher must find everything by absolute path.
+    r = _run(plugin_bundle.launcher, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"1.0.0"}')
+    assert r.returncode == 0, r.stderr
+    assert "1.0.0" in json.loads(r.stdout)["supportedVersions"]
+
+
+def test_bundle_interpreter_is_isolated_and_has_what_the_plugin_needs(plugin_bundle):
+    m = read_manifest(plugin_bundle.bundle_dir)
+    target = plugin_bundle.bin_dir / BUNDLE_DIR / m["id"]
+    probe = ("import sys,ssl,istio_cni._fastpath,istio_cni._nf,_cffi_backend;"
+             "print(sys.prefix);print(istio_cni._nf.__file__);print(ssl.OPENSSL_VERSION)")
+    code = f"import sys;sys.path.insert(0,{str(target / m['site'])!r});{probe}"
+    r = subprocess.run([str(target / m["python"]), "-I", "-S", "-c", code],
+                       env={"LD_LIBRARY_PATH": str(target / m["lib"])}, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    prefix, nf, _ssl = r.stdout.splitlines()
+    assert prefix == str(target)  # the stdlib comes from the bundle, not from the build host
+    assert nf.startswith(str(target))
+
+
+def test_bundle_is_pruned(plugin_bundle):
+    root = plugin_bundle.bundle_dir
+    stdlib = next((root / "lib").glob("python3.*"))
+    for gone in ("test", "idlelib", "tkinter", "ensurepip", "lib2to3", "site-packages"):
+        assert not (stdlib / gone).exists(), gone
+    assert not list(stdlib.glob("config-*"))
+    assert not (root / "site-packages" / "istio_cni" / "devtools").exists()
+    assert not list((root / "site-packages").rglob("*.pyx"))
+    assert read_manifest(root)["size_bytes"] == plugin_bundle.size_bytes
+
+
+def test_deploy_is_atomic_idempotent_and_leaves_other_files(plugin_bundle, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "bridge").write_bytes(b"\x7fELF other plugin")
+    b = Binaries(plugin_bundle.bundle_dir, str(bin_dir), "/opt/cni/bin")
+    assert b.check() and b.ensure() is True
+    assert b.check() == [] and b.ensure() is False
+    text = (bin_dir / "istio-cni").read_text()
+    assert text.startswith("#!/bin/sh\n")
+    assert f"exec /opt/cni/bin/{BUNDLE_DIR}/{b.bundle_id}/bin/python3" in text  # host path
+    assert " -I -S " in text
+    assert os.access(bin_dir / "istio-cni", os.X_OK)
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["bridge", "istio-cni", BUNDLE_DIR]
+    # drift: someone truncates the launcher -> check reports it, ensure repairs it
+    (bin_dir / "istio-cni").write_text("")
+    assert b.check() and b.ensure() is True and b.check() == []
+    assert b.remove() is True
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["bridge"]
+    assert (bin_dir / "bridge").read_bytes() == b"\x7fELF other plugin"
+
+
+def test_update_false_keeps_an_existing_plugin(plugin_bundle, tmp_path):
+    (tmp_path / "istio-cni").write_text("#!/bin/sh\necho older\n")
+    b = Binaries(plugin_bundle.bundle_dir, str(tmp_path), str(tmp_path), update=False)
+    assert b.check() == [] and b.ensure() is False
+    assert (tmp_path / "istio-cni").read_text() == "#!/bin/sh\necho older\n"
+
+
+def test_stale_temp_from_a_crash_is_cleared(plugin_bundle, tmp_path):
+    (tmp_path / BUNDLE_DIR).mkdir()
+    crashed = tmp_path / BUNDLE_DIR / ".deadbeef.tmp.99999"
+    crashed.mkdir()
+    (crashed / "half").write_bytes(b"x")
+    (tmp_path / ".istio-cni.tmp.99999").write_text("half a launcher")
+    Binaries(plugin_bundle.bundle_dir, str(tmp_path), str(tmp_path)).ensure()
+    assert not crashed.exists() and not (tmp_path / ".istio-cni.tmp.99999").exists()
+
+
+def test_install_into_helper_injects_into_a_bridge_conflist(plugin_bundle, tmp_path, conformance):
+    """What ``make demo`` calls: a plain layout, a bridge .conf -> list with our entry."""
+    from istio_cni_installer.app import install_into
+
+    net, bin_dir, run = tmp_path / "net", tmp_path / "bin", tmp_path / "run"
+    net.mkdir()
+    bin_dir.mkdir()
+    (net / "10-bridge.conf").write_bytes((conformance / "install/modern/bridge.conf").read_bytes())
+    problems = install_into(str(net), str(bin_dir), str(run), str(plugin_bundle.bundle_dir))
+    assert not any(problems.values()), problems
+    conf = json.loads((net / "10-bridge.conflist").read_text())
+    assert [p["type"] for p in conf["plugins"]] == ["bridge", "istio-cni"]
+    assert conf["plugins"][1]["kubernetes"]["cni_bin_dir"] == str(bin_dir)
+    r = _run(bin_dir / "istio-cni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"1.0.0"}')
+    assert r.returncode == 0, r.stderr

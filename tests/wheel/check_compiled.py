@@ -1,0 +1,52 @@
+"""Fail unless the installed istio_cni carries both compiled modules (run against a wheel).
+
+Used by tools/wheel-check.sh (``make wheel``) and cibuildwheel's test-command: a wheel whose
+build silently lost ``_fastpath`` (Cython) or ``_nf`` (cffi) must not pass. Also refuses to
+run against the source tree, so it always tests what the wheel installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import sys
+from pathlib import Path
+
+COMPILED = ("istio_cni._fastpath", "istio_cni._nf")
+
+
+def main() -> int:
+    import istio_cni
+
+    pkg = Path(istio_cni.__file__).resolve().parent
+    if "site-packages" not in pkg.parts:
+        print(f"check_compiled: istio_cni imported from {pkg}, not from an installed wheel", file=sys.stderr)
+        return 1
+    problems = []
+    for name in COMPILED:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as e:
+            problems.append(f"{name}: cannot import ({e})")
+            continue
+        origin = getattr(mod, "__file__", "") or ""
+        if not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            problems.append(f"{name}: {origin or 'no file'} is not a compiled extension")
+            continue
+        print(f"check_compiled: {name} -> {origin}")
+    # Exercise each module once, so a module that loads but is broken fails here too.
+    if not problems:
+        from istio_cni._fastpath import json_dumps, json_loads
+        from istio_cni._nf import ffi, lib
+
+        if json_loads(json_dumps({"k": [1, "x"]})) != {"k": [1, "x"]}:
+            problems.append("istio_cni._fastpath: JSON round trip is wrong")
+        if not ffi.string(lib.iptc_strerror(0)):
+            problems.append("istio_cni._nf: iptc_strerror returned nothing")
+    for p in problems:
+        print(f"check_compiled: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
