@@ -5,12 +5,15 @@
 2. A pod with an injected istio-proxy sidecar, created through that API.
 3. Two throwaway network namespaces: a "node" (stands in for the host: the bridge lives
    there, so the machine's own netns is never touched) and the "pod".
-4. The CNI chain loopback + bridge (host-local IPAM, 169.254.200.0/24) + istio-cni, run like
-   a container runtime would, with the plugin exec'd as a separate process.
-5. Proof: the rules in the pod netns, then real TCP connections: outbound from the app lands
+4. The node program's install step: the self-contained plugin bundle and its launcher go into
+   a temp CNI bin dir, and our entry is injected into the primary CNI's bridge ``.conf``
+   (turned into a ``.conflist``), exactly as ``install-cni`` does on a node.
+5. That conflist (loopback + bridge with host-local IPAM on 169.254.200.0/24 + istio-cni) is
+   run like a container runtime would, exec'ing the installed launcher.
+6. Proof: the rules in the pod netns, then real TCP connections: outbound from the app lands
    on the sidecar's 15001 with the original destination, inbound lands on 15006, and the
    proxy's own uid (1337) bypasses.
-6. CNI DEL, then every namespace, process and temp file removed.
+7. CNI DEL, then every namespace, process and temp file removed.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from istio_cni.devtools.chain import Chain, bridge_conflist  # noqa: E402
 from support.pods import sidecar_pod  # noqa: E402
 from traffic import Listeners, connect  # noqa: E402
 
-PLUGIN = REPO / ".venv" / "bin" / "istio-cni"
 SUBNET = "169.254.200.0/24"
 GATEWAY = "169.254.200.1"
 
@@ -69,6 +71,35 @@ def start_api(work: Path):
     return kc, api.add_pod, api.stop
 
 
+def install(work: Path, kubeconfig: Path) -> tuple[dict, Path]:
+    """Run the installer's one-shot install against a temp host layout; return the conflist."""
+    from istio_cni_installer.app import install_into
+    from istio_cni_installer.bundle import build
+
+    net_dir, bin_dir, run_dir = work / "net.d", work / "bin", work / "run"
+    for d in (net_dir, bin_dir, run_dir):
+        d.mkdir()
+    primary = bridge_conflist("1.0.0", SUBNET, "demobr0", str(work / "ipam"), name="demo-net")["plugins"][1]
+    (net_dir / "10-bridge.conf").write_text(json.dumps({"cniVersion": "1.0.0", "name": "demo-net", **primary}, indent=2))
+    say("install-cni: bundle + launcher into the bin dir, entry into the primary CNI's config")
+    t0 = time.monotonic()
+    info = build(work / "bundle")
+    problems = install_into(str(net_dir), str(bin_dir), str(run_dir), info.path, EXCLUDE_NAMESPACES="kube-system")
+    print(f"bundle {info.size_bytes / 2**20:.0f} MiB, installed in {time.monotonic() - t0:.1f} s; "
+          f"problems left: {sum(len(v) for v in problems.values())}")
+    # The installer writes the plugin's kubeconfig from the pod's service-account token; the
+    # demo has no service account, so it places the demo API's kubeconfig at that path.
+    shutil.copy(kubeconfig, run_dir / "istio-cni-kubeconfig")
+    files = sorted(net_dir.iterdir())
+    print("net.d now holds:", ", ".join(p.name for p in files))
+    conflist = json.loads((net_dir / "10-bridge.conflist").read_text())
+    # Standalone loopback first, as kubelet's runtime always sets up lo itself.
+    conflist["plugins"].insert(0, {"type": "loopback"})
+    print(json.dumps(conflist["plugins"][-1], indent=2))
+    print(f"{bin_dir}/istio-cni ->", (bin_dir / "istio-cni").read_text().strip().splitlines()[-1][:120])
+    return conflist, bin_dir
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("make demo needs root (it creates network namespaces)", file=sys.stderr)
@@ -86,12 +117,7 @@ def main() -> int:
         node, pod = nsutil.unique_name("node"), nsutil.unique_name("pod")
         nsutil.add(node)
         nsutil.add(pod)
-        bindir = work / "bin"
-        bindir.mkdir()
-        (bindir / "istio-cni").symlink_to(PLUGIN)
-        istio = {"type": "istio-cni", "plugin_log_level": "info", "exclude_namespaces": ["kube-system"],
-                 "kubernetes": {"kubeconfig": str(kubeconfig)}}
-        conflist = bridge_conflist("1.0.0", SUBNET, "demobr0", str(work / "ipam"), extra=[istio], name="demo-net")
+        conflist, bindir = install(work, kubeconfig)
         say("CNI chain: " + " -> ".join(p["type"] for p in conflist["plugins"]))
         chain = Chain(conflist, container_id="demo-sandbox-1", netns=nsutil.path(pod),
                       cni_path=f"/usr/lib/cni:{bindir}", host_netns=nsutil.path(node),

@@ -175,3 +175,29 @@ class ControlPlane:
             time.sleep(0.1)
         raise StartFailed(f"kube-apiserver not ready after {START_TIMEOUT}s ({last}):\n"
                           f"{self.log_tail('kube-apiserver')}")
+
+
+def _measure_starts(count: int) -> None:
+    """`cd tests && ../.venv/bin/python -m peers.controlplane 3`: time `count` cold starts."""
+    import statistics
+    import tempfile
+
+    from peers.tools import CACHE
+
+    times = []
+    for i in range(count):
+        with tempfile.TemporaryDirectory(prefix="cp-measure-") as d:
+            cp = ControlPlane(Path(d), (CACHE / "bin" / "kube-apiserver").resolve())
+            try:
+                cp.start()
+            finally:
+                cp.stop()
+            times.append(cp.started_in)
+            print(f"start {i + 1}: /readyz after {cp.started_in:.2f} s", flush=True)
+    print(f"median of {count}: {statistics.median(times):.2f} s")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _measure_starts(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
