@@ -13,6 +13,7 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}  # CI may run without HOME set
 CACHE=${ISTIO_CNI_TOOLS_CACHE:-$HOME/.cache/istio-cni-tools}
 # Module/build caches live beside the binaries so a second `make setup` downloads nothing.
 export GOPATH="$CACHE/gopath" GOMODCACHE="$CACHE/gopath/pkg/mod" GOCACHE="$CACHE/gocache"

@@ -92,6 +92,18 @@ def test_cache_miss_uses_get_then_waits_for_the_watch(ns_path):
     assert cache.fetched == 1 and len(rec.calls) == 1
 
 
+def test_cached_pod_with_another_uid_is_refetched(ns_path):
+    # StatefulSet pod recreated under the same name; the watch has not caught up yet.
+    stale = injected_pod("p", uid="old-uid")
+    fresh = injected_pod("p", uid="new-uid", annotations={"traffic.sidecar.istio.io/excludeOutboundPorts": "5432"})
+    rec = Recorder()
+    cache = FakeCache({("default", "p"): stale}, fetch=lambda ns, name: fresh)
+    args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=p;K8S_POD_UID=new-uid;IgnoreUnknown=1"
+    assert "result" in Handler(cache, apply=rec).handle(request(ns_path, args=args))
+    assert cache.fetched == 1
+    assert "5432" in rec.calls[0][1].restore_text(4)
+
+
 @pytest.mark.parametrize("fetch, later, why", [
     (lambda ns, n: (_ for _ in ()).throw(ConnectionRefusedError(111, "refused")), None, "GET failed"),
     (lambda ns, n: None, None, "not visible to the agent yet"),
@@ -132,6 +144,14 @@ def test_bad_requests_are_cni_errors_naming_the_problem(ns_path, req, msg):
     h = Handler(FakeCache({("default", "p"): injected_pod("p")}), apply=Recorder())
     answer = h.handle(request(ns_path, **req))
     assert msg in answer["error"]["msg"] + answer["error"].get("details", "")
+
+
+def test_netns_the_agent_cannot_see_means_fallback_not_failure():
+    rec = Recorder()
+    h = Handler(FakeCache({("default", "p"): injected_pod("p")}), apply=rec)
+    answer = h.handle(request("/run/netns/not-mounted-into-the-agent"))
+    assert "not visible to the agent" in answer["fallback"]
+    assert rec.calls == []
 
 
 def test_own_netns_is_refused(netns):

@@ -45,11 +45,8 @@ def _cnitool(cnitool_bin, host: str, command: str, pod: str, env: dict) -> subpr
 
 def _host_nat_rules(host: str) -> str:
     # portmap uses whichever iptables flavour `iptables` is; read both so the check is flavour-blind.
-    out = []
-    for tool in ("iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save", "ip6tables-legacy-save"):
-        p = nsutil.exec_in(host, tool, "-t", "nat", check=False)
-        out.append(p.stdout if isinstance(p.stdout, str) else p.stdout.decode())
-    return "\n".join(out)
+    tools = ("iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save", "ip6tables-legacy-save")
+    return "\n".join(nsutil.exec_in(host, tool, "-t", "nat", check=False).stdout for tool in tools)
 
 
 def test_cnitool_add_check_del_through_chain(cnitool_bin, portmap_bin, cni_path, netns, tmp_path):

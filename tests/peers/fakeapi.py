@@ -131,6 +131,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     fake: FakeAPI
 
+    def handle_error(self, request, client_address):
+        # Clients that reject our certificate or hang up mid-answer are what the faults are for;
+        # keep the error for the test to inspect instead of printing a traceback to stderr.
+        import sys
+
+        self.fake.errors.append(sys.exc_info()[1])
+
 
 class FakeAPI:
     """The fake server; ``url`` once started. Use as a context manager or call start()/stop()."""
@@ -138,6 +145,7 @@ class FakeAPI:
     def __init__(self, *, tls_dir: Path | None = None, token: str | None = None, max_delay: float = 30.0) -> None:
         self.pods: dict[tuple[str, str], dict] = {}
         self.requests: list[Seen] = []
+        self.errors: list[BaseException] = []  # exceptions raised while serving (e.g. TLS rejected)
         self.token = token
         self.max_delay = max_delay
         self.ca_file: Path | None = None

@@ -7,7 +7,8 @@ that could not restore its netns must never serve again, so that ends the proces
 
 Answers (see ``istio_cni.agent_client``): ``{"result"}``, ``{"error"}`` (fail the ADD),
 ``{"fallback"}`` (the plugin goes direct): only when we cannot see the pod - a cache
-miss whose direct GET did not find it in time, or the API being unreachable from here.
+miss whose direct GET did not find it in time, or the API being unreachable from here -
+or cannot see its netns path, or the plugin's deadline passed before we got to it.
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ class Handler:
         if self.metrics is not None:
             self.metrics.inc("istio_cni_agent_requests_total", result=outcome)
 
-    def pod_getter(self, budget_end: float):
-        """``get_pod(ns, name)`` for ``plan``: cache, then one GET, then wait for the watch."""
+    def pod_getter(self, budget_end: float, uid: str = ""):
+        """``get_pod(ns, name)`` for ``plan``: cache, then one GET, then wait for the watch.
+
+        ``uid`` (K8S_POD_UID, when the runtime sends it) guards against a stale cache entry
+        of a deleted pod whose successor has the same name (StatefulSets) but no watch
+        event yet: a cached pod with another UID counts as a miss."""
         def get_pod(namespace: str, name: str) -> dict:
             pod = self.cache.get(namespace, name)
-            if pod is not None:
+            if pod is not None and (not uid or (pod.get("metadata") or {}).get("uid") == uid):
                 return pod
             left = budget_end - time.monotonic()
             try:
@@ -110,7 +115,7 @@ class Handler:
     def _handle(self, req: dict, started: float) -> dict:
         from istio_cni.config import parse_conf, parse_k8s_args
         from istio_cni.plugin import prev_result
-        from istio_cni.skel import check_netns, decode_netconf
+        from istio_cni.skel import decode_netconf
 
         command = req.get("command")
         if command != "ADD":
@@ -133,12 +138,12 @@ class Handler:
             budget_end = min(budget_end, started + (expires - time.time()) - DEADLINE_MARGIN)
         if budget_end <= time.monotonic():
             raise Fallback("request expired while queued in the agent (plugin has given up)")
-        ruleset, reason = self.plan(conf, k8s, netconf, self.pod_getter(budget_end))
+        ruleset, reason = self.plan(conf, k8s, netconf, self.pod_getter(budget_end, k8s.pod_uid))
         result = prev_result(netconf)
         if ruleset is None:
             log.info("skipping pod", pod=pod, reason=reason, via="agent")
             return {"result": result}
-        check_netns(req["netns"])
+        self._check_netns(req["netns"])
         with self.commit_lock:
             if time.monotonic() > budget_end:
                 # The plugin has given up and is committing itself; do not race it.
@@ -147,6 +152,17 @@ class Handler:
         log.info("redirect rules committed", pod=pod, netns=req["netns"], backend=backend, via="agent",
                  ms=round((time.monotonic() - started) * 1000, 2))
         return {"result": result}
+
+    @staticmethod
+    def _check_netns(path: str) -> None:
+        """The plugin already checked the path in the host's mount namespace; if *we* cannot
+        open it (no /var/run/netns mount, no hostPID for /proc/<pid>/ns/net), that is our
+        deployment's blind spot, not a bad netns: let the plugin commit directly."""
+        from istio_cni.skel import check_netns
+
+        if not os.path.exists(path):
+            raise Fallback(f"netns {path} is not visible to the agent (mount the host's netns dir into it)")
+        check_netns(path)
 
     def _commit(self, netns: str, ruleset, preferred: str) -> str:
         from istio_cni._fastpath import NetnsRestoreFailed
