@@ -6,7 +6,10 @@ Compared in one run (ratios are checked by benchmarks/check_budgets.py):
   rules, commit in the netns.
 * ``add-skip``: the same for a pod without a sidecar (pod GET, decide, no netfilter).
 * ``add-upstream-go``: upstream's Go istio-cni, same netconf, pod, API server and netns shape.
-* ``concurrent-64``: 64 ADDs at once on distinct namespaces (all must succeed); per-ADD p99.
+* ``concurrent-64`` (and ``concurrent-64-upstream-go``): 64 ADDs at once on distinct
+  namespaces (all must succeed); per-ADD p50/p99 in ``extra_info``.
+* ``paired-add``: the budget figures. Every variant above (plus both baselines) once per round
+  in rotating order, so all see the same machine load; per-variant medians in ``extra_info``.
 * ``rss-direct`` / ``rss-upstream-go``: peak RSS of one plugin exec (redirected and skipped
   pods; max over rounds) under ``/usr/bin/time -f %M``, apart from the timed benchmarks so the
   wrapper never inflates a compared time.
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 
 import harness
+import pytest
 from harness import CONCURRENT, PLAIN_POD, REDIRECT_POD
 
 ROUNDS = int(os.environ.get("ISTIO_CNI_BENCH_ROUNDS", "30"))
@@ -125,6 +130,17 @@ def bench_add_concurrent_64(benchmark, our_plugin, netns_pool, pod_ruleset, reco
     record(benchmark, "concurrent-64", launcher=our_plugin.launcher, **info)
 
 
+def bench_add_concurrent_64_upstream_go(benchmark, upstream_plugin, netns_pool, pod_ruleset, record):
+    def start_one(i, ns):
+        return upstream_plugin.add(ns, f"{REDIRECT_POD}-{i}", _container_id(), timeout=120)
+
+    def verify(ns):
+        harness.assert_redirect_committed(ns, pod_ruleset, upstream_plugin.label)
+
+    info = run_concurrently(benchmark, netns_pool, start_one, verify)
+    record(benchmark, "concurrent-64-upstream-go", launcher=upstream_plugin.launcher, **info)
+
+
 def _alternate(i: int) -> str:
     return REDIRECT_POD if i % 2 == 0 else PLAIN_POD
 
@@ -156,3 +172,67 @@ def bench_peak_rss_upstream_go(benchmark, upstream_plugin, netns_pool, pod_rules
     results = _bench_single_add(benchmark, upstream_plugin, netns_pool, _alternate,
                                 _verify_pod(pod_ruleset, upstream_plugin.label), rss=True)
     record(benchmark, "rss-upstream-go", launcher=upstream_plugin.launcher, **_rss_info(results))
+
+
+PAIRED_ROUNDS = int(os.environ.get("ISTIO_CNI_BENCH_PAIRED_ROUNDS", "25"))
+
+
+def _paired_variants(request, our_plugin, pod_ruleset, script_dir):
+    """role -> (run(ns) -> ProcResult, verify(ns)) for every variant the budgets compare."""
+    from baselines import pipeline, script2019
+
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    pipe, old = pipeline.write(pod_ruleset, script_dir, "nft"), script2019.write(pod_ruleset, script_dir)
+    redirected = lambda who: lambda ns: harness.assert_redirect_committed(ns, pod_ruleset, who)  # noqa: E731
+    variants = {
+        "add-direct": (lambda ns: our_plugin.add(ns, REDIRECT_POD, _container_id()), redirected("ours")),
+        "add-skip": (lambda ns: our_plugin.add(ns, PLAIN_POD, _container_id()),
+                     lambda ns: harness.assert_nothing_committed(ns, "ours, skipped pod")),
+        "baseline-upstream-pipeline": (lambda ns: harness.run_process(pipeline.argv(pipe, ns.path), env),
+                                       redirected("upstream pipeline")),
+        "baseline-2019": (lambda ns: harness.run_process(script2019.argv(old, ns.path), env),
+                          redirected("2019 script")),
+    }
+    note = ""
+    try:
+        upstream = request.getfixturevalue("upstream_plugin")
+    except pytest.skip.Exception as e:  # the checker falls back to baseline 2 and says so
+        note = str(e)
+    else:
+        variants["add-upstream-go"] = (lambda ns: upstream.add(ns, REDIRECT_POD, _container_id()),
+                                       redirected("upstream Go"))
+    return variants, note
+
+
+def bench_add_paired(benchmark, request, our_plugin, netns_pool, pod_ruleset, record, tmp_path):
+    """The budget figures: every compared variant once per round, in a rotating order, each on
+    its own fresh netns, so all of them see the same machine load (this machine is shared and
+    its load moves by 10x within minutes; benchmarks run one after another would not)."""
+    variants, note = _paired_variants(request, our_plugin, pod_ruleset, tmp_path)
+    roles = list(variants)
+    samples = {role: [] for role in roles}
+    last = {}
+
+    def verify_last():
+        for role, ns in last.items():
+            variants[role][1](ns)
+
+    def setup():
+        verify_last()
+        netns_pool.recycle()
+        last.clear()
+        last.update({role: netns_pool.new() for role in roles})
+        return (dict(last),), {}
+
+    def one_round(namespaces):
+        start = sum(len(s) for s in samples.values()) // len(roles)
+        for role in roles[start % len(roles):] + roles[:start % len(roles)]:
+            result = variants[role][0](namespaces[role]).check(f"paired round, {role}")
+            samples[role].append(result.seconds)
+
+    benchmark.pedantic(one_round, setup=setup, rounds=PAIRED_ROUNDS, warmup_rounds=1, iterations=1)
+    verify_last()
+    medians = {role: statistics.median(s[1:]) * 1e3 for role, s in samples.items()}  # [0]: warm-up
+    record(benchmark, "paired-add", paired_medians_ms={k: round(v, 2) for k, v in medians.items()},
+           paired_rounds=PAIRED_ROUNDS, launcher=our_plugin.launcher,
+           **({"upstream_go_missing": note} if note else {}))

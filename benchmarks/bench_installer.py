@@ -92,7 +92,7 @@ def bench_installer_repair(benchmark, tmp_path, bundle):
 
     lay = _layout(tmp_path / "host")
     conf = lay.net_dir / "10-calico.conflist"
-    p = _start_installer(lay, bundle, REPAIR_BURST="100000", REPAIR_RATE="100000")
+    p = _start_installer(lay, bundle, REWRITE_BURST="100000", REWRITE_RATE="100000")
     samples = []
     try:
         with Watcher() as w:

@@ -85,7 +85,7 @@ class Installer:
         self.conflist = ConfList(settings)
         self.kubeconfig = Kubeconfig(settings)
         self.binaries: list[Binaries] = []
-        self.bucket = TokenBucket(settings.repair_burst, settings.repair_rate)
+        self.bucket = TokenBucket(settings.rewrite_burst, settings.rewrite_rate)
         self.fights = FightDetector(self.metrics)
         self._stop = threading.Event()
         self._watcher: Watcher | None = None

@@ -13,6 +13,11 @@ import socket
 
 from istio_cni.value import Value
 
+from .k8ssyntax import field_selector as _field_selector
+from .k8ssyntax import label_key as _label_key
+from .k8ssyntax import label_selector as _label_selector
+from .k8ssyntax import label_value as _label_value
+
 
 class SettingError(ValueError):
     def __init__(self, setting: str, value: object, reason: str) -> None:
@@ -106,6 +111,26 @@ def _str(s: str) -> str:
     return s
 
 
+def _opt_bool(s: str):
+    """None when empty (unset: another setting decides), else a boolean."""
+    return None if s.strip() == "" else _bool(s)
+
+
+def _exit_code(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise ValueError("expected an exit code 0..255") from None
+    if not 0 <= v <= 255:
+        raise ValueError("exit code out of range 0..255 (0 = any)")
+    return v
+
+
+def _upstream(name: str) -> tuple:
+    """Upstream's name and the 2019 binary's spelling (hyphens after REPAIR_)."""
+    return (name, "REPAIR_" + name[len("REPAIR_"):].replace("_", "-"))
+
+
 # (field, flag, env names, default, converter, help)
 SPECS = (
     ("mounted_cni_net_dir", "--mounted-cni-net-dir", ("MOUNTED_CNI_NET_DIR",), "/host/etc/cni/net.d",
@@ -196,10 +221,12 @@ SPECS = (
      _bool, "always clean up on SIGTERM, even when the DaemonSet still targets this node"),
     ("shutdown_grace_seconds", "--shutdown-grace-seconds", ("SHUTDOWN_GRACE_SECONDS",), "25",
      _seconds, "budget for cleanup after SIGTERM (keep below terminationGracePeriodSeconds)"),
-    ("repair_burst", "--repair-burst", ("REPAIR_BURST",), "10",
-     lambda s: _positive_int(s), "rewrites allowed back to back before rate limiting"),
-    ("repair_rate", "--repair-rate", ("REPAIR_RATE",), "20",
-     lambda s: _positive_float(s), "sustained rewrites per second once the burst is spent"),
+    # Rate limit of drift rewrites. REPAIR_BURST / REPAIR_RATE are the old, deprecated names
+    # (REPAIR_* belongs to the repair controller, as upstream): read with a warning.
+    ("rewrite_burst", "--rewrite-burst", ("REWRITE_BURST", "REPAIR_BURST"), "10",
+     lambda s: _positive_int(s), "drift rewrites allowed back to back before rate limiting"),
+    ("rewrite_rate", "--rewrite-rate", ("REWRITE_RATE", "REPAIR_RATE"), "20",
+     lambda s: _positive_float(s), "sustained drift rewrites per second once the burst is spent"),
     # Node agent and repair controller (istio_cni_installer.agent / .repair).
     ("agent_enabled", "--agent-enabled", ("AGENT_ENABLED",), "true",
      _bool, "serve the plugin's fast path on <run dir>/agent.sock (pod watch cache)"),
@@ -207,14 +234,80 @@ SPECS = (
      _path, "kubeconfig for the agent and repair controller (default: the service account)"),
     ("repair_enabled", "--repair-enabled", ("REPAIR_ENABLED",), "true",
      _bool, "run the repair controller for pods that started without redirect rules"),
-    ("repair_mode", "--repair-mode", ("REPAIR_MODE",), "repair",
-     _choice("repair", "label", "delete"),
-     "repair: commit the rules in the pod netns; label: cni.istio.io/uninitialized=true; delete: delete the pod"),
+    ("repair_mode", "--repair-mode", ("REPAIR_MODE",), "",
+     _choice("", "repair", "label", "delete"),
+     "repair: commit the rules in the pod netns; label: set the broken-pod label; delete: delete the "
+     "pod. Unset: from REPAIR_REPAIR_PODS / REPAIR_LABEL_PODS / REPAIR_DELETE_PODS (at most one true), "
+     "else repair"),
+    # Upstream's repair settings (cni/pkg/repair; the 2019 binary spelled them REPAIR_LABEL-PODS...).
+    ("repair_repair_pods", "--repair-repair-pods", _upstream("REPAIR_REPAIR_PODS"), "",
+     _opt_bool, "upstream mode switch: repair broken pods in place (used when REPAIR_MODE is unset)"),
+    ("repair_label_pods", "--repair-label-pods", _upstream("REPAIR_LABEL_PODS"), "",
+     _opt_bool, "upstream mode switch: label broken pods (used when REPAIR_MODE is unset)"),
+    ("repair_delete_pods", "--repair-delete-pods", _upstream("REPAIR_DELETE_PODS"), "",
+     _opt_bool, "upstream mode switch: delete broken pods (used when REPAIR_MODE is unset)"),
+    ("repair_create_events", "--repair-create-events", _upstream("REPAIR_CREATE_EVENTS"), "true",
+     _bool, "post a Kubernetes Event on each pod the repair controller acts on"),
+    ("repair_run_as_daemon", "--repair-run-as-daemon", _upstream("REPAIR_RUN_AS_DAEMON"), "true",
+     _bool, "accepted for upstream compatibility; the controller always runs continuously inside "
+     "this program, so false (a one-shot pass) is refused while REPAIR_ENABLED is true"),
+    ("repair_sidecar_annotation", "--repair-sidecar-annotation", _upstream("REPAIR_SIDECAR_ANNOTATION"),
+     "sidecar.istio.io/status", _str, "only pods with this annotation key are checked (empty: all pods)"),
+    ("repair_init_container_name", "--repair-init-container-name", _upstream("REPAIR_INIT_CONTAINER_NAME"),
+     "istio-validation", _str, "init container whose failure marks a broken pod (empty: any)"),
+    ("repair_init_container_exit_code", "--repair-init-container-exit-code",
+     _upstream("REPAIR_INIT_CONTAINER_EXIT_CODE"), "126", _exit_code,
+     "its exit code that marks a broken pod (0: any non-success)"),
+    ("repair_init_container_termination_message", "--repair-init-container-termination-message",
+     _upstream("REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE"), "", _str,
+     "its termination message (trimmed) that marks a broken pod (empty: any)"),
+    ("repair_broken_pod_label_key", "--repair-broken-pod-label-key", _upstream("REPAIR_BROKEN_POD_LABEL_KEY"),
+     "cni.istio.io/uninitialized", _label_key, "label key set on broken pods in label mode"),
+    ("repair_broken_pod_label_value", "--repair-broken-pod-label-value",
+     _upstream("REPAIR_BROKEN_POD_LABEL_VALUE"), "true", _label_value, "label value set in label mode"),
+    ("repair_label_selectors", "--repair-label-selectors", _upstream("REPAIR_LABEL_SELECTORS"), "",
+     _label_selector, "label selector the repair controller's pod watch adds (server side)"),
+    ("repair_field_selectors", "--repair-field-selectors", _upstream("REPAIR_FIELD_SELECTORS"), "",
+     _field_selector, "field selector the repair controller's pod watch adds to spec.nodeName=<node>"),
+    ("repair_node_name", "--repair-node-name", _upstream("REPAIR_NODE_NAME"), "",
+     _str, "node whose pods the repair controller watches (default: KUBERNETES_NODE_NAME; unlike "
+     "upstream, never all nodes)"),
     ("repair_check_netns", "--repair-check-netns", ("REPAIR_CHECK_NETNS",), "false",
      _bool, "also inspect each running pod's netns for missing rules (not only istio-validation exit 126)"),
     ("host_proc_dir", "--host-proc-dir", ("HOST_PROC_DIR",), "/proc",
      _abs_path, "the host's /proc as mounted here (repair finds pod netns through it; hostPID or a mount)"),
 )
+
+
+DEPRECATED = {"REPAIR_BURST": "REWRITE_BURST", "REPAIR_RATE": "REWRITE_RATE"}
+_MODE_SWITCHES = (("repair_repair_pods", "repair"), ("repair_label_pods", "label"),
+                  ("repair_delete_pods", "delete"))
+
+
+def _resolve_repair(values: dict, source: dict) -> None:
+    """REPAIR_MODE from upstream's three switches when not given; REPAIR_RUN_AS_DAEMON checked."""
+    if not values["repair_mode"]:
+        on = [(source[f], mode) for f, mode in _MODE_SWITCHES if values[f]]
+        if len(on) > 1:
+            raise SettingError(" and ".join(n for n, _ in on), "true",
+                               "only one repair mode can be on: set exactly one of them (or REPAIR_MODE)")
+        if on:
+            values["repair_mode"] = on[0][1]
+        elif values["repair_enabled"] and all(values[f] is False for f, _ in _MODE_SWITCHES):
+            # Upstream's controller does nothing with all three off; say so instead of idling.
+            from istio_cni.log import log
+
+            log.warning("REPAIR_REPAIR_PODS, REPAIR_LABEL_PODS and REPAIR_DELETE_PODS are all false: "
+                        "repair controller off (set one, or REPAIR_MODE)")
+            values["repair_enabled"] = False
+            values["repair_mode"] = "repair"
+        else:
+            values["repair_mode"] = "repair"
+    if values["repair_enabled"] and not values["repair_run_as_daemon"]:
+        raise SettingError(source["repair_run_as_daemon"], "false",
+                           "the one-shot repair pass is not supported: the repair controller runs "
+                           "continuously inside the node program; remove the setting, or set "
+                           "REPAIR_ENABLED=false to turn repair off")
 
 
 def _positive_int(s: str) -> int:
@@ -267,9 +360,18 @@ def _env_help(env: tuple) -> str:
     return "env " + " / ".join(env)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Never wraps inside a hyphenated name (REPAIR_LABEL-PODS must stay greppable)."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="install-cni",
+        prog="install-cni", formatter_class=_HelpFormatter,
         description="Install the istio-cni plugin on this node and keep it installed: deploys the "
         "self-contained plugin bundle into the CNI bin dir(s), writes the plugin kubeconfig into "
         "the private run dir, inserts the istio-cni entry into the primary CNI conflist, repairs "
@@ -287,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None = None, env: dict | None = None) -> Settings:
     env = os.environ if env is None else env
     ns = build_parser().parse_args(argv)
-    values = {}
+    values, source = {}, {}
     for field, flag, names, default, conv, _text in SPECS:
         raw, name = getattr(ns, field), flag
         if raw is None:
@@ -300,6 +402,12 @@ def parse(argv: list[str] | None = None, env: dict | None = None) -> Settings:
             values[field] = conv(raw)
         except ValueError as e:
             raise SettingError(name, raw, str(e)) from None
+        source[field] = name
+        if name in DEPRECATED:
+            from istio_cni.log import log
+
+            log.warning("deprecated setting name", name=name, use=DEPRECATED[name])
+    _resolve_repair(values, source)
     if not values["node_name"]:
         values["node_name"] = socket.gethostname()
     if values["cni_network_config"] or values["cni_network_config_file"]:

@@ -66,3 +66,36 @@ def test_missing_credentials_disable_rather_than_crash(tmp_path):
 def test_bad_repair_mode_is_named(tmp_path):
     with pytest.raises(SettingError, match="REPAIR_MODE"):
         settings(tmp_path, REPAIR_MODE="fix")
+
+
+def test_repair_settings_from_the_environment_drive_the_running_controller(tmp_path, mini_api):
+    """REPAIR_BROKEN_POD_LABEL_* and REPAIR_CREATE_EVENTS go through node_services to the action."""
+    mini_api.put_pod(validation_failed(injected_pod("env-broken")))
+    s = settings(tmp_path, AGENT_KUBECONFIG=mini_api.kubeconfig(tmp_path / "kc"), AGENT_ENABLED="false",
+                 REPAIR_LABEL_PODS="true", REPAIR_REPAIR_PODS="false", REPAIR_DELETE_PODS="false",
+                 REPAIR_BROKEN_POD_LABEL_KEY="example.com/broken", REPAIR_BROKEN_POD_LABEL_VALUE="yes",
+                 REPAIR_CREATE_EVENTS="false")
+    svcs = node_services(s)
+    assert [x.name for x in svcs] == ["repair-controller"]
+    svcs[0].start()
+    try:
+        end = time.monotonic() + 20
+        while (mini_api.get("default", "env-broken")["metadata"].get("labels") or {}).get("example.com/broken") != "yes":
+            assert time.monotonic() < end, "custom label not applied"
+            time.sleep(0.05)
+    finally:
+        svcs[0].stop(None)
+    assert mini_api.events == []
+
+
+def test_repair_with_selectors_watches_on_its_own_next_to_the_agent(tmp_path, mini_api):
+    kc = mini_api.kubeconfig(tmp_path / "kc")
+    shared = node_services(settings(tmp_path, AGENT_KUBECONFIG=kc))
+    assert shared[1].own_cache is False and shared[1].cache is shared[0].agent.cache
+    own = node_services(settings(tmp_path, AGENT_KUBECONFIG=kc, REPAIR_LABEL_SELECTORS="app=x",
+                                 REPAIR_FIELD_SELECTORS="status.phase=Running", REPAIR_NODE_NAME="node-b"))
+    repair = own[1]
+    assert repair.own_cache is True and repair.cache is not own[0].agent.cache
+    assert (repair.cache.node_name, repair.cache.label_selector, repair.cache.field_selector) == (
+        "node-b", "app=x", "status.phase=Running")
+    assert own[0].agent.cache.label_selector == "" and own[0].agent.cache.node_name == "node-a"

@@ -188,11 +188,15 @@ def test_real_authorizer_grants_least_privilege(api, namespace, applied_rbac, mo
     assert allowed("some-app", ns, "create", "events")
     assert allowed("some-app", ns, "delete", "pods") is can_delete
     assert allowed("some-app", ns, "patch", "pods", subresource="status") is can_label
-    # never the pod spec, never secrets, never nodes, never other DaemonSets
+    assert not allowed("some-app", ns, "patch", "events")  # events are only created
+    # the upgrade check reads its node; nothing else about nodes
+    assert allowed("", ns, "get", "nodes", name="node-a")
+    assert not allowed("", ns, "list", "nodes")
+    assert not allowed("", ns, "patch", "nodes", name="node-a")
+    # never the pod spec, never secrets, never other DaemonSets
     assert not allowed("some-app", ns, "patch", "pods")
     assert not allowed("some-app", ns, "update", "pods")
     assert not allowed("some-app", ns, "get", "secrets")
-    assert not allowed("", ns, "get", "nodes")
     # the upgrade check: our DaemonSet, in our namespace, read only
     assert allowed(ns, ns, "get", "daemonsets", group="apps", name="istio-cni-node")
     assert not allowed(ns, ns, "get", "daemonsets", group="apps", name="kube-proxy")

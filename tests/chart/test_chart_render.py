@@ -109,6 +109,24 @@ def test_capabilities_follow_the_enabled_features(render, agent, mode, expected_
     assert caps.get("add") == expected_caps
     assert ("host-proc" in mounts(m)) is proc_mounted
     assert ("cni-netns-dir" in mounts(m)) is agent
+    # the installer is told where host /proc is exactly when it is mounted
+    assert m.config.get("HOST_PROC_DIR") == (mounts(m)["host-proc"] if proc_mounted else None)
+
+
+@pytest.mark.parametrize("agent, mode", [(False, "label"), (False, "delete"), (True, "label")])
+def test_check_netns_mounts_host_proc_and_adds_what_netns_access_needs(render, agent, mode):
+    m = render({"agent": {"enabled": agent}, "repair": {"mode": mode, "checkNetns": True}})
+    assert m.container["securityContext"]["capabilities"]["add"] == NODE_CAPS + ["SYS_PTRACE"]
+    assert mounts(m)["host-proc"] == m.config["HOST_PROC_DIR"] == "/host/proc"
+    assert m.config["REPAIR_CHECK_NETNS"] == "true"
+    off = render({"agent": {"enabled": agent}, "repair": {"mode": mode, "enabled": False, "checkNetns": True}})
+    assert "host-proc" not in mounts(off) and "HOST_PROC_DIR" not in off.config
+
+
+def test_default_resources_give_the_node_container_cpu_and_memory_shares(default_manifests):
+    # The node agent answers ADDs: without a CPU request it starves under bursts of pod starts.
+    requests = default_manifests.container["resources"]["requests"]
+    assert requests["cpu"] == "100m" and requests["memory"] == "100Mi"
 
 
 def test_repair_disabled_needs_no_capability_from_repair(render):
@@ -193,7 +211,8 @@ def test_no_platform_is_guessed_from_the_server_version(render):
 
 def test_generic_platform_has_no_scc_rule(default_manifests):
     rules = default_manifests.get("ClusterRole", "istio-cni")["rules"]
-    assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
 
 
 def test_image_reference_forms(render):

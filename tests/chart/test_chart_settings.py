@@ -10,16 +10,6 @@ import pytest
 
 from istio_cni_installer import settings as installer_settings
 
-# Read by services that settings.py does not cover yet (node agent, repair controller); upstream's
-# names. When those services land, their settings must accept these names (see the chart report).
-PENDING = {
-    "AGENT_ENABLED", "REPAIR_ENABLED", "REPAIR_REPAIR_PODS", "REPAIR_LABEL_PODS",
-    "REPAIR_DELETE_PODS", "REPAIR_CREATE_EVENTS", "REPAIR_RUN_AS_DAEMON", "REPAIR_SIDECAR_ANNOTATION",
-    "REPAIR_INIT_CONTAINER_NAME", "REPAIR_INIT_CONTAINER_EXIT_CODE",
-    "REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE", "REPAIR_BROKEN_POD_LABEL_KEY",
-    "REPAIR_BROKEN_POD_LABEL_VALUE", "REPAIR_LABEL_SELECTORS", "REPAIR_FIELD_SELECTORS",
-    "REPAIR_NODE_NAME",
-}
 DOWNWARD = {"spec.nodeName": "node-a", "metadata.name": "istio-cni-node-x7k2p",
             "metadata.namespace": "istio-system"}
 
@@ -40,8 +30,13 @@ def known_env_names() -> set:
     return {name for spec in installer_settings.SPECS for name in spec[2]}
 
 
-def test_every_variable_is_an_installer_setting_or_a_listed_pending_one(default_manifests):
-    unknown = set(container_env(default_manifests)) - known_env_names() - PENDING
+@pytest.mark.parametrize("values", [
+    {}, {"repair": {"mode": "label", "checkNetns": True}}, {"repair": {"enabled": False}},
+    {"agent": {"enabled": False}, "repair": {"mode": "delete"}, "safeUpgrade": False},
+    {"podLookup": {"deadlineSeconds": 5, "retryIntervalSeconds": 0.5}},
+])
+def test_every_variable_the_chart_sets_is_one_the_installer_reads(render, values):
+    unknown = set(container_env(render(values))) - known_env_names()
     assert not unknown, f"the chart sets variables the installer does not read: {sorted(unknown)}"
 
 
@@ -135,10 +130,59 @@ def test_repair_settings_are_passed_with_upstream_names(render):
     env = container_env(m)
     assert {k: env[k] for k in sorted(env) if k.startswith("REPAIR_")} == {
         "REPAIR_BROKEN_POD_LABEL_KEY": "example.com/broken", "REPAIR_BROKEN_POD_LABEL_VALUE": "yes",
-        "REPAIR_CREATE_EVENTS": "true", "REPAIR_DELETE_PODS": "false", "REPAIR_ENABLED": "true",
+        "REPAIR_CHECK_NETNS": "false", "REPAIR_CREATE_EVENTS": "true", "REPAIR_DELETE_PODS": "false", "REPAIR_ENABLED": "true",
         "REPAIR_FIELD_SELECTORS": "status.phase=Pending", "REPAIR_INIT_CONTAINER_EXIT_CODE": "7",
         "REPAIR_INIT_CONTAINER_NAME": "check", "REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE": "no rules",
         "REPAIR_LABEL_PODS": "true", "REPAIR_LABEL_SELECTORS": "app=x", "REPAIR_NODE_NAME": "node-a",
         "REPAIR_REPAIR_PODS": "false", "REPAIR_RUN_AS_DAEMON": "true",
         "REPAIR_SIDECAR_ANNOTATION": "sidecar.istio.io/status",
     }
+
+
+def repair_view(m):
+    """What the repair controller gets: chart env -> installer settings -> RepairSettings."""
+    from istio_cni_installer.agent.services import repair_settings
+
+    s = installer_view(m)
+    return s, repair_settings(s, s.node_name)
+
+
+def test_default_repair_settings_reach_the_controller(default_manifests):
+    s, rs = repair_view(default_manifests)
+    assert s.repair_enabled is True and s.agent_enabled is True
+    assert rs.mode == "repair" and rs.node_name == "node-a"
+    assert rs.proc_root == "/host/proc" == {v["name"]: v["mountPath"]
+                                           for v in default_manifests.container["volumeMounts"]}["host-proc"]
+    assert (rs.sidecar_annotation, rs.init_container_name, rs.exit_code, rs.termination_message) == (
+        "sidecar.istio.io/status", "istio-validation", 126, "")
+    assert (rs.label_key, rs.label_value, rs.create_events, rs.check_netns) == (
+        "cni.istio.io/uninitialized", "true", True, False)
+    assert (rs.label_selectors, rs.field_selectors) == ("", "")
+
+
+def test_every_repair_value_reaches_the_controller(render):
+    _, rs = repair_view(render({"repair": {
+        "mode": "label", "initContainerName": "check", "initContainerExitCode": 7,
+        "brokenPodLabelKey": "example.com/broken", "brokenPodLabelValue": "yes", "createEvents": False,
+        "labelSelectors": "app in (a,b),tier!=db", "fieldSelectors": "status.phase=Pending",
+        "initContainerTerminationMessage": "no rules", "sidecarAnnotation": "example.com/injected",
+        "checkNetns": True}}))
+    assert rs.mode == "label" and rs.check_netns is True and rs.proc_root == "/host/proc"
+    assert (rs.init_container_name, rs.exit_code, rs.termination_message) == ("check", 7, "no rules")
+    assert (rs.label_key, rs.label_value, rs.create_events) == ("example.com/broken", "yes", False)
+    assert (rs.label_selectors, rs.field_selectors) == ("app in (a,b),tier!=db", "status.phase=Pending")
+    assert rs.sidecar_annotation == "example.com/injected"
+
+
+@pytest.mark.parametrize("values, mode", [
+    ({"mode": "delete"}, "delete"), ({"mode": "label"}, "label"), ({"mode": "repair"}, "repair"),
+    ({"labelPods": True}, "label"), ({"deletePods": True, "labelPods": True}, "delete"),
+])
+def test_the_upstream_mode_switches_select_the_installer_mode(render, values, mode):
+    s, rs = repair_view(render({"repair": values}))
+    assert s.repair_mode == rs.mode == mode
+
+
+def test_repair_disabled_is_disabled_for_the_installer(render):
+    s = installer_view(render({"repair": {"enabled": False, "checkNetns": True}}))
+    assert s.repair_enabled is False

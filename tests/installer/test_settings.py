@@ -64,3 +64,86 @@ def test_help_documents_every_setting():
         assert flag in text
         for name in env:
             assert name in text, f"{name} not documented in --help"
+
+
+# ---- repair controller settings (upstream's REPAIR_* names) -----------------------------------
+
+def repair_env(**env):
+    return parse([], dict(env, KUBERNETES_NODE_NAME="n"))
+
+
+@pytest.mark.parametrize("env, mode", [
+    ({}, "repair"),
+    ({"REPAIR_REPAIR_PODS": "true", "REPAIR_LABEL_PODS": "false", "REPAIR_DELETE_PODS": "false"}, "repair"),
+    ({"REPAIR_REPAIR_PODS": "false", "REPAIR_LABEL_PODS": "true", "REPAIR_DELETE_PODS": "false"}, "label"),
+    ({"REPAIR_DELETE_PODS": "true"}, "delete"),
+    ({"REPAIR_DELETE-PODS": "true"}, "delete"),  # the 2019 binary's spelling
+    ({"REPAIR_MODE": "label", "REPAIR_DELETE_PODS": "true"}, "label"),  # explicit wins
+])
+def test_repair_mode_from_the_upstream_switches(env, mode):
+    s = repair_env(**env)
+    assert s.repair_mode == mode and s.repair_enabled is True
+
+
+def test_more_than_one_mode_switch_is_refused_naming_them():
+    with pytest.raises(SettingError) as ei:
+        repair_env(REPAIR_REPAIR_PODS="true", REPAIR_DELETE_PODS="true")
+    assert ei.value.setting == "REPAIR_REPAIR_PODS and REPAIR_DELETE_PODS"
+    assert "only one repair mode" in str(ei.value)
+
+
+def test_all_mode_switches_off_turns_repair_off_like_upstream():
+    s = repair_env(REPAIR_REPAIR_PODS="false", REPAIR_LABEL_PODS="false", REPAIR_DELETE_PODS="false")
+    assert s.repair_enabled is False
+
+
+def test_run_as_daemon_false_is_refused_while_repair_is_on():
+    with pytest.raises(SettingError) as ei:
+        repair_env(REPAIR_RUN_AS_DAEMON="false")
+    assert ei.value.setting == "REPAIR_RUN_AS_DAEMON" and "one-shot" in str(ei.value)
+    assert repair_env(REPAIR_RUN_AS_DAEMON="false", REPAIR_ENABLED="false").repair_enabled is False
+    assert repair_env(REPAIR_RUN_AS_DAEMON="true").repair_run_as_daemon is True
+
+
+def test_repair_detection_and_action_settings_are_read():
+    s = repair_env(REPAIR_SIDECAR_ANNOTATION="example.com/injected", REPAIR_INIT_CONTAINER_NAME="check",
+                   REPAIR_INIT_CONTAINER_EXIT_CODE="7", REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE="no rules",
+                   REPAIR_BROKEN_POD_LABEL_KEY="example.com/broken", REPAIR_BROKEN_POD_LABEL_VALUE="yes",
+                   REPAIR_CREATE_EVENTS="false", REPAIR_LABEL_SELECTORS="app in (a, b),!canary",
+                   REPAIR_FIELD_SELECTORS="status.phase=Running", REPAIR_NODE_NAME="node-b")
+    assert (s.repair_sidecar_annotation, s.repair_init_container_name, s.repair_init_container_exit_code,
+            s.repair_init_container_termination_message) == ("example.com/injected", "check", 7, "no rules")
+    assert (s.repair_broken_pod_label_key, s.repair_broken_pod_label_value) == ("example.com/broken", "yes")
+    assert s.repair_create_events is False
+    assert (s.repair_label_selectors, s.repair_field_selectors) == ("app in (a, b),!canary", "status.phase=Running")
+    assert s.repair_node_name == "node-b" and s.node_name == "n"
+
+
+@pytest.mark.parametrize("env, setting", [
+    ({"REPAIR_INIT_CONTAINER_EXIT_CODE": "300"}, "REPAIR_INIT_CONTAINER_EXIT_CODE"),
+    ({"REPAIR_BROKEN_POD_LABEL_KEY": "not a key"}, "REPAIR_BROKEN_POD_LABEL_KEY"),
+    ({"REPAIR_BROKEN_POD_LABEL_VALUE": "-bad-"}, "REPAIR_BROKEN_POD_LABEL_VALUE"),
+    ({"REPAIR_LABEL_SELECTORS": "app x"}, "REPAIR_LABEL_SELECTORS"),
+    ({"REPAIR_FIELD_SELECTORS": "status.phase"}, "REPAIR_FIELD_SELECTORS"),
+    ({"REPAIR_LABEL_PODS": "maybe"}, "REPAIR_LABEL_PODS"),
+    ({"REPAIR_MODE": "fix"}, "REPAIR_MODE"),
+])
+def test_bad_repair_values_are_named(env, setting):
+    with pytest.raises(SettingError) as ei:
+        repair_env(**env)
+    assert ei.value.setting == setting
+
+
+def test_rewrite_rate_limit_names_and_their_deprecated_aliases(monkeypatch):
+    import io
+
+    from istio_cni.log import log
+
+    s = repair_env(REWRITE_BURST="3", REWRITE_RATE="2.5")
+    assert (s.rewrite_burst, s.rewrite_rate) == (3, 2.5)
+    sink = io.StringIO()
+    monkeypatch.setattr(log, "stream", sink)
+    old = repair_env(REPAIR_BURST="4", REPAIR_RATE="1")
+    assert (old.rewrite_burst, old.rewrite_rate) == (4, 1.0)
+    assert '"name":"REPAIR_BURST","use":"REWRITE_BURST"' in sink.getvalue()
+    assert repair_env(REWRITE_BURST="5", REPAIR_BURST="4").rewrite_burst == 5  # the new name wins

@@ -60,3 +60,40 @@ def test_bad_settings_are_named(kw, msg):
     args = {"mode": "label", "node_name": "n", **kw}
     with pytest.raises(ValueError, match=msg):
         RepairSettings(**args)
+
+
+# Each REPAIR_* detection setting changes the verdict (the chart passes them; they must matter).
+
+def test_custom_exit_code_is_detected_and_the_default_is_not():
+    pod = validation_failed(injected_pod("p"), exit_code=7)
+    assert validation_failure(pod, S) == ""
+    assert "previously exited 7" in validation_failure(pod, S.replace(exit_code=7))
+    assert validation_failure(validation_failed(injected_pod("p")), S.replace(exit_code=7)) == ""
+
+
+def test_custom_init_container_name_is_detected_and_the_default_is_not():
+    pod = validation_failed(injected_pod("p"))
+    pod["status"]["initContainerStatuses"][0]["name"] = "mesh-check"
+    assert validation_failure(pod, S) == ""
+    assert "mesh-check" in validation_failure(pod, S.replace(init_container_name="mesh-check"))
+    assert validation_failure(pod, S.replace(init_container_name=""))  # empty: any init container
+
+
+def test_custom_sidecar_annotation_selects_the_pods():
+    pod = validation_failed(injected_pod("p", annotations={"example.com/injected": "yes"}))
+    assert validation_failure(pod, S.replace(sidecar_annotation="example.com/injected"))
+    del pod["metadata"]["annotations"]["example.com/injected"]
+    assert validation_failure(pod, S.replace(sidecar_annotation="example.com/injected")) == ""
+    assert validation_failure(pod, S)  # the default annotation is still there
+
+
+def test_custom_termination_message_must_match_trimmed():
+    pod = validation_failed(injected_pod("p"))
+    pod["status"]["initContainerStatuses"][0]["lastState"]["terminated"]["message"] = "  no rules\n"
+    assert validation_failure(pod, S.replace(termination_message="no rules"))
+    assert validation_failure(pod, S.replace(termination_message="iptables validation failed")) == ""
+
+
+def test_label_mode_needs_a_label_key():
+    with pytest.raises(ValueError, match="label key"):
+        RepairSettings(mode="label", node_name="n", label_key="")

@@ -117,6 +117,65 @@ def test_label_mode_labels_once_through_the_status_subresource(mini_api, control
     assert "labelled cni.istio.io/uninitialized=true" in ev[0]["message"]
 
 
+def test_label_mode_applies_the_configured_label_key_and_value(mini_api, controller):
+    mini_api.put_pod(validation_failed(injected_pod("lbl-2")))
+    controller("label", label_key="example.com/cni-broken", label_value="yes")
+    labels = eventually(lambda: (mini_api.get("default", "lbl-2")["metadata"].get("labels") or {})
+                        .get("example.com/cni-broken") and mini_api.get("default", "lbl-2")["metadata"]["labels"],
+                        "custom label")
+    assert labels["example.com/cni-broken"] == "yes"
+    assert "cni.istio.io/uninitialized" not in labels
+
+
+def test_create_events_false_posts_no_event(mini_api, controller):
+    mini_api.put_pod(validation_failed(injected_pod("quiet-1")))
+    rc = controller("label", create_events=False)
+    eventually(lambda: rc.counts.get(("label", "success")) == 1, "label action")
+    assert mini_api.get("default", "quiet-1")["metadata"]["labels"]["cni.istio.io/uninitialized"] == "true"
+    assert not [m for m, _ in mini_api.requests if m == "POST"]
+    assert mini_api.events == []
+
+
+def test_custom_exit_code_and_init_container_name_drive_the_action(mini_api, controller):
+    custom = validation_failed(injected_pod("custom-1"), exit_code=7)
+    custom["status"]["initContainerStatuses"][0]["name"] = "mesh-check"
+    mini_api.put_pod(custom)
+    mini_api.put_pod(validation_failed(injected_pod("default-1")))  # 126 from istio-validation: not ours now
+    rc = controller("label", exit_code=7, init_container_name="mesh-check")
+    eventually(lambda: (mini_api.get("default", "custom-1")["metadata"].get("labels") or {})
+               .get("cni.istio.io/uninitialized") == "true", "label on custom-1")
+    barrier_pod = validation_failed(injected_pod("barrier-4"), exit_code=7)
+    barrier_pod["status"]["initContainerStatuses"][0]["name"] = "mesh-check"
+    mini_api.put_pod(barrier_pod)
+    eventually(lambda: rc.counts.get(("label", "success")) == 2, "barrier label")
+    assert "cni.istio.io/uninitialized" not in (mini_api.get("default", "default-1")["metadata"].get("labels") or {})
+
+
+def test_repair_node_name_selects_the_watched_node(mini_api, api_client):
+    from istio_cni_installer.repair import pod_cache_for
+
+    mini_api.put_pod(validation_failed(injected_pod("here-1")))  # on NODE
+    mini_api.put_pod(validation_failed(injected_pod("there-1", node="node-b")))
+    rs = RepairSettings(mode="label", node_name="node-b")
+    cache = pod_cache_for(api_client, rs, relist_backoff=0.05).start()
+    rc = RepairController(api_client, cache, rs, retry_base=0.05).start()
+    try:
+        eventually(lambda: (mini_api.get("default", "there-1")["metadata"].get("labels") or {})
+                   .get("cni.istio.io/uninitialized") == "true", "label on the node-b pod")
+        assert rc.counts == {("label", "success"): 1}
+        assert "cni.istio.io/uninitialized" not in (mini_api.get("default", "here-1")["metadata"].get("labels") or {})
+    finally:
+        rc.stop()
+        cache.stop()
+
+
+def test_a_cache_that_does_not_carry_the_selectors_is_refused(api_client, cache):
+    with pytest.raises(ValueError, match="label selector 'app=x'.*pod_cache_for"):
+        RepairController(api_client, cache, RepairSettings(mode="label", node_name=NODE, label_selectors="app=x"))
+    with pytest.raises(ValueError, match="node 'node-b'"):
+        RepairController(api_client, cache, RepairSettings(mode="label", node_name="node-b"))
+
+
 def test_delete_mode_deletes_with_preconditions(mini_api, controller):
     mini_api.put_pod(validation_failed(injected_pod("del-1")))
     mini_api.put_pod(injected_pod("fine-1"))

@@ -87,3 +87,34 @@ def test_repair_mode_fixes_the_netns_of_a_real_pod(control_plane, cp_repair, san
     assert out.returncode == 0, out.stderr
     ev = eventually(lambda: events_for(control_plane, ns, "fix-1"), "event")
     assert "redirect rules committed" in ev[0]["message"]
+
+
+def test_label_and_field_selectors_narrow_the_pods_server_side(control_plane):
+    """REPAIR_LABEL_SELECTORS / REPAIR_FIELD_SELECTORS reach the real API server's list and watch."""
+    from istio_cni_installer.repair import pod_cache_for
+
+    ns, node = unique("repair"), unique("node")
+    control_plane.create_namespace(ns)
+    control_plane.api.ensure_service_account(ns, "default")
+    # injected_pod labels app=<name without its last -part>
+    for name in ("wanted-1", "wanted-2", "other-1"):
+        control_plane.create_pod(manifest(injected_pod(name), ns, node))
+        set_status(control_plane, ns, name, broken_status())
+    api = make_api_client(str(control_plane.kubeconfig))
+    rs = RepairSettings(mode="label", node_name=node, label_selectors="app=wanted",
+                        field_selectors="metadata.name!=wanted-2")
+    cache = pod_cache_for(api, rs, relist_backoff=0.2).start()
+    rc = RepairController(api, cache, rs).start()
+    try:
+        assert cache.wait_synced(WAIT)
+        assert sorted(p["metadata"]["name"] for p in cache.pods()) == ["wanted-1"]
+        eventually(lambda: rc.counts.get(("label", "success")) == 1, "label on wanted-1")
+        labels = {n: control_plane.get_pod(ns, n)["metadata"].get("labels") or {}
+                  for n in ("wanted-1", "wanted-2", "other-1")}
+        assert labels["wanted-1"].get("cni.istio.io/uninitialized") == "true"
+        assert "cni.istio.io/uninitialized" not in labels["wanted-2"]
+        assert "cni.istio.io/uninitialized" not in labels["other-1"]
+    finally:
+        rc.stop()
+        cache.stop()
+        api.close()

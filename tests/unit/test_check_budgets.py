@@ -150,3 +150,41 @@ def test_unusable_input_exits_2(tmp_path, capsys, content):
     path.write_text(content)
     assert check_budgets.main([str(path)]) == 2
     assert "check_budgets:" in capsys.readouterr().err
+
+
+def paired(medians: dict, rounds: int = 25) -> dict:
+    return bench("bench_add_paired", sum(medians.values()), "paired-add",
+                 paired_medians_ms=medians, paired_rounds=rounds)
+
+
+def test_paired_medians_win_over_separate_benchmarks(tmp_path, capsys):
+    # The separate benchmarks say direct (20) < Go (40); the paired run, where both saw the
+    # same load, says direct 45 > Go 40: the paired figure decides.
+    benchmarks = healthy() + [paired({"add-direct": 45.0, "add-skip": 10.0, "add-upstream-go": 40.0,
+                                      "baseline-upstream-pipeline": 12.0})]
+    rc, out = run(tmp_path, benchmarks, capsys)
+    assert rc == 1
+    assert status(out, "direct-path ADD median") == "FAIL"
+    assert "ratio 1.12 (paired, 25 interleaved rounds)" in out
+    assert status(out, "skipped-pod ADD median") == "PASS"  # 10 / 45 from the paired run
+
+
+def test_agent_ratio_chained_through_the_paired_direct_figure(tmp_path, capsys):
+    benchmarks = replace(healthy(), "add-agent", median_vs_direct_same_run=0.6)
+    benchmarks.append(paired({"add-direct": 30.0, "add-skip": 10.0, "add-upstream-go": 40.0}))
+    rc, out = run(tmp_path, benchmarks, capsys)
+    # agent/Go = 0.6 (agent/direct, same run) x 0.75 (direct/Go, paired) = 0.45 <= 0.5
+    assert status(out, "agent-path ADD median") == "PASS", out
+    assert "ratio 0.45 (chained: 0.600" in out
+    benchmarks = replace(benchmarks, "add-agent", median_vs_direct_same_run=0.7)
+    rc, out = run(tmp_path, benchmarks, capsys)
+    assert status(out, "agent-path ADD median") == "FAIL"  # 0.7 x 0.75 = 0.525
+    assert rc == 1
+
+
+def test_paired_without_go_falls_back_to_baseline_2(tmp_path, capsys):
+    benchmarks = [b for b in healthy() if b["extra_info"]["role"] != "add-upstream-go"]
+    benchmarks.append(paired({"add-direct": 10.0, "add-skip": 4.0, "baseline-upstream-pipeline": 12.0}))
+    rc, out = run(tmp_path, benchmarks, capsys)
+    assert status(out, "direct-path ADD median") == "PASS"
+    assert "reference is baseline-upstream-pipeline (add-upstream-go was not measured)" in out

@@ -97,11 +97,21 @@ label
 {{- end -}}
 
 {{/*
+"true" when the repair controller opens pod netns through the host's /proc: repair in place, or
+checkNetns (inspect running pods' rules) in any mode. Empty otherwise.
+*/}}
+{{- define "istio-cni.podNetnsAccess" -}}
+{{- $s := include "istio-cni.settings" . | fromYaml -}}
+{{- if and .Values.repair.enabled (or (eq $s.repairMode "repair") .Values.repair.checkNetns) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
 Linux capabilities the enabled features need; nothing else is granted (all others dropped).
 */}}
 {{- define "istio-cni.capabilities" -}}
-{{- $s := include "istio-cni.settings" . | fromYaml -}}
-{{- $inPlace := and .Values.repair.enabled (eq $s.repairMode "repair") -}}
+{{- $inPlace := include "istio-cni.podNetnsAccess" . | eq "true" -}}
 {{- $caps := list -}}
 {{- if or .Values.agent.enabled $inPlace -}}
 {{- /* NET_ADMIN: commit netfilter rules (and TPROXY policy routes) in a pod's netns.
@@ -111,7 +121,7 @@ Linux capabilities the enabled features need; nothing else is granted (all other
 {{- end -}}
 {{- if $inPlace -}}
 {{- /* SYS_PTRACE: open /host/proc/<pid>/ns/net of a pod's processes (run as other users) to
-       find the netns of a broken pod. */ -}}
+       find the netns of a broken pod (repair in place) or to check its rules (checkNetns). */ -}}
 {{- $caps = append $caps "SYS_PTRACE" -}}
 {{- end -}}
 {{- concat $caps .Values.securityContext.extraCapabilities | uniq | toJson -}}

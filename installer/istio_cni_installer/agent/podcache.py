@@ -41,11 +41,16 @@ class PodCache:
     """``get(ns, name)`` answers from memory; ``fetch`` GETs one pod the watch has not shown yet."""
 
     def __init__(self, api, node_name: str, *, watch_seconds: int = WATCH_SECONDS,
-                 relist_backoff: float = RELIST_BACKOFF) -> None:
+                 relist_backoff: float = RELIST_BACKOFF, label_selector: str = "",
+                 field_selector: str = "") -> None:
         if not node_name:
             raise ValueError("PodCache needs the node name (KUBERNETES_NODE_NAME)")
         self.api = api  # kubeclient.KubeClient
         self.node_name = node_name
+        # Extra server-side filters (the repair controller's REPAIR_LABEL/FIELD_SELECTORS);
+        # the node agent's cache has none: it must see every pod of the node.
+        self.label_selector = label_selector
+        self.field_selector = field_selector
         self.watch_seconds = watch_seconds
         self.relist_backoff = relist_backoff
         self.listeners: list = []  # callables (event_type, pod); called on the watch thread
@@ -91,7 +96,8 @@ class PodCache:
         if pod is None:
             return None
         pod = slim(pod)
-        if (pod.get("spec") or {}).get("nodeName") == self.node_name:
+        filtered = self.label_selector or self.field_selector  # cannot tell if the watch would show it
+        if not filtered and (pod.get("spec") or {}).get("nodeName") == self.node_name:
             self._store("ADDED", pod)  # ours: the watch will keep it current from here
         return pod
 
@@ -132,10 +138,12 @@ class PodCache:
                 self._stop.wait(self.relist_backoff)
 
     def _selector(self) -> str:
-        return f"spec.nodeName={self.node_name}"
+        node = f"spec.nodeName={self.node_name}"
+        return f"{node},{self.field_selector}" if self.field_selector else node
 
     def _list(self) -> None:
-        doc = self.api.request("GET", self.api.pods_path(fieldSelector=self._selector()), timeout=30)
+        doc = self.api.request("GET", self.api.pods_path(fieldSelector=self._selector(),
+                                                         labelSelector=self.label_selector), timeout=30)
         fresh = {}
         for pod in doc.get("items") or []:
             fresh[_key(pod)] = slim(pod)
@@ -156,7 +164,8 @@ class PodCache:
     def _watch(self) -> None:
         from .kubeclient import ApiError
 
-        path = self.api.pods_path(fieldSelector=self._selector(), watch="true", allowWatchBookmarks="true",
+        path = self.api.pods_path(fieldSelector=self._selector(), labelSelector=self.label_selector,
+                                  watch="true", allowWatchBookmarks="true",
                                   resourceVersion=self.resource_version, timeoutSeconds=str(self.watch_seconds))
         try:
             # stop() sets the flag, then closes the client (aborts open streams, refuses new ones).

@@ -2,8 +2,10 @@
 
 ``node_services(settings, metrics)`` returns objects with ``name``, ``start()`` and
 ``stop(deadline)`` (the App's service protocol) for whatever the settings enable:
-``AGENT_ENABLED`` (default true) and ``REPAIR_ENABLED`` / ``REPAIR_MODE``. Both share one
-API client and one pod watch. Their counters go to the installer's ``Metrics``.
+``AGENT_ENABLED`` (default true) and ``REPAIR_ENABLED`` / ``REPAIR_MODE`` (+ the other
+``REPAIR_*`` settings, ``repair_settings``). Both share one API client and one pod watch, unless
+the repair controller's selectors or node differ from the agent's (then it watches on its own).
+Their counters go to the installer's ``Metrics``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,20 @@ class RepairService:
             self.cache.stop(min(left, 5.0))
 
 
+def repair_settings(s, node: str):
+    """The repair controller's settings from the installer's (upstream's REPAIR_* names)."""
+    from istio_cni_installer.repair import RepairSettings
+
+    return RepairSettings(
+        mode=s.repair_mode, node_name=s.repair_node_name or node, check_netns=s.repair_check_netns,
+        proc_root=s.host_proc_dir, netfilter_backend=s.netfilter_backend,
+        create_events=s.repair_create_events, sidecar_annotation=s.repair_sidecar_annotation,
+        init_container_name=s.repair_init_container_name, exit_code=s.repair_init_container_exit_code,
+        termination_message=s.repair_init_container_termination_message,
+        label_key=s.repair_broken_pod_label_key, label_value=s.repair_broken_pod_label_value,
+        label_selectors=s.repair_label_selectors, field_selectors=s.repair_field_selectors)
+
+
 def node_services(s, metrics=None) -> list:
     agent_on = getattr(s, "agent_enabled", True)
     repair_on = getattr(s, "repair_enabled", False)
@@ -80,11 +96,17 @@ def node_services(s, metrics=None) -> list:
         agent = NodeAgent(s.run_dir, node, cache=cache, handler=Handler(cache, metrics=metrics))
         services.append(AgentService(agent))
     if repair_on:
-        from istio_cni_installer.repair import RepairController, RepairSettings
+        from istio_cni_installer.repair import RepairController, cache_serves, pod_cache_for
 
-        rs = RepairSettings(mode=s.repair_mode, node_name=node, check_netns=s.repair_check_netns,
-                            proc_root=s.host_proc_dir, netfilter_backend=s.netfilter_backend)
-        services.append(RepairService(RepairController(api, cache, rs, metrics=metrics), cache, own_cache=not agent_on))
+        rs = repair_settings(s, node)
+        if agent_on and cache_serves(cache, rs):
+            services.append(RepairService(RepairController(api, cache, rs, metrics=metrics), cache, own_cache=False))
+        else:
+            # Agent off, or repair narrowed by selectors / another node: a watch of its own, on a
+            # client of its own (stopping a cache closes its client's streams).
+            rapi = api if not agent_on else api_client_from_settings(s)
+            rcache = pod_cache_for(rapi, rs)
+            services.append(RepairService(RepairController(rapi, rcache, rs, metrics=metrics), rcache, own_cache=True))
     log.info("node services configured", agent=agent_on, repair=repair_on,
              repair_mode=getattr(s, "repair_mode", ""), node=node)
     return services

@@ -11,9 +11,13 @@ netns check that our rules are in place) and acts once per pod UID:
 * ``delete``: delete with UID + resourceVersion preconditions (the pod is recreated and
   its sandbox goes through the CNI chain again).
 
-Each action posts a Kubernetes Event on the pod and counts
+Each action posts a Kubernetes Event on the pod (unless ``create_events`` is off) and counts
 ``istio_cni_repair_pods_repaired_total{type,result}``. Failures retry with back-off up to
 ``max_attempts``; a pod that is gone is forgotten.
+
+Which pods: the cache's watch (``spec.nodeName`` plus the settings' label/field selectors,
+filtered by the API server). The node agent's cache carries no extra selectors, so with
+selectors the controller needs its own cache (``pod_cache_for``); a mismatch is refused.
 """
 
 from __future__ import annotations
@@ -53,9 +57,30 @@ def _default_plan(pod: dict, settings: RepairSettings):
     return plan(parse_conf(netconf), k8s, netconf, get_pod=lambda ns, name: pod)
 
 
+def pod_cache_for(api_client, settings: RepairSettings, **kw):
+    """A pod cache watching exactly the pods ``settings`` select (node + selectors)."""
+    from istio_cni_installer.agent.podcache import PodCache
+
+    return PodCache(api_client, settings.node_name, label_selector=settings.label_selectors,
+                    field_selector=settings.field_selectors, **kw)
+
+
+def cache_serves(cache, settings: RepairSettings) -> bool:
+    """Whether ``cache`` watches exactly the pods the settings select."""
+    return (getattr(cache, "node_name", None), getattr(cache, "label_selector", ""),
+            getattr(cache, "field_selector", "")) == (settings.node_name, settings.label_selectors,
+                                                       settings.field_selectors)
+
+
 class RepairController:
     def __init__(self, api_client, cache, settings: RepairSettings, *, plan=_default_plan,
                  netfilter=None, retry_base: float = 0.5, metrics=None) -> None:
+        if not cache_serves(cache, settings):
+            raise ValueError(
+                f"the pod cache watches node {getattr(cache, 'node_name', None)!r} with label selector "
+                f"{getattr(cache, 'label_selector', '')!r} and field selector {getattr(cache, 'field_selector', '')!r}, "
+                f"but repair is set up for node {settings.node_name!r}, label selector {settings.label_selectors!r}, "
+                f"field selector {settings.field_selectors!r}: build the cache with pod_cache_for(api, settings)")
         self.api = api_client  # agent.kubeclient.KubeClient (shared with the pod cache)
         self.cache = cache
         self.settings = settings
@@ -211,6 +236,8 @@ class RepairController:
             self.metrics.inc("istio_cni_repair_pods_repaired_total", type=kind, result=result)
 
     def _event(self, pod: dict, etype: str, reason: str, message: str) -> None:
+        if not self.settings.create_events:  # REPAIR_CREATE_EVENTS=false (and no events RBAC)
+            return
         meta = pod.get("metadata") or {}
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {

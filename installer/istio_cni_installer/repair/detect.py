@@ -15,13 +15,16 @@ MODES = ("repair", "label", "delete")
 
 
 class RepairSettings(Value):
+    # label_selectors / field_selectors narrow the pod watch server side (the controller checks
+    # that its pod cache carries them: ``controller.pod_cache_for`` builds a matching one).
     __slots__ = ("mode", "node_name", "sidecar_annotation", "init_container_name", "exit_code",
                  "termination_message", "label_key", "label_value", "check_netns", "proc_root",
-                 "netfilter_backend", "max_attempts")
+                 "netfilter_backend", "max_attempts", "create_events", "label_selectors", "field_selectors")
     _defaults = {"sidecar_annotation": "sidecar.istio.io/status", "init_container_name": "istio-validation",
                  "exit_code": 126, "termination_message": "", "label_key": "cni.istio.io/uninitialized",
                  "label_value": "true", "check_netns": False, "proc_root": "/proc",
-                 "netfilter_backend": "auto", "max_attempts": 5}
+                 "netfilter_backend": "auto", "max_attempts": 5, "create_events": True,
+                 "label_selectors": "", "field_selectors": ""}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -31,6 +34,8 @@ class RepairSettings(Value):
             raise ValueError("the repair controller needs the node name (KUBERNETES_NODE_NAME)")
         if not isinstance(self.exit_code, int) or not 0 <= self.exit_code <= 255:
             raise ValueError(f"repair exit code {self.exit_code!r} is not 0..255 (0 = any)")
+        if self.mode == "label" and not self.label_key:
+            raise ValueError("label mode needs a broken-pod label key (REPAIR_BROKEN_POD_LABEL_KEY)")
 
 
 def _terminated_failure(term, s: RepairSettings) -> bool:
