@@ -38,23 +38,22 @@ def _split_server(server: str) -> tuple[str, str, int, str]:
     return scheme, host, port_n, ("/" + prefix.rstrip("/")) if slash and prefix else ""
 
 
-def _tls_context(cluster):
-    import ssl
+def _configure(ctx, cluster):
+    """Trust and client credentials from the kubeconfig. Works on ``_ssl._SSLContext`` and
+    on its subclass ``ssl.SSLContext`` alike."""
+    import _ssl
 
     if cluster.insecure:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if cluster.ca_data:
-            import base64
+        ctx.verify_mode = _ssl.CERT_NONE
+    elif cluster.ca_data:
+        import binascii
 
-            ctx.load_verify_locations(cadata=base64.b64decode(cluster.ca_data).decode())
-        elif cluster.ca_file:
-            ctx.load_verify_locations(cafile=cluster.ca_file)
-        else:
-            ctx.load_default_certs()
+        ctx.load_verify_locations(None, None, binascii.a2b_base64(cluster.ca_data).decode())
+    elif cluster.ca_file:
+        ctx.load_verify_locations(cluster.ca_file)
+    else:
+        ctx.set_default_verify_paths()
     cert, key = cluster.client_cert_file, cluster.client_key_file
     if cluster.client_cert_data:
         cert = _memfile(cluster.client_cert_data)
@@ -64,13 +63,138 @@ def _tls_context(cluster):
     return ctx
 
 
+def _tls_context(cluster):
+    """An OpenSSL context from the C module ``_ssl`` directly.
+
+    ``import ssl`` costs 25-40 ms here (it builds enums from every OpenSSL constant) on
+    every pod ADD; ``_ssl`` is the same engine without that. The context is what
+    ``ssl.SSLContext(PROTOCOL_TLS_CLIENT)`` gives: TLS >= 1.2, certificate and hostname
+    (or IP SAN) verification in OpenSSL, unless the kubeconfig says insecure-skip-tls-verify.
+    """
+    import _ssl
+
+    return _configure(_ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT), cluster)
+
+
+def ssl_context(cluster):
+    """The same TLS settings as a full ``ssl.SSLContext``, for long-lived processes (the node
+    agent) that use the ``ssl``/``socket`` modules and can afford their import."""
+    import ssl
+
+    return _configure(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cluster)
+
+
+# Set by the plugin's entry point: this process is a one-shot plugin exec, so the lean
+# IDNA shortcut below may be installed process-wide. Long-lived processes leave it off.
+ONE_SHOT_PROCESS = False
+
+
+def _ascii_idna() -> None:
+    """Serve the ``idna`` codec for ASCII host names without importing ``encodings.idna``.
+
+    ``_ssl`` encodes ``server_hostname`` with the ``idna`` codec, and the real codec pulls
+    in ``re``, ``stringprep`` and ``unicodedata`` (~15 ms per exec). API server hosts are IPs
+    or ASCII DNS names, whose IDNA form is the name itself; a non-ASCII name gets a clear
+    error naming the fix. Installed only in the one-shot plugin process, before the codec
+    is first looked up (the codec registry then caches it).
+    """
+    import sys
+
+    if not ONE_SHOT_PROCESS or "encodings.idna" in sys.modules:
+        return
+    import codecs
+
+    def encode(text, errors="strict"):
+        if not text.isascii():
+            raise UnicodeError(
+                f"non-ASCII API server host {text!r}: use its IP or punycode (xn--) form in the kubeconfig"
+            )
+        return text.encode("ascii"), len(text)
+
+    def decode(data, errors="strict"):
+        return bytes(data).decode("ascii", errors), len(data)
+
+    class _IdnaStub:
+        @staticmethod
+        def getregentry():
+            return codecs.CodecInfo(encode, decode, name="idna")
+
+    sys.modules["encodings.idna"] = _IdnaStub
+
+
+class _TLSConn:
+    """``recv``/``sendall``/``close`` over an ``_ssl`` socket object (what ``_read_response`` needs)."""
+
+    __slots__ = ("raw", "tls")
+
+    def __init__(self, ctx, raw, host: str) -> None:
+        _ascii_idna()
+        self.raw = raw
+        self.tls = ctx._wrap_socket(raw, False, host)
+        self.tls.do_handshake()
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.tls.write(view):]
+
+    def recv(self, n: int) -> bytes:
+        import _ssl
+
+        try:
+            return self.tls.read(n)
+        except _ssl.SSLEOFError:  # peer closed without close_notify: treat as EOF, as ssl.py does
+            return b""
+        except _ssl.SSLZeroReturnError:
+            return b""
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+_Socket = None
+
+
+def _socket_class():
+    """A subclass of ``_socket.socket``: ``_ssl`` keeps a weak reference to the socket it
+    wraps and the C type alone does not support weak references."""
+    global _Socket
+    if _Socket is None:
+        import _socket
+
+        class _Socket(_socket.socket):
+            __slots__ = ("__weakref__",)
+
+    return _Socket
+
+
+def _connect(host: str, port: int, timeout: float):
+    """TCP connect with ``_socket`` (``import socket`` alone costs ~15 ms per exec)."""
+    import _socket
+
+    sock_cls = _socket_class()
+    last: OSError | None = None
+    # bytes, not str: a str host is IDNA-encoded first, which imports encodings.idna.
+    name = host.encode("ascii") if host.isascii() else host
+    for family, kind, proto, _, addr in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
+        sock = sock_cls(family, kind, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr)
+            return sock
+        except OSError as e:
+            sock.close()
+            last = e
+    raise last or OSError(f"no address for {host}")
+
+
 def _memfile(b64: str) -> str:
     """Client cert/key data -> a path ssl can load, without touching the disk (memfd)."""
-    import base64
+    import binascii
     import os
 
     fd = os.memfd_create("kubecred", os.MFD_CLOEXEC)
-    os.write(fd, base64.b64decode(b64))
+    os.write(fd, binascii.a2b_base64(b64))
     return f"/proc/self/fd/{fd}"
 
 
@@ -158,13 +282,11 @@ class Client:
         self._token = _bearer(cluster)
 
     def get(self, path: str, timeout: float | None = None):
-        import socket
-
         t = self.timeout if timeout is None else timeout
-        sock = socket.create_connection((self.host, self.port), timeout=t)
+        sock = _connect(self.host, self.port, t)
         try:
             if self._ctx is not None:
-                sock = self._ctx.wrap_socket(sock, server_hostname=self.host)
+                sock = _TLSConn(self._ctx, sock, self.host)
             req = [f"GET {self.prefix}{path} HTTP/1.1", f"Host: {self.host}:{self.port}",
                    "Accept: application/json", "User-Agent: istio-cni-python", "Connection: close"]
             if self._token:

@@ -15,7 +15,7 @@ import socket
 import threading
 from urllib.parse import quote, urlencode
 
-from istio_cni.k8s import _bearer, _split_server, _tls_context
+from istio_cni.k8s import _bearer, _split_server, ssl_context
 from istio_cni.kubeconfig import Cluster, load
 
 DEFAULT_TIMEOUT = 10.0
@@ -38,7 +38,7 @@ class KubeClient:
         self.cluster = cluster
         self.timeout = timeout
         self.scheme, self.host, self.port, self.prefix = _split_server(cluster.server)
-        self._ctx = _tls_context(cluster) if self.scheme == "https" else None
+        self._ctx = ssl_context(cluster) if self.scheme == "https" else None
         self._streams: set = set()
         self._lock = threading.Lock()
         self._closed = False  # after close(): no new watch streams (plain requests still work)

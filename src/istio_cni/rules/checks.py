@@ -115,7 +115,10 @@ def parse_interfaces(field: str, value: object) -> tuple:
     return items
 
 
-_CANONICAL: dict = {}  # CIDR / loopback text -> canonical form or error reason
+# CIDR / loopback text -> canonical form or error reason. Seeded with upstream's default
+# host loopback CIDR, which every pod uses: validating it would import ipaddress (~8 ms with
+# its functools/collections imports) on every ADD for a value known to be valid.
+_CANONICAL: dict = {("loopback", "127.0.0.1/32"): ""}
 
 
 def _remember(text: str, result: object) -> object:
@@ -124,6 +127,7 @@ def _remember(text: str, result: object) -> object:
     # cannot grow it without limit.
     if len(_CANONICAL) > 1024:
         _CANONICAL.clear()
+        _CANONICAL[("loopback", "127.0.0.1/32")] = ""
     _CANONICAL[text] = result
     return result
 
