@@ -1,0 +1,21 @@
+"""The mini pod API and a client for it: fixtures shared by tests/agent and tests/repair."""
+
+from __future__ import annotations
+
+import pytest
+from miniapi import MiniAPI
+
+
+@pytest.fixture
+def mini_api():
+    with MiniAPI() as api:
+        yield api
+
+
+@pytest.fixture
+def api_client(mini_api, tmp_path):
+    from istio_cni_installer.agent import make_api_client
+
+    client = make_api_client(mini_api.kubeconfig(tmp_path / "agent-kubeconfig"))
+    yield client
+    client.close()
