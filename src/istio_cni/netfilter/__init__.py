@@ -17,7 +17,7 @@ Choice per netns (``select_backend``):
    the native-nftables form, else ``restore-nft`` (iptables-nft-restore).
 4. Otherwise ``DEFAULT`` = ``iptc``. Why: a fresh pod netns holds nothing, so any backend is
    correct; libiptc is the fastest commit measured here (benchmarks/bench_netfilter.py:
-   about 1.2 ms cold, 0.55 ms with the encoding cache warm, against about 2 ms for
+   about 1.0 ms cold, 0.5 ms with the encoding cache warm, against about 2 ms for
    libnftables plus an RCU grace period of several ms the kernel makes the closing of its
    netlink socket wait for), needs no exec, and its rules read back with
    ``iptables-legacy-save`` exactly as upstream's goldens spell them. A kernel built without

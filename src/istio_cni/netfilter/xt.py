@@ -35,6 +35,18 @@ class XtRule(Value):
     # target: tuple[str, tuple]               -- (name, sorted (key, value) pairs)
     __slots__ = ("family", "src", "dst", "iniface", "outiface", "proto", "matches", "target")
 
+    def __init__(self, family, src, dst, iniface, outiface, proto, matches, target):
+        # Spelled out instead of Value's generic loop: one is built per rule per commit.
+        set_ = object.__setattr__
+        set_(self, "family", family)
+        set_(self, "src", src)
+        set_(self, "dst", dst)
+        set_(self, "iniface", iniface)
+        set_(self, "outiface", outiface)
+        set_(self, "proto", proto)
+        set_(self, "matches", matches)
+        set_(self, "target", target)
+
 
 def _num(tok: str, what: str) -> int:
     try:
@@ -218,6 +230,13 @@ def _iface(name: str) -> str:
     return name
 
 
+# Options of the rule itself (not of a match or target) -> what they set.
+_BASIC = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
+          "-i": "iniface", "--in-interface": "iniface", "-o": "outiface",
+          "--out-interface": "outiface", "-p": "proto", "--protocol": "proto",
+          "-m": "match", "--match": "match", "-j": "jump", "--jump": "jump"}
+
+
 def parse(spec, family: int = 4, names=system_names) -> XtRule:
     """Parse one rule's tokens (no ``-A CHAIN`` head) into an ``XtRule``."""
     toks = list(spec)
@@ -227,7 +246,8 @@ def parse(spec, family: int = 4, names=system_names) -> XtRule:
     tparams: dict = {}
     neg = False
     i = 0
-    while i < len(toks):
+    n = len(toks)
+    while i < n:
         tok = toks[i]
         if tok == "!":
             neg = True
@@ -237,37 +257,39 @@ def parse(spec, family: int = 4, names=system_names) -> XtRule:
             val = None
             i += 1
         else:
-            if i + 1 >= len(toks):
+            if i + 1 >= n:
                 raise XtParseError(f"option {tok!r} needs a value in {' '.join(toks)!r}")
             val = toks[i + 1]
             i += 2
-        if tok in ("-s", "--source", "-d", "--destination"):
-            key = "src" if tok in ("-s", "--source") else "dst"
-            fields[key] = _cidr(val, family) + (neg,)
-        elif tok in ("-i", "--in-interface", "-o", "--out-interface"):
-            fields["iniface" if tok in ("-i", "--in-interface") else "outiface"] = (_iface(val), neg)
-        elif tok in ("-p", "--protocol"):
+        kind = _BASIC.get(tok)
+        if kind is None:  # an option of the target or of a match
+            if target is not None:
+                handler = TARGETS.get(target, {}).get(tok)
+                if handler is None:
+                    raise XtParseError(f"unknown option {tok!r} for target {target!r}")
+                handler(tparams, tok, neg, val, names)
+            else:
+                _match_option(matches, fields, tok, neg, val, names)
+        elif kind == "src" or kind == "dst":
+            fields[kind] = _cidr(val, family) + (neg,)
+        elif kind == "iniface" or kind == "outiface":
+            fields[kind] = (_iface(val), neg)
+        elif kind == "proto":
             if val not in PROTOS:
                 raise XtParseError(f"unknown protocol {val!r}")
             fields["proto"] = (val, neg)
-        elif tok in ("-m", "--match"):
+        elif kind == "match":
             if val not in MATCHES:
                 raise XtParseError(f"unknown match {val!r}")
             matches.append([val, {}])
-        elif tok in ("-j", "--jump"):
+        else:  # jump
             target = val
-        elif target is not None:
-            handler = TARGETS.get(target, {}).get(tok)
-            if handler is None:
-                raise XtParseError(f"unknown option {tok!r} for target {target!r}")
-            handler(tparams, tok, neg, val, names)
-        else:
-            _match_option(matches, fields, tok, neg, val, names)
         neg = False
     if target is None:
         raise XtParseError(f"rule has no target (-j): {' '.join(toks)!r}")
-    return XtRule(family=family, matches=tuple((n, _freeze(p)) for n, p in matches),
-                  target=(target, _freeze(_target_params(target, tparams))), **fields)
+    return XtRule(family, fields["src"], fields["dst"], fields["iniface"], fields["outiface"],
+                  fields["proto"], tuple((name, _freeze(p)) for name, p in matches),
+                  (target, _freeze(_target_params(target, tparams))))
 
 
 def _target_params(target: str, tparams: dict) -> dict:

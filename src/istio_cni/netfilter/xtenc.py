@@ -31,9 +31,14 @@ def _align(n: int) -> int:
     return (n + 7) & ~7
 
 
+_EXT_HEAD = _struct.Struct("<H29sB")  # u16 size, char name[29], u8 revision
+
+
 def _ext(name: str, revision: int, payload: bytes) -> bytes:
-    payload = payload + b"\0" * (_align(len(payload)) - len(payload))
-    return _struct.pack("<H29sB", HEADER + len(payload), name.encode(), revision) + payload
+    pad = _align(len(payload)) - len(payload)
+    if pad:
+        payload += b"\0" * pad
+    return _EXT_HEAD.pack(HEADER + len(payload), name.encode(), revision) + payload
 
 
 def _struct_bytes(cdecl: str, **fields) -> bytes:
@@ -41,6 +46,29 @@ def _struct_bytes(cdecl: str, **fields) -> bytes:
     for k, v in fields.items():
         setattr(p, k, v)
     return bytes(ffi.buffer(p))
+
+
+_LAYOUTS: dict = {}
+
+
+def _layout(cdecl: str, fields: tuple) -> _struct.Struct:
+    """A precompiled ``Struct`` packing ``fields`` ((name, struct format), in offset order)
+    of ``cdecl`` at the offsets the compiler chose, zero-filling the rest up to its size.
+
+    What ``_struct_bytes`` does with a cffi object, without the per-call allocation and
+    attribute sets (the hot matches of every rule set go through here). Host byte order."""
+    st = _LAYOUTS.get(cdecl)
+    if st is None:
+        fmt, pos = "=", 0
+        for name, f in fields:
+            off = ffi.offsetof(cdecl, name)
+            if off < pos:
+                raise AssertionError(f"{cdecl}.{name}: fields not in offset order")
+            fmt += f"{off - pos}x{f}"
+            pos = off + _struct.calcsize("=" + f)
+        fmt += f"{ffi.sizeof(cdecl) - pos}x"
+        st = _LAYOUTS[cdecl] = _struct.Struct(fmt)
+    return st
 
 
 def _patch(buf: bytes, offset: int, data: bytes) -> bytes:
@@ -59,22 +87,24 @@ def _m_tcpudp(name: str, p: dict, family: int) -> bytes:
         inv |= lib.XT_TCP_INV_SRCPT
     if p.get("inv_dport"):
         inv |= lib.XT_TCP_INV_DSTPT
-    fields = dict(spts=list(p.get("sport", (0, 0xFFFF))), dpts=list(p.get("dport", (0, 0xFFFF))),
-                  invflags=inv)
-    return _ext(name, 0, _struct_bytes(f"struct xt_{name}", **fields))
+    st = _layout(f"struct xt_{name}", (("spts", "2H"), ("dpts", "2H"), ("invflags", "B")))
+    sport, dport = p.get("sport", (0, 0xFFFF)), p.get("dport", (0, 0xFFFF))
+    return _ext(name, 0, st.pack(*sport, *dport, inv))
 
 
 def _m_owner(name, p, family):
     match = invert = 0
-    fields = {}
+    ids = {"uid": (0, 0), "gid": (0, 0)}
     for kind, flag in (("uid", lib.XT_OWNER_UID), ("gid", lib.XT_OWNER_GID)):
         if kind in p:
             match |= flag
-            fields[kind + "_min"], fields[kind + "_max"] = p[kind]
+            ids[kind] = p[kind]
             if p.get("inv_" + kind):
                 invert |= flag
-    return _ext("owner", 1, _struct_bytes("struct xt_owner_match_info", match=match, invert=invert,
-                                          **fields))
+    st = _layout("struct xt_owner_match_info", (
+        ("uid_min", "I"), ("uid_max", "I"), ("gid_min", "I"), ("gid_max", "I"), ("match", "B"),
+        ("invert", "B")))
+    return _ext("owner", 1, st.pack(*ids["uid"], *ids["gid"], match, invert))
 
 
 def _m_multiport(name, p, family):
@@ -203,23 +233,36 @@ def is_standard(target_name: str) -> bool:
 # ---- the entry -----------------------------------------------------------------------
 
 def _iface_bytes(v) -> tuple:
+    """(name, mask); the ``16s`` fields of ``_IP4``/``_IP6`` zero-fill them to 16 bytes."""
     if not v:
-        return b"\0" * 16, b"\0" * 16
+        return b"", b""
     name = v[0]
     raw = name.encode()
     if name.endswith("+"):  # wildcard: compare the prefix only
-        mask = b"\xff" * (len(raw) - 1)
-    else:
-        mask = b"\xff" * (len(raw) + 1)
-    return raw.ljust(16, b"\0"), mask.ljust(16, b"\0")
+        return raw, b"\xff" * (len(raw) - 1)
+    return raw, b"\xff" * (len(raw) + 1)
+
+
+_MASKS: dict = {}
 
 
 def _addr_bytes(v, size: int) -> tuple:
     if not v:
-        return b"\0" * size, b"\0" * size
-    bits = size * 8
-    mask = (((1 << bits) - 1) ^ ((1 << (bits - v[1])) - 1)).to_bytes(size, "big")
+        return b"", b""  # zero-filled by the struct
+    mask = _MASKS.get((size, v[1]))
+    if mask is None:
+        bits = size * 8
+        mask = (((1 << bits) - 1) ^ ((1 << (bits - v[1])) - 1)).to_bytes(size, "big")
+        _MASKS[(size, v[1])] = mask
     return v[0], mask
+
+
+# ipt_ip: src, dst, smsk, dmsk, iniface[16], outiface[16], iniface_mask, outiface_mask, proto,
+# flags, invflags; ip6t_ip6 the same with 16-byte addresses and a tos byte after proto.
+_IP4 = _struct.Struct("<4s4s4s4s16s16s16s16sHBB")
+_IP4 = _struct.Struct(_IP4.format + f"{lib.NF_SIZEOF_IPT_IP - _IP4.size}x")
+_IP6 = _struct.Struct("<16s16s16s16s16s16s16s16sHBBB")
+_IP6 = _struct.Struct(_IP6.format + f"{lib.NF_SIZEOF_IP6T_IP6 - _IP6.size}x")
 
 
 def ip_header(rule: XtRule) -> bytes:
@@ -242,15 +285,9 @@ def ip_header(rule: XtRule) -> bytes:
             inv |= 0x40  # IPT_INV_PROTO == IP6T_INV_PROTO
         if v6 and proto:
             flags |= lib.IP6T_F_PROTO
-    head = src + dst + smsk + dmsk + iif + oif + imsk + omsk
     if v6:
-        tail = _struct.pack("<HBBB", proto, 0, flags, inv)  # proto, tos, flags, invflags
-        size_ip = lib.NF_SIZEOF_IP6T_IP6
-    else:
-        tail = _struct.pack("<HBB", proto, flags, inv)
-        size_ip = lib.NF_SIZEOF_IPT_IP
-    out = head + tail
-    return out + b"\0" * (size_ip - len(out))
+        return _IP6.pack(src, dst, smsk, dmsk, iif, oif, imsk, omsk, proto, 0, flags, inv)
+    return _IP4.pack(src, dst, smsk, dmsk, iif, oif, imsk, omsk, proto, flags, inv)
 
 
 def encode_parts(rule: XtRule) -> tuple:
@@ -277,15 +314,23 @@ def encode_with_identity(rule: XtRule) -> tuple:
     return _entry(rule.family, *parts), identity_of(*parts, rule.target[0])
 
 
+def _entry_layout(ip_size: int, entry_size: int, offset_at: int) -> tuple:
+    """(Struct of the entry's tail after the ip header, entry size): nfcache zeros,
+    target_offset and next_offset (u16), zeros for comefrom and counters."""
+    before = offset_at - ip_size
+    return _struct.Struct(f"<{before}xHH{entry_size - offset_at - 4}x"), entry_size
+
+
+_ENTRY = {4: _entry_layout(lib.NF_SIZEOF_IPT_IP, lib.NF_SIZEOF_IPT_ENTRY,
+                           lib.NF_OFF_IPT_ENTRY_TARGET_OFFSET),
+          6: _entry_layout(lib.NF_SIZEOF_IP6T_IP6, lib.NF_SIZEOF_IP6T_ENTRY,
+                           lib.NF_OFF_IP6T_ENTRY_TARGET_OFFSET)}
+
+
 def _entry(family: int, ip: bytes, matches: bytes, target: bytes) -> bytes:
-    v6 = family == 6
-    entry_size = lib.NF_SIZEOF_IP6T_ENTRY if v6 else lib.NF_SIZEOF_IPT_ENTRY
-    off = lib.NF_OFF_IP6T_ENTRY_TARGET_OFFSET if v6 else lib.NF_OFF_IPT_ENTRY_TARGET_OFFSET
+    tail, entry_size = _ENTRY[family]
     target_offset = entry_size + len(matches)
-    middle = b"\0" * (off - len(ip))  # nfcache
-    middle += _struct.pack("<HH", target_offset, target_offset + len(target))
-    rest = b"\0" * (entry_size - len(ip) - len(middle))  # comefrom, counters
-    return ip + middle + rest + matches + target
+    return ip + tail.pack(target_offset, target_offset + len(target)) + matches + target
 
 
 def split_exts(blob: bytes) -> tuple:
