@@ -8,11 +8,11 @@ def main() -> None:
         from .validate import main as validate_main
 
         sys.exit(validate_main(sys.argv[2:]))
-    from . import k8s
+    from . import transport
     from .plugin import FUNCS
     from .skel import plugin_main
 
-    k8s.ONE_SHOT_PROCESS = True  # lets the pod lookup skip encodings.idna (see k8s._ascii_idna)
+    transport.ONE_SHOT_PROCESS = True  # lets TLS skip encodings.idna (transport._ascii_idna)
 
     sys.exit(plugin_main(FUNCS))
 

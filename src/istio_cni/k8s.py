@@ -1,7 +1,7 @@
 """Pod lookup from the host netns: a lean HTTPS GET with bounded retry; fails closed.
 
-The plugin must not import ``kubernetes`` (about 270 ms) nor ``http.client`` (pulls in
-``email``); one GET of one pod needs a socket, TLS and a small HTTP/1.1 reader.
+The plugin must not import ``kubernetes`` (about 270 ms); one GET of one pod needs a
+socket, TLS and a small HTTP/1.1 reader (``transport``).
 
 Retry policy (upstream ``cni/pkg/plugin``: 30 attempts, 1 s apart, configurable here):
 404 and transport errors retry (the pod may not be visible yet, the API may be
@@ -15,187 +15,7 @@ import time
 
 from . import errors
 from .log import log
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, reason: str, body: bytes = b"") -> None:
-        self.status, self.reason, self.body = status, reason, body
-        super().__init__(f"HTTP {status} {reason}")
-
-
-def _split_server(server: str) -> tuple[str, str, int, str]:
-    """``https://host:port/prefix`` -> (scheme, host, port, prefix); IPv6/bracketed hosts ok."""
-    scheme, _, rest = server.partition("://")
-    hostport, slash, prefix = rest.partition("/")
-    if hostport.startswith("["):
-        host, _, tail = hostport[1:].partition("]")
-        port = tail[1:] if tail.startswith(":") else ""
-    elif hostport.count(":") == 1:
-        host, port = hostport.split(":")
-    else:
-        host, port = hostport, ""
-    port_n = int(port) if port else (443 if scheme == "https" else 80)
-    return scheme, host, port_n, ("/" + prefix.rstrip("/")) if slash and prefix else ""
-
-
-def _configure(ctx, cluster):
-    """Trust and client credentials from the kubeconfig. Works on ``_ssl._SSLContext`` and
-    on its subclass ``ssl.SSLContext`` alike."""
-    import _ssl
-
-    if cluster.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = _ssl.CERT_NONE
-    elif cluster.ca_data:
-        import binascii
-
-        ctx.load_verify_locations(None, None, binascii.a2b_base64(cluster.ca_data).decode())
-    elif cluster.ca_file:
-        ctx.load_verify_locations(cluster.ca_file)
-    else:
-        ctx.set_default_verify_paths()
-    cert, key = cluster.client_cert_file, cluster.client_key_file
-    if cluster.client_cert_data:
-        cert = _memfile(cluster.client_cert_data)
-        key = _memfile(cluster.client_key_data) if cluster.client_key_data else None
-    if cert:
-        ctx.load_cert_chain(cert, key or None)
-    return ctx
-
-
-def _tls_context(cluster):
-    """An OpenSSL context from the C module ``_ssl`` directly.
-
-    ``import ssl`` costs 25-40 ms here (it builds enums from every OpenSSL constant) on
-    every pod ADD; ``_ssl`` is the same engine without that. The context is what
-    ``ssl.SSLContext(PROTOCOL_TLS_CLIENT)`` gives: TLS >= 1.2, certificate and hostname
-    (or IP SAN) verification in OpenSSL, unless the kubeconfig says insecure-skip-tls-verify.
-    """
-    import _ssl
-
-    return _configure(_ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT), cluster)
-
-
-def ssl_context(cluster):
-    """The same TLS settings as a full ``ssl.SSLContext``, for long-lived processes (the node
-    agent) that use the ``ssl``/``socket`` modules and can afford their import."""
-    import ssl
-
-    return _configure(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cluster)
-
-
-# Set by the plugin's entry point: this process is a one-shot plugin exec, so the lean
-# IDNA shortcut below may be installed process-wide. Long-lived processes leave it off.
-ONE_SHOT_PROCESS = False
-
-
-def _ascii_idna() -> None:
-    """Serve the ``idna`` codec for ASCII host names without importing ``encodings.idna``.
-
-    ``_ssl`` encodes ``server_hostname`` with the ``idna`` codec, and the real codec pulls
-    in ``re``, ``stringprep`` and ``unicodedata`` (~15 ms per exec). API server hosts are IPs
-    or ASCII DNS names, whose IDNA form is the name itself; a non-ASCII name gets a clear
-    error naming the fix. Installed only in the one-shot plugin process, before the codec
-    is first looked up (the codec registry then caches it).
-    """
-    import sys
-
-    if not ONE_SHOT_PROCESS or "encodings.idna" in sys.modules:
-        return
-    import codecs
-
-    def encode(text, errors="strict"):
-        if not text.isascii():
-            raise UnicodeError(
-                f"non-ASCII API server host {text!r}: use its IP or punycode (xn--) form in the kubeconfig"
-            )
-        return text.encode("ascii"), len(text)
-
-    def decode(data, errors="strict"):
-        return bytes(data).decode("ascii", errors), len(data)
-
-    class _IdnaStub:
-        @staticmethod
-        def getregentry():
-            return codecs.CodecInfo(encode, decode, name="idna")
-
-    sys.modules["encodings.idna"] = _IdnaStub
-
-
-class _TLSConn:
-    """``recv``/``sendall``/``close`` over an ``_ssl`` socket object (what ``_read_response`` needs)."""
-
-    __slots__ = ("raw", "tls")
-
-    def __init__(self, ctx, raw, host: str) -> None:
-        _ascii_idna()
-        self.raw = raw
-        self.tls = ctx._wrap_socket(raw, False, host)
-        self.tls.do_handshake()
-
-    def sendall(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[self.tls.write(view):]
-
-    def recv(self, n: int) -> bytes:
-        import _ssl
-
-        try:
-            return self.tls.read(n)
-        except _ssl.SSLEOFError:  # peer closed without close_notify: treat as EOF, as ssl.py does
-            return b""
-        except _ssl.SSLZeroReturnError:
-            return b""
-
-    def close(self) -> None:
-        self.raw.close()
-
-
-_Socket = None
-
-
-def _socket_class():
-    """A subclass of ``_socket.socket``: ``_ssl`` keeps a weak reference to the socket it
-    wraps and the C type alone does not support weak references."""
-    global _Socket
-    if _Socket is None:
-        import _socket
-
-        class _Socket(_socket.socket):
-            __slots__ = ("__weakref__",)
-
-    return _Socket
-
-
-def _connect(host: str, port: int, timeout: float):
-    """TCP connect with ``_socket`` (``import socket`` alone costs ~15 ms per exec)."""
-    import _socket
-
-    sock_cls = _socket_class()
-    last: OSError | None = None
-    # bytes, not str: a str host is IDNA-encoded first, which imports encodings.idna.
-    name = host.encode("ascii") if host.isascii() else host
-    for family, kind, proto, _, addr in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
-        sock = sock_cls(family, kind, proto)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(addr)
-            return sock
-        except OSError as e:
-            sock.close()
-            last = e
-    raise last or OSError(f"no address for {host}")
-
-
-def _memfile(b64: str) -> str:
-    """Client cert/key data -> a path ssl can load, without touching the disk (memfd)."""
-    import binascii
-    import os
-
-    fd = os.memfd_create("kubecred", os.MFD_CLOEXEC)
-    os.write(fd, binascii.a2b_base64(b64))
-    return f"/proc/self/fd/{fd}"
+from .transport import HTTPError, TLSConn, connect, lean_tls_context, read_response, split_server
 
 
 def _bearer(cluster) -> str:
@@ -212,87 +32,28 @@ def _bearer(cluster) -> str:
     return ""
 
 
-def _read_response(sock) -> tuple[int, str, bytes]:
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed before the response headers")
-        buf += chunk
-        if len(buf) > 1 << 20:
-            raise ConnectionError("response headers too large")
-    head, _, body = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise ConnectionError(f"malformed status line {lines[0]!r}")
-    status, reason = int(parts[1]), parts[2] if len(parts) > 2 else ""
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _read_chunked(sock, body)
-    elif "content-length" in headers:
-        want = int(headers["content-length"])
-        while len(body) < want:
-            chunk = sock.recv(max(65536, want - len(body)))
-            if not chunk:
-                raise ConnectionError("connection closed mid-body")
-            body += chunk
-        body = body[:want]
-    else:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-    return status, reason, body
-
-
-def _read_chunked(sock, buf: bytes) -> bytes:
-    out = b""
-    while True:
-        while b"\r\n" not in buf:
-            more = sock.recv(65536)
-            if not more:
-                raise ConnectionError("connection closed mid-chunk")
-            buf += more
-        size_line, _, buf = buf.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        while len(buf) < size + 2:
-            more = sock.recv(65536)
-            if not more:
-                raise ConnectionError("connection closed mid-chunk")
-            buf += more
-        if size == 0:
-            return out
-        out += buf[:size]
-        buf = buf[size + 2:]
-
-
 class Client:
     """GETs JSON objects from the API server named by a kubeconfig ``Cluster``."""
 
     def __init__(self, cluster, timeout: float = 5.0) -> None:
         self.cluster = cluster
         self.timeout = timeout
-        self.scheme, self.host, self.port, self.prefix = _split_server(cluster.server)
-        self._ctx = _tls_context(cluster) if self.scheme == "https" else None
+        self.scheme, self.host, self.port, self.prefix = split_server(cluster.server)
+        self._ctx = lean_tls_context(cluster) if self.scheme == "https" else None
         self._token = _bearer(cluster)
 
     def get(self, path: str, timeout: float | None = None):
         t = self.timeout if timeout is None else timeout
-        sock = _connect(self.host, self.port, t)
+        sock = connect(self.host, self.port, t)
         try:
             if self._ctx is not None:
-                sock = _TLSConn(self._ctx, sock, self.host)
+                sock = TLSConn(self._ctx, sock, self.host)
             req = [f"GET {self.prefix}{path} HTTP/1.1", f"Host: {self.host}:{self.port}",
                    "Accept: application/json", "User-Agent: istio-cni-python", "Connection: close"]
             if self._token:
                 req.append(f"Authorization: Bearer {self._token}")
             sock.sendall(("\r\n".join(req) + "\r\n\r\n").encode())
-            status, reason, body = _read_response(sock)
+            status, reason, body = read_response(sock)
         finally:
             sock.close()
         if status != 200:

@@ -163,8 +163,8 @@ def plugin_main(funcs, env=None, stdin=None, stdout=None) -> int:
         _write(stdout, e.to_dict(version))
         return 1
     except BaseException as e:  # incl. NetnsRestoreFailed: report, then exit; never continue
-        if isinstance(e, (KeyboardInterrupt, SystemExit)) and not isinstance(e, SystemExit):
-            pass
+        if isinstance(e, SystemExit):
+            raise
         import traceback
 
         details = "".join(traceback.format_exception(e)).strip()

@@ -8,7 +8,8 @@ import pytest
 
 from istio_cni import errors
 from istio_cni.config import parse_conf
-from istio_cni.k8s import Client, _split_server, get_pod
+from istio_cni.k8s import Client, get_pod
+from istio_cni.transport import split_server
 from istio_cni.kubeconfig import Cluster, load
 from peers.fakeapi import Delay, Reset, SlowBody, Status
 
@@ -153,4 +154,4 @@ def test_missing_kubeconfig_is_lookup_error(tmp_path):
      ("https://[::1]:6443/k8s", ("https", "::1", 6443, "/k8s")), ("https://[10.110.0.1]:443", ("https", "10.110.0.1", 443, ""))],
 )
 def test_split_server(server, expected):
-    assert _split_server(server) == expected
+    assert split_server(server) == expected

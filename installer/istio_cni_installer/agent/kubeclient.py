@@ -15,7 +15,8 @@ import socket
 import threading
 from urllib.parse import quote, urlencode
 
-from istio_cni.k8s import _bearer, _split_server, ssl_context
+from istio_cni.k8s import _bearer
+from istio_cni.transport import split_server as _split_server, ssl_context
 from istio_cni.kubeconfig import Cluster, load
 
 DEFAULT_TIMEOUT = 10.0
