@@ -9,7 +9,14 @@ Laid out like pyca/cryptography's ``_cffi_src``: INCLUDES / TYPES / FUNCTIONS, t
 ``set_source``. Built by ``setup.py`` through ``cffi_modules``; run directly to build in place.
 """
 
+import os
+
 from cffi import FFI
+
+# The compiled rule encoder (a fast path of netfilter/xt.py + xtenc.py), kept in its own C
+# file and compiled into this module after the netfilter headers above.
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_nf_xtenc.c")) as f:
+    XTENC = f.read()
 
 INCLUDES = r"""
 #include <libiptc/libiptc.h>
@@ -166,6 +173,10 @@ int ip6tc_delete_num_entry(const xt_chainlabel chain, unsigned int rulenum, stru
 int ip6tc_commit(struct xtc_handle *handle);
 const char *ip6tc_strerror(int err);
 
+/* _nf_xtenc.c: rules' NUL-separated tokens -> entry bytes (sizes[i] 0: use the Python path) */
+int nf_xt_encode(int family, const char *toks, size_t len, const int *ntoks, int nrules,
+                 unsigned char *out, size_t outsize, int *sizes);
+
 /* libnftables */
 struct nft_ctx *nft_ctx_new(uint32_t flags);
 void nft_ctx_free(struct nft_ctx *ctx);
@@ -182,7 +193,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(TYPES + FUNCTIONS)
 ffibuilder.set_source(
     "istio_cni._nf",
-    INCLUDES + OFFSETS,
+    INCLUDES + OFFSETS + XTENC,
     libraries=["ip4tc", "ip6tc", "nftables"],
 )
 

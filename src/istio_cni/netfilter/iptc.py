@@ -8,8 +8,9 @@ reads back an empty table (a fresh pod netns, the plugin's usual case) the clear
 skipped: there is nothing of ours to take out.
 
 The per-rule work of a one-shot plugin process (parse the tokens, encode the entry) is the
-largest part of a commit after the kernel's; ``xt.parse`` and ``xtenc`` keep it to
-precompiled ``Struct`` packing and table lookups (benchmarks/bench_netfilter.py measures it).
+largest part of a commit after the kernel's; the common rule shapes are encoded by compiled
+code (``xtenc.encode_spec``, ``_nf_xtenc.c``), the rest by ``xt.parse`` + ``xtenc`` with
+precompiled ``Struct`` packing (benchmarks/bench_netfilter.py measures it).
 
 Tables of a previous rule set that the new one does not name (``raw`` when DNS capture was
 turned off, ``ip6tables`` when IPv6 was) lose our chains and rules in the same round.
@@ -36,7 +37,15 @@ from ..log import log
 from ..rules.model import RuleSet, Table
 from . import owned
 from .xt import parse
-from .xtenc import encode, encode_with_identity, identity, identity_of, standard_target
+from .xtenc import (
+    encode,
+    encode_specs,
+    encode_with_identity,
+    identity,
+    identity_of,
+    identity_of_entry,
+    standard_target,
+)
 
 LOCK = _thread.allocate_lock()
 EAGAIN = 11
@@ -222,7 +231,22 @@ _ENCODED: dict = {}
 CACHE_LIMIT = 4096
 
 
+def _prime(rules: tuple, family: int) -> None:
+    """Encode the rules not cached yet through the compiled fast path, in one call; the
+    shapes it declines are left for ``_encoded``'s Python path."""
+    misses = list(dict.fromkeys(r.spec for r in rules if (r.spec, family) not in _ENCODED))
+    if not misses:
+        return
+    if len(_ENCODED) + len(misses) > CACHE_LIMIT:
+        _ENCODED.clear()
+    for spec, entry in zip(misses, encode_specs(misses, family)):
+        if entry is not None:
+            _ENCODED[(spec, family)] = [entry, None]  # identity: from the bytes when needed
+
+
 def _encoded(spec: tuple, family: int, need_identity: bool) -> list:
+    """[entry, identity | XtRule | None]: the identity is filled in on first need, from the
+    parsed rule (Python path) or from the entry bytes (compiled path, nothing parsed)."""
     key = (spec, family)
     hit = _ENCODED.get(key)
     if hit is None:
@@ -232,7 +256,8 @@ def _encoded(spec: tuple, family: int, need_identity: bool) -> list:
             _ENCODED.clear()
         _ENCODED[key] = hit
     elif need_identity and not isinstance(hit[1], tuple):
-        hit[1] = identity(hit[1])  # parsed earlier without it: the XtRule waits there
+        # encoded earlier without it: the XtRule (Python path) or only the bytes wait there
+        hit[1] = identity(hit[1]) if hit[1] is not None else identity_of_entry(hit[0], family)
     return hit
 
 
@@ -241,6 +266,7 @@ def _desired(table: Table, family: int, for_check: bool = False) -> list:
 
     A commit needs the identity only of rules in built-in chains (to recognise our own
     there); ``check`` compares every chain, so it needs all of them."""
+    _prime(table.rules, family)
     out = []
     for r in table.rules:
         need = for_check or not owned.is_our_chain(r.chain)

@@ -12,6 +12,8 @@ x_tables ABI rules this module follows (environment-probe §4):
 
 Payload layouts come from the compiled ``istio_cni._nf`` (API mode: the C compiler laid the
 structs out from the kernel headers), so sizes and offsets are never guessed here.
+``encode_specs`` is the compiled fast path (``_nf_xtenc.c``) for the common rule shapes;
+it yields the bytes ``encode(parse(spec))`` does or declines, never anything else.
 Revisions are the ones iptables 1.8.9 picks on current kernels, so ``iptables-legacy-save``
 prints our rules exactly as it prints rules ``iptables-legacy-restore`` wrote.
 """
@@ -363,3 +365,67 @@ def identity(rule: XtRule) -> tuple:
     """``identity_of`` for a rule we would write (what ``check`` compares)."""
     ip, matches, target = encode_parts(rule)
     return identity_of(ip, matches, target, rule.target[0])
+
+
+# ---- the compiled fast path ----------------------------------------------------------
+
+_ENTRY_ROOM = 1024  # per rule; far above any entry the fast path accepts (<= 8 small matches)
+
+
+def encode_specs(specs: list, family: int) -> list:
+    """``[encode(parse(spec, family)) or None, ...]``: the shapes ``_nf_xtenc.c`` covers are
+    encoded there, all in one call; None means "take the Python path", which covers
+    everything else and raises the ``XtParseError`` for bad tokens (the C side never
+    reports errors, it only declines)."""
+    out: list = [None] * len(specs)
+    todo = [i for i, spec in enumerate(specs) if _passable(spec)]
+    if not todo:
+        return out
+    toks = "\0".join(["\0".join(specs[i]) for i in todo]).encode("ascii")
+    n = len(todo)
+    sizes = ffi.new("int[]", n)
+    buf = ffi.new("unsigned char[]", _ENTRY_ROOM * n)
+    total = lib.nf_xt_encode(family, toks, len(toks), [len(specs[i]) for i in todo], n, buf,
+                             _ENTRY_ROOM * n, sizes)
+    if total < 0:
+        raise AssertionError("nf_xt_encode: token counts do not match the token buffer")
+    blob = ffi.buffer(buf, total)[:]
+    pos = 0
+    for j, i in enumerate(todo):
+        size = sizes[j]
+        if size:
+            out[i] = blob[pos:pos + size]
+            pos += size
+    return out
+
+
+def _passable(spec) -> bool:
+    """Can ``spec`` travel as NUL-separated ASCII (non-empty, str tokens without NULs)?
+    Anything else is left to the Python path to accept or reject."""
+    try:
+        joined = "\0".join(spec)
+    except TypeError:
+        return False
+    return bool(spec) and joined.isascii() and joined.count("\0") == len(spec) - 1
+
+
+def encode_spec(spec, family: int):
+    """``encode_specs`` for one rule."""
+    return encode_specs([spec], family)[0]
+
+
+def identity_of_entry(entry: bytes, family: int) -> tuple:
+    """``identity`` of an encoded entry of ours (for ``encode_specs`` results): the label
+    of a standard target is the name we wrote into it."""
+    ip_size, entry_size, at = _ENTRY_SIZES[family]
+    target_offset = int.from_bytes(entry[at:at + 2], "little")
+    target = entry[target_offset:]
+    label = target[2:31].split(b"\0", 1)[0].decode()
+    return identity_of(entry[:ip_size], entry[entry_size:target_offset], target, label)
+
+
+# (ip header size, entry head size, where target_offset sits)
+_ENTRY_SIZES = {4: (lib.NF_SIZEOF_IPT_IP, lib.NF_SIZEOF_IPT_ENTRY,
+                    lib.NF_OFF_IPT_ENTRY_TARGET_OFFSET),
+                6: (lib.NF_SIZEOF_IP6T_IP6, lib.NF_SIZEOF_IP6T_ENTRY,
+                    lib.NF_OFF_IP6T_ENTRY_TARGET_OFFSET)}
