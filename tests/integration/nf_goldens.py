@@ -83,3 +83,18 @@ def nft_ruleset(conformance: Path, case: str) -> RuleSet:
 
 def iptables_cases(conformance: Path) -> list:
     return sorted(p.stem for p in (conformance / "istio-iptables" / "golden").glob("*.golden"))
+
+
+def save_blocks(save_text: str) -> dict:
+    """``iptables-save`` output -> {"*table": [lines]}: comment lines (timestamps) dropped,
+    so callers can order tables their own way (the kernel's order is not ours)."""
+    blocks: dict = {}
+    cur = None
+    for line in save_text.splitlines():
+        if line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            cur = line
+            blocks[cur] = []
+        blocks[cur].append(line)
+    return blocks

@@ -15,6 +15,7 @@ from istio_cni.netfilter import iptc as iptc_mod
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
 from istio_cni.rules.model import Rule
+from nf_goldens import save_blocks
 
 BACKENDS = ["iptc", "nft", "restore-legacy", "restore-nft"]
 LEGACY = {"iptc", "restore-legacy"}
@@ -34,14 +35,7 @@ def state(ns: str, backend: str) -> str:
     variant = "legacy" if backend in LEGACY else "nft"
     text = []
     for tool in (f"iptables-{variant}-save", f"ip6tables-{variant}-save"):
-        blocks, cur = {}, None
-        for line in nsutil.exec_in(ns, tool, check=True).stdout.splitlines():
-            if line.startswith("#"):
-                continue
-            if line.startswith("*"):
-                cur = line
-                blocks[cur] = []
-            blocks[cur].append(line)
+        blocks = save_blocks(nsutil.exec_in(ns, tool, check=True).stdout)
         for name in sorted(blocks):
             # iptables-nft lists chains in creation order; a roll-back recreates them
             # (stable sort by chain: the order within a chain is kept)

@@ -17,7 +17,7 @@ from istio_cni.devtools import netns as nsutil
 from istio_cni.netfilter import xt
 from istio_cni.rules.model import Rule, RuleSet, Table
 
-from nf_goldens import iptables_cases, iptables_ruleset, nft_ruleset
+from nf_goldens import iptables_cases, iptables_ruleset, nft_ruleset, save_blocks
 
 # The cases are listed at collection time (the ``conformance`` fixture skips if absent).
 CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
@@ -37,16 +37,7 @@ def _numeric_groups(rs: RuleSet) -> RuleSet:
 
 def _save(ns: str, family: int) -> str:
     tool = "iptables-legacy-save" if family == 4 else "ip6tables-legacy-save"
-    out = nsutil.exec_in(ns, tool, check=True).stdout
-    # Comment lines carry timestamps; table order follows the kernel's list, not ours.
-    blocks, cur = {}, None
-    for line in out.splitlines():
-        if line.startswith("#"):
-            continue
-        if line.startswith("*"):
-            cur = line
-            blocks[cur] = []
-        blocks[cur].append(line)
+    blocks = save_blocks(nsutil.exec_in(ns, tool, check=True).stdout)
     return "\n".join("\n".join(blocks[k]) for k in sorted(blocks))
 
 
