@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from istio_cni_installer.testing import InstallerProcess, project_token
@@ -51,6 +52,19 @@ def _write(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def _ready_installer(plugin_bundle, host_layout):
+    """A calico primary in place, then a running, ready installer that must exit 0 on SIGTERM."""
+    conf = host_layout.net_dir / "10-calico.conflist"
+    _write(conf, CALICO)
+    p = InstallerProcess(host_layout.env(plugin_bundle))
+    try:
+        p.wait_ready()
+        yield p, conf
+    finally:
+        assert p.terminate() == 0
+
+
 def test_waits_for_primary_then_installs_and_serves_health(plugin_bundle, host_layout):
     p = InstallerProcess(host_layout.env(plugin_bundle))
     try:
@@ -80,11 +94,7 @@ def test_waits_for_primary_then_installs_and_serves_health(plugin_bundle, host_l
 
 
 def test_drift_in_every_part_is_repaired(plugin_bundle, host_layout):
-    conf = host_layout.net_dir / "10-calico.conflist"
-    _write(conf, CALICO)
-    p = InstallerProcess(host_layout.env(plugin_bundle))
-    try:
-        p.wait_ready()
+    with _ready_installer(plugin_bundle, host_layout) as (p, conf):
         launcher = host_layout.bin_dir / "istio-cni"
         kubeconfig = host_layout.run_dir / "istio-cni-kubeconfig"
         _write(conf, CALICO)  # primary drops our entry
@@ -99,16 +109,10 @@ def test_drift_in_every_part_is_repaired(plugin_bundle, host_layout):
         assert kubeconfig.stat().st_mode & 0o777 == 0o600
         assert not any("token-two" in line for line in p.raw)
         p.wait_for(lambda r: r.get("msg") == "drift repaired" and r.get("part") == "kubeconfig")
-    finally:
-        assert p.terminate() == 0
 
 
 def test_fight_with_a_primary_rewriting_every_50ms(plugin_bundle, host_layout):
-    conf = host_layout.net_dir / "10-calico.conflist"
-    _write(conf, CALICO)
-    p = InstallerProcess(host_layout.env(plugin_bundle))
-    try:
-        p.wait_ready()
+    with _ready_installer(plugin_bundle, host_layout) as (p, conf):
         start = len(p.records)
         fighter = subprocess.run([sys.executable, str(FAKE_PRIMARY), str(conf), "0.05", "5"],
                                  capture_output=True, text=True, timeout=120)
@@ -119,8 +123,6 @@ def test_fight_with_a_primary_rewriting_every_50ms(plugin_bundle, host_layout):
                           start=start)
         assert warn["file"] == "conflist:10-calico.conflist"
         assert _plugins(conf) == ["calico", "portmap", "istio-cni"]
-    finally:
-        assert p.terminate() == 0
 
 
 def test_sigterm_during_a_write_fight_leaves_only_parseable_files(plugin_bundle, host_layout):

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,11 +19,13 @@ from peers.fakeapi import FakeAPI
 from peers.tools import tool_path
 
 
-@pytest.fixture(scope="session")
-def control_plane(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.fail("the control plane fixture runs as root (make test)")
-    cp = ControlPlane(tmp_path_factory.mktemp("control-plane"), tool_path("kube-apiserver"))
+@contextlib.contextmanager
+def running_control_plane(base_dir: Path):
+    """A started ControlPlane in ``base_dir``, stopped on exit; a failed start fails the test.
+
+    Shared by the ``control_plane`` fixture and the benchmarks' ``bench_api``.
+    """
+    cp = ControlPlane(base_dir, tool_path("kube-apiserver"))
     try:
         cp.start()
     except StartFailed as e:
@@ -30,6 +34,14 @@ def control_plane(tmp_path_factory):
         yield cp
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.fail("the control plane fixture runs as root (make test)")
+    with running_control_plane(tmp_path_factory.mktemp("control-plane")) as cp:
+        yield cp
 
 
 @pytest.fixture
@@ -44,26 +56,16 @@ def fake_api_tls(tmp_path):
         yield api
 
 
-@pytest.fixture(scope="session")
-def cnitool_bin():
-    return tool_path("cnitool")
+def _tool_fixture(fixture_name: str, tool: str):
+    """A session fixture returning ``tool_path(tool)`` (fails naming the build step)."""
+    @pytest.fixture(scope="session", name=fixture_name)
+    def path():
+        return tool_path(tool)
+    return path
 
 
-@pytest.fixture(scope="session")
-def portmap_bin():
-    return tool_path("portmap")
-
-
-@pytest.fixture(scope="session")
-def helm_bin():
-    return tool_path("helm")
-
-
-@pytest.fixture(scope="session")
-def istio_iptables_bin():
-    return tool_path("istio-iptables")
-
-
-@pytest.fixture(scope="session")
-def upstream_istio_cni_bin():
-    return tool_path("istio-cni")
+cnitool_bin = _tool_fixture("cnitool_bin", "cnitool")
+portmap_bin = _tool_fixture("portmap_bin", "portmap")
+helm_bin = _tool_fixture("helm_bin", "helm")
+istio_iptables_bin = _tool_fixture("istio_iptables_bin", "istio-iptables")
+upstream_istio_cni_bin = _tool_fixture("upstream_istio_cni_bin", "istio-cni")
