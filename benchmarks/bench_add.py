@@ -119,25 +119,24 @@ def run_concurrently(benchmark, pool, start_one, verify) -> dict:
             "max_ms": max(latencies) * 1e3}
 
 
-def bench_add_concurrent_64(benchmark, our_plugin, netns_pool, pod_ruleset, record):
+def _concurrent_redirected_adds(benchmark, plugin, netns_pool, pod_ruleset) -> dict:
+    """``plugin`` ADDs the concurrent redirected pods all at once; every netns verified."""
     def start_one(i, ns):
-        return our_plugin.add(ns, f"{REDIRECT_POD}-{i}", _container_id(), timeout=120)
+        return plugin.add(ns, f"{REDIRECT_POD}-{i}", _container_id(), timeout=120)
 
     def verify(ns):
-        harness.assert_redirect_committed(ns, pod_ruleset, our_plugin.label)
+        harness.assert_redirect_committed(ns, pod_ruleset, plugin.label)
 
-    info = run_concurrently(benchmark, netns_pool, start_one, verify)
+    return run_concurrently(benchmark, netns_pool, start_one, verify)
+
+
+def bench_add_concurrent_64(benchmark, our_plugin, netns_pool, pod_ruleset, record):
+    info = _concurrent_redirected_adds(benchmark, our_plugin, netns_pool, pod_ruleset)
     record(benchmark, "concurrent-64", launcher=our_plugin.launcher, **info)
 
 
 def bench_add_concurrent_64_upstream_go(benchmark, upstream_plugin, netns_pool, pod_ruleset, record):
-    def start_one(i, ns):
-        return upstream_plugin.add(ns, f"{REDIRECT_POD}-{i}", _container_id(), timeout=120)
-
-    def verify(ns):
-        harness.assert_redirect_committed(ns, pod_ruleset, upstream_plugin.label)
-
-    info = run_concurrently(benchmark, netns_pool, start_one, verify)
+    info = _concurrent_redirected_adds(benchmark, upstream_plugin, netns_pool, pod_ruleset)
     record(benchmark, "concurrent-64-upstream-go", launcher=upstream_plugin.launcher, **info)
 
 

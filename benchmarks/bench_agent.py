@@ -33,7 +33,7 @@ from pathlib import Path
 import harness
 import pytest
 from bench_add import _bench_single_add, _container_id, run_concurrently
-from harness import CONCURRENT, PLAIN_POD, REDIRECT_POD
+from harness import REDIRECT_POD
 
 from agent.miniapi import MiniAPI
 from agent.pods import injected_pod
@@ -84,8 +84,7 @@ class AgentProcess:
 
 def _agent_node(base: Path, bench_api, our_plugin, nice: int):
     """Our plugin with a run dir whose agent.sock belongs to a running agent (generator)."""
-    pods = [harness.sidecar_pod(REDIRECT_POD), harness.plain_pod(PLAIN_POD)]
-    pods += [harness.sidecar_pod(f"{REDIRECT_POD}-{i}") for i in range(CONCURRENT)]
+    pods = harness.bench_pods()
     with MiniAPI() as api:
         for pod in pods:
             api.put_pod(pod)

@@ -32,7 +32,7 @@ for p in (str(TESTS), str(BENCH)):  # peers.* (API servers, tools) and harness/b
 import harness  # noqa: E402
 
 VENV_PLUGIN = REPO / ".venv" / "bin" / "istio-cni"
-from harness import CONCURRENT, PLAIN_POD, REDIRECT_POD  # noqa: E402
+from harness import REDIRECT_POD  # noqa: E402
 
 
 def pytest_configure(config):
@@ -82,8 +82,7 @@ def _api_kind() -> tuple[str, str]:
 def bench_api(tmp_path_factory):
     """One API server for the whole run, serving the redirected and the plain pod."""
     kind, why = _api_kind()
-    pods = [harness.sidecar_pod(REDIRECT_POD), harness.plain_pod(PLAIN_POD)]
-    pods += [harness.sidecar_pod(f"{REDIRECT_POD}-{i}") for i in range(CONCURRENT)]
+    pods = harness.bench_pods()
     if kind == "fake":
         import secrets
 
@@ -93,24 +92,15 @@ def bench_api(tmp_path_factory):
         # SYNs and 1-3 s retransmits, measuring the fake instead of the plugins.
         fakeapi._Server.request_queue_size = 256
         token = secrets.token_hex(16)
-        fake = fakeapi.FakeAPI(tls_dir=tmp_path_factory.mktemp("bench-fake-api"), token=token).start()
-        try:
+        with fakeapi.FakeAPI(tls_dir=tmp_path_factory.mktemp("bench-fake-api"), token=token) as fake:
             for pod in pods:
                 fake.add_pod(pod)
             yield BenchAPI("fake", fake.url, fake.ca_file, token,
                            f"in-process fake API over TLS on 127.0.0.1 ({why})")
-        finally:
-            fake.stop()
         return
-    from peers.controlplane import ControlPlane, StartFailed
-    from peers.tools import tool_path
+    from peers.fixtures import running_control_plane
 
-    cp = ControlPlane(tmp_path_factory.mktemp("bench-control-plane"), tool_path("kube-apiserver"))
-    try:
-        cp.start()
-    except StartFailed as e:
-        pytest.fail(f"control plane did not start: {e}", pytrace=False)
-    try:
+    with running_control_plane(tmp_path_factory.mktemp("bench-control-plane")) as cp:
         cp.create_namespace(harness.POD_NAMESPACE)
         cp.create_namespace("istio-system")
         for pod in pods:
@@ -121,8 +111,6 @@ def bench_api(tmp_path_factory):
             tmp_path_factory.mktemp("bench-identity") / "kubeconfig")
         yield BenchAPI("real", cp.server, cp.ca_file, token,
                        f"etcd + kube-apiserver on 127.0.0.1, pod-get-only token ({why})")
-    finally:
-        cp.stop()
 
 
 class Plugin:

@@ -9,7 +9,7 @@
   ``eth0`` (a veth whose peer also stays inside the netns, never in the host's) holding a
   documentation-range address (upstream's plugin refuses a netns without a non-link-local
   address: ``no valid local IP address found``).
-* ``sidecar_pod`` / ``plain_pod``: the pod objects the API server returns.
+* ``sidecar_pod`` / ``plain_pod`` / ``bench_pods``: the pod objects the API server returns.
 """
 
 from __future__ import annotations
@@ -231,6 +231,13 @@ def plain_pod(name: str) -> dict:
     pod["metadata"]["labels"] = {"app": "bench"}
     pod["spec"]["containers"] = pod["spec"]["containers"][:1]
     return pod
+
+
+def bench_pods() -> list[dict]:
+    """Every pod the benchmarks ADD: the redirected one, the plain one, the concurrent ones."""
+    pods = [sidecar_pod(REDIRECT_POD), plain_pod(PLAIN_POD)]
+    pods += [sidecar_pod(f"{REDIRECT_POD}-{i}") for i in range(CONCURRENT)]
+    return pods
 
 
 def percentile(samples, q: float) -> float:

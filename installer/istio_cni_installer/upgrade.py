@@ -11,14 +11,14 @@ pods started unmeshed are not.
 
 from __future__ import annotations
 
-import json
-import ssl
-import urllib.parse
-from http.client import HTTPConnection, HTTPSConnection
+import os
 from pathlib import Path
 
+from istio_cni.errors import KubernetesLookupError
 from istio_cni.log import log
 
+from .agent.kubeclient import ApiError as _StatusError
+from .agent.kubeclient import KubeClient
 from .nodematch import mismatch
 
 
@@ -27,51 +27,30 @@ class ApiError(Exception):
 
 
 class ApiClient:
-    """Minimal GET-only Kubernetes client (service-account token + CA); never logs the token."""
+    """GET-only view of the node agent's ``KubeClient`` (same TLS, token and URL handling):
+    answers ``(status, object)`` instead of raising on 4xx/5xx, because the shutdown decision
+    reads 403/404 as answers; only an unreachable API raises ``ApiError``. Never logs the token."""
 
-    def __init__(self, server: str, token: str, ca_file: str | None = None,
-                 skip_tls_verify: bool = False, timeout: float = 3.0) -> None:
-        u = urllib.parse.urlsplit(server)
-        self.scheme, self.host, self.port = u.scheme, u.hostname, u.port
-        self.token, self.timeout = token, timeout
-        self.ctx = None
-        if self.scheme == "https":
-            self.ctx = ssl.create_default_context(cafile=ca_file) if not skip_tls_verify else \
-                ssl._create_unverified_context()
+    def __init__(self, client: KubeClient) -> None:
+        self.client = client
 
     @classmethod
     def from_settings(cls, s, timeout: float = 3.0) -> "ApiClient | None":
         sa = Path(s.service_account_dir)
-        try:
-            token = (sa / "token").read_text().strip()
-        except OSError:
+        if not os.access(sa / "token", os.R_OK) or not s.k8s_service_host:
             return None
-        if not s.k8s_service_host:
-            return None
-        host = f"[{s.k8s_service_host}]" if ":" in s.k8s_service_host else s.k8s_service_host
-        ca = s.kube_ca_file or str(sa / "ca.crt")
-        return cls(f"{s.k8s_service_protocol}://{host}:{s.k8s_service_port}", token, ca,
-                   s.skip_tls_verify, timeout)
+        return cls(KubeClient.in_cluster(s.k8s_service_host, s.k8s_service_port, str(sa), s.kube_ca_file,
+                                         s.skip_tls_verify, s.k8s_service_protocol, timeout=timeout))
 
     def get(self, path: str) -> tuple[int, dict | None]:
-        if self.scheme == "https":
-            conn = HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.ctx)
-        else:
-            conn = HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            conn.request("GET", path, headers={"Authorization": f"Bearer {self.token}",
-                                               "Accept": "application/json"})
-            r = conn.getresponse()
-            body = r.read()
-        except (OSError, ssl.SSLError) as e:
+            return 200, self.client.request("GET", path)
+        except _StatusError as e:
+            return e.status, None
+        except ValueError:  # a 2xx whose body is not JSON: callers treat it as a failed lookup
+            return 200, None
+        except (OSError, KubernetesLookupError) as e:  # ssl.SSLError is an OSError
             raise ApiError(f"GET {path}: {e}") from None
-        finally:
-            conn.close()
-        try:
-            obj = json.loads(body) if body else None
-        except ValueError:
-            obj = None
-        return r.status, obj
 
 
 def _daemonset_name(s, api: ApiClient) -> str | None:
@@ -95,7 +74,7 @@ def decide(s, api_factory) -> tuple[bool, str]:
         return False, "DISABLE_SAFE_UPGRADE is set"
     try:
         api = api_factory()
-    except (OSError, ValueError, ssl.SSLError) as e:
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
         return True, f"cannot set up the API client ({e}): keeping the plugin to be safe"
     if api is None:
         return False, "no service-account credentials: cannot be an in-cluster upgrade"

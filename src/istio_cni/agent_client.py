@@ -73,26 +73,22 @@ def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
 
 
 def _parse_http(raw: bytes) -> bytes:
+    from .transport import parse_head
+
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep:
         raise AgentUnavailable("agent closed the connection before a complete HTTP header")
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise AgentUnavailable(f"agent sent a malformed status line {lines[0][:80]!r}")
-    length = None
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                raise AgentUnavailable(f"agent sent a bad Content-Length {value.strip()[:20]!r}") from None
+    try:
+        status, _reason, headers = parse_head(head)
+    except ValueError as e:
+        raise AgentUnavailable(f"agent sent a {e}") from None
+    length = headers.get("content-length")
     if length is not None:
-        if len(body) < length:
+        if not length.isdigit():
+            raise AgentUnavailable(f"agent sent a bad Content-Length {length[:20]!r}")
+        if len(body) < int(length):
             raise AgentUnavailable(f"agent answer truncated ({len(body)} of {length} bytes)")
-        body = body[:length]
-    status = int(parts[1])
+        body = body[: int(length)]
     if status != 200:
         raise AgentUnavailable(f"agent answered HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
     return body

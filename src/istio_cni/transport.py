@@ -193,6 +193,20 @@ def _memfile(b64: str) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def parse_head(head: bytes) -> tuple[int, str, dict]:
+    """An HTTP/1.x response head (status line + headers, no blank line) -> (status, reason,
+    lower-cased headers). ``ValueError`` names what is malformed. Shared with the agent client."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ValueError(f"malformed status line {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+
+
 def read_response(sock) -> tuple[int, str, bytes]:
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -203,15 +217,7 @@ def read_response(sock) -> tuple[int, str, bytes]:
         if len(buf) > 1 << 20:
             raise ConnectionError("response headers too large")
     head, _, body = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise ConnectionError(f"malformed status line {lines[0]!r}")
-    status, reason = int(parts[1]), parts[2] if len(parts) > 2 else ""
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
+    status, reason, headers = parse_head(head)
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = read_chunked(sock, body)
     elif "content-length" in headers:

@@ -27,6 +27,7 @@ from istio_cni.devtools import netns as nsutil
 from istio_cni.devtools.chain import bridge_conflist
 from peers.fakeapi import Delay, Reset, SlowBody, Status
 from peers.tools import tool_version
+from support.pods import sidecar_pod
 
 pytestmark = pytest.mark.peers
 
@@ -105,23 +106,11 @@ def _ns(control_plane) -> str:
 
 
 def _sidecar_pod(ns: str, name: str) -> dict:
-    return {
-        "metadata": {"name": name, "namespace": ns, "labels": {"app": "web"},
-                     "annotations": {"sidecar.istio.io/status": '{"containers":["istio-proxy"]}',
-                                     "traffic.sidecar.istio.io/excludeOutboundPorts": "9000"}},
-        "spec": {
-            "nodeName": "node-a",
-            "initContainers": [
-                {"name": "istio-validation", "image": "example.invalid/proxyv2:1",
-                 "securityContext": {"runAsUser": 1337, "runAsGroup": 1337}},
-                # native sidecar: an init container that keeps running
-                {"name": "istio-proxy", "image": "example.invalid/proxyv2:1", "restartPolicy": "Always",
-                 "env": [{"name": "ISTIO_META_DNS_CAPTURE", "value": "true"}],
-                 "securityContext": {"runAsUser": 1337, "runAsGroup": 1337}},
-            ],
-            "containers": [{"name": "app", "image": "example.invalid/app:1", "ports": [{"containerPort": 8080}]}],
-        },
-    }
+    """A native-sidecar pod (istio-proxy an init container that keeps running) on node-a."""
+    return sidecar_pod(name, ns, labels={"app": "web"}, native_sidecar=True, init_containers=("istio-validation",),
+                       annotations={"traffic.sidecar.istio.io/excludeOutboundPorts": "9000"},
+                       proxy_env={"ISTIO_META_DNS_CAPTURE": "true"},
+                       security={"runAsUser": 1337, "runAsGroup": 1337}, node_name="node-a")
 
 
 def test_control_plane_version_and_loopback_only(control_plane):

@@ -47,6 +47,11 @@ def status(out: str, budget: str) -> str:
     return line.split()[-1]
 
 
+def without(role: str) -> list[dict]:
+    """The healthy run with the benchmark of ``role`` left out."""
+    return [b for b in healthy() if b["extra_info"]["role"] != role]
+
+
 def replace(benchmarks, role, **changes):
     for b in benchmarks:
         if b["extra_info"].get("role") == role:
@@ -82,7 +87,7 @@ def test_equal_to_limit_passes(tmp_path, capsys):
 
 
 def test_reference_falls_back_to_baseline_2_and_says_so(tmp_path, capsys):
-    benchmarks = [b for b in healthy() if b["extra_info"]["role"] != "add-upstream-go"]
+    benchmarks = without("add-upstream-go")
     rc, out = run(tmp_path, benchmarks, capsys)
     # direct 20 ms > baseline 2 at 15 ms: the fallback reference is really applied
     assert rc == 1
@@ -91,7 +96,7 @@ def test_reference_falls_back_to_baseline_2_and_says_so(tmp_path, capsys):
 
 
 def test_missing_agent_benchmark_is_not_a_pass(tmp_path, capsys):
-    benchmarks = [b for b in healthy() if b["extra_info"]["role"] != "add-agent"]
+    benchmarks = without("add-agent")
     rc, out = run(tmp_path, benchmarks, capsys)
     assert rc == 1
     assert status(out, "agent-path ADD median") == "MISSING"
@@ -183,7 +188,7 @@ def test_agent_ratio_chained_through_the_paired_direct_figure(tmp_path, capsys):
 
 
 def test_paired_without_go_falls_back_to_baseline_2(tmp_path, capsys):
-    benchmarks = [b for b in healthy() if b["extra_info"]["role"] != "add-upstream-go"]
+    benchmarks = without("add-upstream-go")
     benchmarks.append(paired({"add-direct": 10.0, "add-skip": 4.0, "baseline-upstream-pipeline": 12.0}))
     rc, out = run(tmp_path, benchmarks, capsys)
     assert status(out, "direct-path ADD median") == "PASS"

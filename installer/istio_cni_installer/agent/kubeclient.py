@@ -19,6 +19,8 @@ from istio_cni.k8s import _bearer
 from istio_cni.transport import split_server as _split_server, ssl_context
 from istio_cni.kubeconfig import Cluster, load
 
+from istio_cni_installer.kubeconfig import server_url
+
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -50,14 +52,13 @@ class KubeClient:
 
     @classmethod
     def in_cluster(cls, host: str, port: int, sa_dir: str, ca_file: str = "", insecure: bool = False,
-                   scheme: str = "https") -> KubeClient:
+                   scheme: str = "https", timeout: float = DEFAULT_TIMEOUT) -> KubeClient:
         if not host:
             raise ValueError("no API server address (KUBERNETES_SERVICE_HOST)")
         sa = sa_dir.rstrip("/")
-        hostpart = f"[{host}]" if ":" in host else host
-        return cls(Cluster(server=f"{scheme}://{hostpart}:{port}", ca_file=ca_file or f"{sa}/ca.crt", ca_data="",
+        return cls(Cluster(server=server_url(scheme, host, port), ca_file=ca_file or f"{sa}/ca.crt", ca_data="",
                            insecure=insecure, token="", token_file=f"{sa}/token", client_cert_file="",
-                           client_cert_data="", client_key_file="", client_key_data="", namespace=""))
+                           client_cert_data="", client_key_file="", client_key_data="", namespace=""), timeout)
 
     # ---- transport -------------------------------------------------------------------------
     def _connect(self, timeout: float):
