@@ -91,7 +91,9 @@ class Kubeconfig:
         return render(url, token, ca, self.s.skip_tls_verify)
 
     def check(self) -> list[str]:
-        want = self._desired()
+        return self._problems(self._desired())
+
+    def _problems(self, want: str | None) -> list[str]:
         if want is None:
             return []
         try:
@@ -115,7 +117,7 @@ class Kubeconfig:
                             token_dir=str(self.sa_dir))
                 self._warned = True
             return False
-        if not self.check():
+        if not self._problems(want):  # the token and CA were just read: not again
             return False
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(self.path, want, self.s.kubeconfig_mode)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 PYTHON = "/usr/bin/python3"
 
@@ -99,14 +98,3 @@ def connect(ns: str, host: str, port: int, uid: int | None = None, gid: int | No
     if p.returncode != 0:
         raise RuntimeError(f"client failed: {p.stderr}")
     return json.loads(p.stdout)
-
-
-def wait_until(fn, timeout: float = 5.0, step: float = 0.05):
-    """Poll ``fn`` until it returns a truthy value (setup only; never used as an assertion
-    about speed)."""
-    end = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() > end:
-            return v
-        time.sleep(step)

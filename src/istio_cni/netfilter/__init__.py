@@ -123,34 +123,41 @@ def apply(netns_path: str, rs, preferred: str = "auto", *, long_lived: bool = Fa
 
     ``long_lived=True`` for the node agent (see ``make_backend``)."""
     from .._fastpath import Entered
-    from . import routes
 
     with Entered(netns_path):
         backend = select_backend(preferred, rs, long_lived=long_lived)
         backend.commit(rs)
-        routes.program(rs.routes)
+        if rs.routes:  # TPROXY only: the netlink module stays off the common path
+            from . import routes
+
+            routes.program(rs.routes)
     return backend.name
 
 
 def check(netns_path: str, rs, preferred: str = "auto") -> list:
     from .._fastpath import Entered
-    from . import routes
 
     with Entered(netns_path):
         backend = select_backend(preferred, rs)
-        return backend.check(rs) + routes.missing(rs.routes)
+        diffs = backend.check(rs)
+        if rs.routes:
+            from . import routes
+
+            diffs += routes.missing(rs.routes)
+        return diffs
 
 
 def remove(netns_path: str, preferred: str = "auto", rs=None) -> None:
     """Remove everything we own from the netns (``rs`` adds its built-in-chain rules and
     policy routes to what is recognised as ours)."""
     from .._fastpath import Entered
-    from . import routes
 
     with Entered(netns_path):
         for backend in _removers(preferred, rs):
             backend.remove(rs)
-        if rs is not None:
+        if rs is not None and rs.routes:
+            from . import routes
+
             routes.remove(rs.routes)
 
 
