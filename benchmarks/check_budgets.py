@@ -111,9 +111,14 @@ def median_ms(b: dict) -> float:
     return b["stats"]["median"] * 1e3
 
 
+def _paired_medians(roles: dict) -> dict:
+    """role -> median ms from the paired benchmark; empty when it did not run."""
+    return (roles.get("paired-add") or {}).get("extra_info", {}).get("paired_medians_ms") or {}
+
+
 def _ratio(roles: dict, role: str, ref: str) -> tuple[float, float, float, str] | None:
     """(mine ms, reference ms, ratio, how) from the best source available, or None."""
-    paired = (roles.get("paired-add") or {}).get("extra_info", {}).get("paired_medians_ms") or {}
+    paired = _paired_medians(roles)
     if role in paired and ref in paired:
         n = roles["paired-add"]["extra_info"].get("paired_rounds", "?")
         return paired[role], paired[ref], paired[role] / paired[ref], f"paired, {n} interleaved rounds"
@@ -132,7 +137,7 @@ def _ratio(roles: dict, role: str, ref: str) -> tuple[float, float, float, str] 
 
 def evaluate(data: dict) -> tuple[list[Row], list[str]]:
     roles, notes = by_role(data["benchmarks"])
-    paired = (roles.get("paired-add") or {}).get("extra_info", {}).get("paired_medians_ms") or {}
+    paired = _paired_medians(roles)
     present = set(roles) | set(paired)
     rows = []
     for budget in RATIO_BUDGETS:

@@ -104,9 +104,12 @@ class Binaries:
             problems.append(f"{self.launcher} is not our launcher for bundle {self.bundle_id}")
         if not os.access(self.launcher, os.X_OK):
             problems.append(f"{self.launcher} is not executable")
-        if not (self.target / COMPLETE).exists() or not (self.target / self.manifest["python"]).exists():
+        if not self._bundle_complete():
             problems.append(f"bundle {self.target} missing or incomplete")
         return problems
+
+    def _bundle_complete(self) -> bool:
+        return (self.target / COMPLETE).exists() and (self.target / self.manifest["python"]).exists()
 
     def ensure(self) -> bool:
         """Install or repair; True when something was written."""
@@ -119,7 +122,7 @@ class Binaries:
         parent.mkdir(exist_ok=True)
         remove_stale_temps(parent)
         remove_stale_temps(self.dir, (PLUGIN,))
-        if not (self.target / COMPLETE).exists() or not (self.target / self.manifest["python"]).exists():
+        if not self._bundle_complete():
             shutil.rmtree(self.target, ignore_errors=True)
             tmp = parent / f".{self.bundle_id}.tmp.{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)

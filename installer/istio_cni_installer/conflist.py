@@ -94,10 +94,11 @@ class ConfList:
         """Human-readable problems; [] means our config is in place."""
         try:
             plan = self.plan()
-        except Waiting as e:
+        except (Waiting, cc.ConfigFileError) as e:
             return [str(e)]
-        except cc.ConfigFileError as e:
-            return [str(e)]
+        return self._problems(plan)
+
+    def _problems(self, plan: Plan) -> list[str]:
         problems = []
         if plan.remove and (self.dir / plan.remove).exists():
             problems.append(f"{plan.remove} is a single-plugin .conf; it must become {plan.dest}")
@@ -122,7 +123,7 @@ class ConfList:
         """Make the config right; returns the file written, or None when it already was."""
         for _attempt in range(3):
             plan = self.plan()
-            if not self.check():
+            if not self._problems(plan):  # judged on this plan, not on a freshly read second one
                 return None
             if plan.source and _sig(self.dir / plan.source) != plan.source_sig:
                 continue  # the primary rewrote its file while we were reading it: replan

@@ -160,8 +160,9 @@ def test_repair_node_name_selects_the_watched_node(mini_api, api_client):
     cache = pod_cache_for(api_client, rs, relist_backoff=0.05).start()
     rc = RepairController(api_client, cache, rs, retry_base=0.05).start()
     try:
-        eventually(lambda: (mini_api.get("default", "there-1")["metadata"].get("labels") or {})
-                   .get("cni.istio.io/uninitialized") == "true", "label on the node-b pod")
+        # the count is taken after the PATCH returns: wait for it, not for the label (a race)
+        eventually(lambda: rc.counts.get(("label", "success")) == 1, "label action on the node-b pod")
+        assert mini_api.get("default", "there-1")["metadata"]["labels"]["cni.istio.io/uninitialized"] == "true"
         assert rc.counts == {("label", "success"): 1}
         assert "cni.istio.io/uninitialized" not in (mini_api.get("default", "here-1")["metadata"].get("labels") or {})
     finally:
