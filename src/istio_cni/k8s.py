@@ -18,7 +18,8 @@ from .log import log
 from .transport import HTTPError, TLSConn, connect, lean_tls_context, read_response, split_server
 
 
-def _bearer(cluster) -> str:
+def bearer_token(cluster) -> str:
+    """The bearer token of a kubeconfig user (inline or from its tokenFile); "" for none."""
     if cluster.token:
         return cluster.token
     if cluster.token_file:
@@ -40,7 +41,7 @@ class Client:
         self.timeout = timeout
         self.scheme, self.host, self.port, self.prefix = split_server(cluster.server)
         self._ctx = lean_tls_context(cluster) if self.scheme == "https" else None
-        self._token = _bearer(cluster)
+        self._token = bearer_token(cluster)
 
     def get(self, path: str, timeout: float | None = None):
         t = self.timeout if timeout is None else timeout

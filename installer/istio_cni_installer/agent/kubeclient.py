@@ -15,7 +15,7 @@ import socket
 import threading
 from urllib.parse import quote, urlencode
 
-from istio_cni.k8s import _bearer
+from istio_cni.k8s import bearer_token
 from istio_cni.transport import split_server as _split_server, ssl_context
 from istio_cni.kubeconfig import Cluster, load
 
@@ -68,7 +68,7 @@ class KubeClient:
 
     def _headers(self, content_type: str | None) -> dict:
         h = {"Accept": "application/json", "User-Agent": "istio-cni-node-agent"}
-        token = _bearer(self.cluster)
+        token = bearer_token(self.cluster)
         if token:
             h["Authorization"] = f"Bearer {token}"
         if content_type:
