@@ -97,3 +97,64 @@ def test_dry_run_renders_and_touches_nothing(netns):
     assert "ip rule add fwmark 1337 lookup 133" in text
     assert nsutil.exec_in(ns, "cat", "/proc/net/ip_tables_names").stdout == ""
     assert nsutil.exec_in(ns, "nft", "list", "ruleset").stdout == ""
+
+
+class _NoLegacyNat:
+    """libiptc as on a kernel built without legacy x_tables NAT: ``iptc_init("nat")`` fails
+    with ENOENT ("Table does not exist"); every other call is the real one."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+    def init(self, table: bytes):
+        if table == b"nat":
+            self.real.ffi.errno = 2
+            return self.real.ffi.NULL
+        return self.real.init(table)
+
+    def error(self, what: str):
+        return type(self.real).error(self, what)
+
+
+@pytest.fixture
+def no_legacy_nat(monkeypatch):
+    from istio_cni.netfilter import iptc
+
+    real = iptc._lib
+    monkeypatch.setattr(iptc, "_lib", lambda family: _NoLegacyNat(real(family)))
+
+
+@pytest.fixture
+def log_lines(monkeypatch):
+    import json
+
+    from istio_cni.log import log
+
+    stream = io.StringIO()
+    monkeypatch.setattr(log, "stream", stream)
+    monkeypatch.setattr(log, "sinks", [])
+    return lambda: [json.loads(ln) for ln in stream.getvalue().splitlines()]
+
+
+def test_auto_commits_through_nft_when_legacy_nat_is_missing(netns, no_legacy_nat, log_lines):
+    ns = netns("nonat")
+    assert netfilter.apply(nsutil.path(ns), RS) == "nft"
+    ruleset = nsutil.exec_in(ns, "nft", "list", "ruleset", check=True).stdout
+    assert "table inet istio-proxy-nat" in ruleset and ":15001" in ruleset
+    assert nsutil.exec_in(ns, "cat", "/proc/net/ip_tables_names").stdout == ""  # nothing legacy
+    fallbacks = [ln for ln in log_lines() if ln["msg"].startswith("legacy x_tables unusable")]
+    assert len(fallbacks) == 1
+    assert fallbacks[0]["backend"] == "nft" and "init of table nat" in fallbacks[0]["reason"]
+    # a later CHECK/ADD of the same netns finds the nf_tables rules and stays there
+    assert netfilter.check(nsutil.path(ns), RS) == []
+
+
+def test_explicit_iptc_without_legacy_nat_fails_closed(netns, no_legacy_nat, log_lines):
+    ns = netns("nonat")
+    with pytest.raises(NetfilterError, match="init of table nat"):
+        netfilter.apply(nsutil.path(ns), RS, "iptc")
+    assert nsutil.exec_in(ns, "nft", "list", "ruleset").stdout == ""
+    assert not [ln for ln in log_lines() if ln["msg"].startswith("legacy x_tables unusable")]

@@ -24,7 +24,9 @@ Choice per netns (``select_backend``):
    legacy x_tables has no ``/proc/net/ip_tables_names``; there the default becomes ``nft``
    (or ``restore-nft`` without the nftables form).
 
-The choice and its reason are logged at info level.
+The choice and its reason are logged at info level. Under ``auto`` a commit that libiptc
+cannot start because the kernel lacks a legacy table (``nat`` on kernels built without legacy
+x_tables NAT) goes through nf_tables instead, logged with the reason (``commit``).
 
 Concurrency: no backend takes the node-wide ``/run/xtables.lock`` (it would serialise every
 pod's ADD on the node, and has hung upstream for minutes); each pod's rules live in its own
@@ -107,7 +109,7 @@ def choose(preferred: str = "auto", rs=None) -> tuple:
             return "nft", f"netns holds nf_tables tables ({shown})"
         return "restore-nft", f"netns holds nf_tables tables ({shown}); rule set is x_tables only"
     if not _legacy_available():
-        return ("nft" if has_nft_form else "restore-nft"), "kernel has no legacy x_tables"
+        return _nft_choice(rs), "kernel has no legacy x_tables"
     return DEFAULT, "netns holds no rules: default"
 
 
@@ -118,6 +120,44 @@ def select_backend(preferred: str = "auto", rs=None, sink=None, long_lived: bool
     return make_backend(name, sink, long_lived)
 
 
+def _nft_choice(rs) -> str:
+    """The nf_tables backend for ``rs``: native nft when it carries that form."""
+    return "nft" if rs is not None and rs.nft else "restore-nft"
+
+
+def commit(rs, preferred: str = "auto", *, long_lived: bool = False):
+    """Commit ``rs``'s rules in the current netns; returns the backend that did it.
+
+    Under ``auto`` a legacy table that the kernel does not offer (``iptc.TableUnavailable``:
+    kernels built without legacy x_tables NAT, where ``/proc/net/ip_tables_names`` may still
+    exist for the filter table) makes the commit go through nf_tables instead, with one
+    warning naming why: libiptc fails at ``iptc_init``, before any table is replaced, so the
+    netns is unchanged. An explicit backend (config or ``ISTIO_CNI_NETFILTER_BACKEND``)
+    fails closed with its own error."""
+    backend = select_backend(preferred, rs, long_lived=long_lived)
+    try:
+        backend.commit(rs)
+    except NetfilterError as e:
+        if backend.name != "iptc" or not _auto(preferred):
+            raise
+        from .iptc import TableUnavailable  # loaded already: the iptc backend just ran
+
+        if not isinstance(e, TableUnavailable):
+            raise
+        fallback = _nft_choice(rs)
+        log.warning("legacy x_tables unusable in this netns; committing through nf_tables",
+                    backend=fallback, reason=str(e))
+        backend = make_backend(fallback, long_lived=long_lived)
+        backend.commit(rs)
+    return backend
+
+
+def _auto(preferred: str) -> bool:
+    import os
+
+    return not os.environ.get(ENV) and preferred == "auto"
+
+
 def apply(netns_path: str, rs, preferred: str = "auto", *, long_lived: bool = False) -> str:
     """Enter ``netns_path``, commit ``rs`` (rules and policy routes), return the backend name.
 
@@ -125,8 +165,7 @@ def apply(netns_path: str, rs, preferred: str = "auto", *, long_lived: bool = Fa
     from .._fastpath import Entered
 
     with Entered(netns_path):
-        backend = select_backend(preferred, rs, long_lived=long_lived)
-        backend.commit(rs)
+        backend = commit(rs, preferred, long_lived=long_lived)
         if rs.routes:  # TPROXY only: the netlink module stays off the common path
             from . import routes
 

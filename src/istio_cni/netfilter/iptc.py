@@ -58,6 +58,20 @@ BUILTIN = {
 }
 
 
+# ``iptc_init`` errnos that mean "this kernel offers no such legacy table" rather than a
+# transient or permission problem: the table's module is absent or cannot load (ENOENT, "Table
+# does not exist (do you need to insmod?)"), x_tables itself is missing (ENOPROTOOPT from the
+# getsockopt), or the address family is (EAFNOSUPPORT, EPROTONOSUPPORT, EOPNOTSUPP).
+# Literals like EAGAIN above (Linux values): ENOENT, ENOPROTOOPT, EPROTONOSUPPORT, EOPNOTSUPP,
+# EAFNOSUPPORT.
+TABLE_MISSING_ERRNOS = frozenset((2, 92, 93, 95, 97))
+
+
+class TableUnavailable(NetfilterError):
+    """``iptc_init`` found no usable legacy table. Raised before any handle commits, so the
+    netns is unchanged and another backend may take over (``netfilter.apply`` under ``auto``)."""
+
+
 FUNCTIONS = frozenset(("init", "free", "is_chain", "first_chain", "next_chain", "first_rule",
                        "next_rule", "get_target", "builtin", "create_chain", "flush_entries",
                        "delete_chain", "append_entry", "insert_entry", "delete_num_entry", "commit",
@@ -137,7 +151,10 @@ class Handle:
         self.dirty = False
         self.h = lib.init(table.encode())
         if self.h == lib.ffi.NULL:
-            raise lib.error(f"init of table {table}")
+            e = lib.error(f"init of table {table}")
+            if e.errno in TABLE_MISSING_ERRNOS:
+                raise TableUnavailable(str(e.msg), e.details, errno=e.errno)
+            raise e
 
     def close(self) -> None:
         if self.h is not None:
