@@ -2,22 +2,46 @@
 
 kubelet and other CNI agents read the files we write at any moment, and the installer can be
 SIGKILLed mid-write, so a reader must only ever see the old content or the new content. Temp
-names start with a dot and end in ``.tmp.<pid>``: kubelet only loads ``*.conf``/``*.conflist``/
-``*.json``, so it never picks up a half-written temp file, and ``remove_stale_temps`` clears the
-leftovers of a crashed predecessor.
+names start with a dot and end in ``.tmp.<random>``: kubelet only loads ``*.conf``/
+``*.conflist``/``*.json``, so it never picks up a half-written temp file, and
+``remove_stale_temps`` clears the leftovers of a crashed predecessor.
+
+The directories we write into (the host's CNI conf and bin dirs) may be writable by other
+node components, so the temp file is created the way ``tempfile.mkstemp`` does it: an
+unpredictable name, ``O_CREAT|O_EXCL|O_NOFOLLOW`` (a planted file or symlink at that name makes
+the open fail instead of being followed or truncated), and a new name on collision.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 
 TMP_MARK = ".tmp."
+CREATE_ATTEMPTS = 16
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def temp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
+def _random_suffix() -> str:
+    return secrets.token_hex(8)
+
+
+def temp_name(final: Path, suffix: str) -> Path:
+    return final.with_name(f".{final.name}{TMP_MARK}{suffix}")
+
+
+def create_temp(final: Path, mode: int) -> tuple[int, Path]:
+    """A new, exclusively created temp file next to ``final``: (fd open for writing, path).
+    Raises FileExistsError when CREATE_ATTEMPTS random names are all taken."""
+    for _ in range(CREATE_ATTEMPTS):
+        tmp = temp_name(final, _random_suffix())
+        try:
+            return os.open(tmp, _CREATE_FLAGS, mode), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name next to {final} after {CREATE_ATTEMPTS} attempts")
 
 
 def fsync_dir(d: Path) -> None:
@@ -40,8 +64,7 @@ def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644,
     path = Path(path)
     if isinstance(data, str):
         data = data.encode()
-    tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd, tmp = create_temp(path, mode)
     try:
         os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; the caller's mode is exact
         view = memoryview(data)

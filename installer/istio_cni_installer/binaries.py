@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import tempfile
 from pathlib import Path
 
 from istio_cni.log import log
 
-from .atomic import fsync_dir, remove_atomic, remove_stale_temps, write_atomic
+from .atomic import TMP_MARK, fsync_dir, remove_atomic, remove_stale_temps, write_atomic
 from .bundle import read_manifest
 
 PLUGIN = "istio-cni"
@@ -74,7 +75,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _copy_tree_durably(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy, dirs_exist_ok=True)
     _syncfs(dst)
 
 
@@ -124,8 +125,8 @@ class Binaries:
         remove_stale_temps(self.dir, (PLUGIN,))
         if not self._bundle_complete():
             shutil.rmtree(self.target, ignore_errors=True)
-            tmp = parent / f".{self.bundle_id}.tmp.{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
+            # mkdtemp: an unpredictable name made by mkdir, which never follows a planted link
+            tmp = Path(tempfile.mkdtemp(prefix=f".{self.bundle_id}{TMP_MARK}", dir=parent))
             _copy_tree_durably(self.bundle, tmp)
             write_atomic(tmp / COMPLETE, self.bundle_id + "\n")
             os.rename(tmp, self.target)

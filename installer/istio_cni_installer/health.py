@@ -8,6 +8,7 @@ looks ready). /healthz fails when the main loop stopped taking heartbeats.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from istio_cni.log import log
 
 HEARTBEAT_STALE_SECONDS = 120.0
+# A probe or scrape is one small request answered at once; a connection that sends nothing
+# for this long, or is still open after CONNECTION_LIFETIME_SECONDS (a trickling client), is
+# closed, and at most MAX_CONNECTIONS are served at a time (one thread each): the rest get a
+# 503 and are closed by the accepting thread, so idle clients cannot pile up threads.
+IDLE_TIMEOUT_SECONDS = 5.0
+CONNECTION_LIFETIME_SECONDS = 10.0
+MAX_CONNECTIONS = 16
+BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+              b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n")
 
 
 class Metrics:
@@ -73,8 +83,10 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def _handler(metrics: Metrics):
+def _handler(metrics: Metrics, idle_timeout: float):
     class Handler(BaseHTTPRequestHandler):
+        timeout = idle_timeout  # socket timeout of every read and write (StreamRequestHandler)
+
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             path = self.path.split("?", 1)[0]
             if path == "/readyz":
@@ -102,13 +114,74 @@ def _handler(metrics: Metrics):
     return Handler
 
 
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, but at most ``max_connections`` of them, each closed after
+    ``lifetime`` seconds whatever it does (the serving loop checks every poll interval)."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # a burst of connects waits in the kernel, not in SYN retries
+
+    def __init__(self, address: tuple, handler, max_connections: int, lifetime: float) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lifetime = lifetime
+        self._open: dict = {}  # socket -> monotonic deadline
+        self._open_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        with self._open_lock:
+            self._open[request] = time.monotonic() + self._lifetime
+        super().process_request(request, client_address)  # the thread; on failure the base
+        # class calls shutdown_request, which gives the slot back
+
+    def shutdown_request(self, request) -> None:
+        # Forgotten under the lock before it is closed, so service_actions never shuts down a
+        # closed socket whose descriptor number a new connection already reuses.
+        with self._open_lock:
+            tracked = self._open.pop(request, None) is not None
+        super().shutdown_request(request)
+        if tracked:
+            self._slots.release()
+
+    def _refuse(self, request) -> None:
+        try:
+            request.setblocking(False)
+            request.send(BUSY_REPLY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Cut connections past their lifetime: shutdown() wakes the handler's blocked read,
+        which then ends and closes the socket in its own thread."""
+        now = time.monotonic()
+        with self._open_lock:
+            for request, deadline in self._open.items():
+                if deadline <= now:
+                    try:
+                        request.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    def open_connections(self) -> int:
+        with self._open_lock:
+            return len(self._open)
+
+
 class HealthServer:
     """A service: ``start()`` binds and serves in a thread, ``stop()`` shuts down."""
 
-    def __init__(self, metrics: Metrics, address: str, port: int, name: str = "health") -> None:
+    def __init__(self, metrics: Metrics, address: str, port: int, name: str = "health", *,
+                 idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+                 lifetime: float = CONNECTION_LIFETIME_SECONDS,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.name = name
-        self.server = ThreadingHTTPServer((address, port), _handler(metrics))
-        self.server.daemon_threads = True
+        self.server = BoundedHTTPServer((address, port), _handler(metrics, idle_timeout),
+                                        max_connections, lifetime)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
                                         name=name, daemon=True)
