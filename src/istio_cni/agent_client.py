@@ -18,8 +18,10 @@ path, so an *error* answer (bad annotation, commit failed) would fail the same w
 directly; repeating it only doubles the latency and could race the agent's commit.
 It fails the ADD (fail closed; kubelet retries the sandbox). Everything that says
 nothing about the pod - socket missing, refused, timeout, reset, an answer we cannot
-parse, an unknown error code, or an explicit ``fallback`` - returns ``None`` and
-the plugin takes the direct path, which has its own bounded retries.
+parse (bad framing, over ``MAX_ANSWER``, not UTF-8 JSON, not one of the three shapes, a
+result other than the prevResult we hand on), an unknown error code or 999 (an agent
+bug), or an explicit ``fallback`` - returns ``None`` after one warning line, and the
+plugin takes the direct path, which has its own bounded retries.
 """
 
 from __future__ import annotations
@@ -30,21 +32,38 @@ from .log import log
 CNI_PATH = "/v1/cni"
 LOG_PATH = "/v1/log"
 MAX_ANSWER = 1 << 20  # a CNI result is a few KB; anything bigger is not our agent
+MAX_TIMEOUT = 30.0  # whatever the netconf says, the agent never holds an ADD longer
 LOG_FLUSH_TIMEOUT = 0.25  # the log flush runs after the result is on stdout; keep exit prompt
+MAX_TEXT = 300  # agent-provided text quoted in our log line or in a CNI error it carries
 
 
 class AgentUnavailable(Exception):
     """The agent could not give a usable answer; the message says why (logged, then fallback)."""
 
 
+class AgentFallback(AgentUnavailable):
+    """The agent answered well-formed ``{"fallback": why}``: it is healthy, just cannot decide."""
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text[:MAX_TEXT]
+
+
 def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
-    """POST ``body`` and return the response body of a 200; whole exchange bounded by ``timeout``."""
+    """POST ``body`` and return the body of a 200 answer. One deadline bounds the whole
+    exchange (connect, send, the whole answer); the answer is read by the same strict,
+    size-capped HTTP/1.1 reader as the API's (``transport.read_response``)."""
     import time
 
     # The C module, not ``socket``: under ``python -I -S`` the wrapper pulls in enum,
     # selectors and collections, ~14 ms here, a fifth of a whole ADD through the agent.
     import _socket
 
+    from .transport import ResponseError, read_response
+
+    if not timeout > 0:
+        raise TimeoutError("no time left for the agent")
     deadline = time.monotonic() + timeout
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -52,46 +71,20 @@ def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
         s.connect(sock_path)
         head = (f"POST {path} HTTP/1.1\r\nHost: istio-cni-agent\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("agent exchange deadline passed")
+        s.settimeout(left)
         s.sendall(head.encode() + body)
-        chunks = []
-        size = 0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("agent answer not complete in time")
-            s.settimeout(left)
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_ANSWER:
-                raise AgentUnavailable(f"agent answer larger than {MAX_ANSWER} bytes")
+        try:
+            status, _reason, answer = read_response(s, deadline, MAX_ANSWER)
+        except ResponseError as e:
+            raise AgentUnavailable(f"agent sent a bad HTTP answer: {e}") from None
     finally:
         s.close()
-    return _parse_http(b"".join(chunks))
-
-
-def _parse_http(raw: bytes) -> bytes:
-    from .transport import parse_head
-
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise AgentUnavailable("agent closed the connection before a complete HTTP header")
-    try:
-        status, _reason, headers = parse_head(head)
-    except ValueError as e:
-        raise AgentUnavailable(f"agent sent a {e}") from None
-    length = headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise AgentUnavailable(f"agent sent a bad Content-Length {length[:20]!r}")
-        if len(body) < int(length):
-            raise AgentUnavailable(f"agent answer truncated ({len(body)} of {length} bytes)")
-        body = body[: int(length)]
     if status != 200:
-        raise AgentUnavailable(f"agent answered HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
-    return body
+        raise AgentUnavailable(f"agent answered HTTP {status}: {answer[:200].decode('utf-8', 'replace')}")
+    return answer
 
 
 def _request_body(args, timeout: float) -> bytes:
@@ -109,57 +102,77 @@ def _request_body(args, timeout: float) -> bytes:
     }).encode()
 
 
-def interpret(answer: bytes) -> dict:
+def interpret(answer: bytes, expected: dict | None = None) -> dict:
     """The agent's JSON answer -> the CNI result dict, or raise the CNI error it carries.
 
-    Raises ``AgentUnavailable`` for anything that is not one of the three agreed shapes.
+    Raises ``AgentUnavailable`` for anything that is not one of the three agreed shapes,
+    and for a result that is not ``expected`` (the agent hands prevResult on unchanged,
+    exactly as the direct path would).
     """
     from ._fastpath import json_loads
 
     try:
         doc = json_loads(answer)
-    except ValueError as e:
-        raise AgentUnavailable(f"agent answer is not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deep
+        raise AgentUnavailable(f"agent answer is not JSON: {_short(str(e))}") from None
     if not isinstance(doc, dict):
         raise AgentUnavailable("agent answer is not a JSON object")
     if "fallback" in doc:
-        raise AgentUnavailable(f"agent asked for the direct path: {doc['fallback']}")
+        raise AgentFallback(f"agent asked for the direct path: {_short(doc['fallback'])}")
     if "error" in doc:
         err = doc["error"]
         code = err.get("code") if isinstance(err, dict) else None
         if not isinstance(code, int) or isinstance(code, bool):
-            raise AgentUnavailable(f"agent error without an integer code: {str(err)[:200]}")
+            raise AgentUnavailable(f"agent error without an integer code: {_short(err)}")
         try:
             cls = errors.error_class(code)
         except KeyError:
             raise AgentUnavailable(f"agent answered unknown CNI error code {code}") from None
-        raise cls(str(err.get("msg") or cls.msg), str(err.get("details") or ""))
+        if cls is errors.InternalError:  # an agent-side bug says nothing about the pod
+            raise AgentUnavailable(f"agent internal error: {_short(err.get('msg'))}")
+        msg, details = err.get("msg"), err.get("details")
+        raise cls(_short(msg) if isinstance(msg, str) and msg else cls.msg,
+                  _short(details) if isinstance(details, str) else "")
     result = doc.get("result")
     if not isinstance(result, dict):
         raise AgentUnavailable("agent answer has neither result, error nor fallback")
+    if expected is not None and result != expected:
+        raise AgentUnavailable("agent result differs from the prevResult this ADD hands on")
     return result
 
 
-def try_agent(conf, args) -> dict | None:
-    """ADD through the agent: the CNI result, a raised CNI error, or ``None`` (direct path)."""
+def try_agent(conf, args, expected: dict | None = None) -> dict | None:
+    """ADD through the agent: the CNI result, a raised CNI error, or ``None`` (direct path).
+
+    Every failure of the channel (absent, refused, slow, reset, garbled, oversized, non-UTF-8,
+    wrong shape) is one warning line and ``None``, within ``conf.agent_timeout`` (capped)."""
     import os
 
     sock = conf.agent_socket
     if not sock or not os.path.exists(sock):
         log.debug("node agent socket absent, using the direct path", socket=sock)
         return None
-    forward_logs(sock)
+    timeout = conf.agent_timeout
+    timeout = min(timeout, MAX_TIMEOUT) if timeout > 0 else 0.0  # NaN/negative: no wait at all
+    sink = forward_logs(sock)
     try:
-        answer = _post(sock, CNI_PATH, _request_body(args, conf.agent_timeout), conf.agent_timeout)
-        return interpret(answer)
+        answer = _post(sock, CNI_PATH, _request_body(args, timeout), timeout)
+        return interpret(answer, expected)
     except errors.CNIError:
         raise
+    except AgentFallback as e:
+        why = str(e)
     except AgentUnavailable as e:
         why = str(e)
+        sink.enabled = False  # a misbehaving agent does not get a second wait at exit
     except TimeoutError:
-        why = f"no answer within {conf.agent_timeout} s"
+        why = f"no answer within {timeout} s"
+        sink.enabled = False
     except OSError as e:  # refused (agent down), reset (agent died mid-request), EACCES
-        why = f"{type(e).__name__}: {e.strerror or e}"
+        why = f"{type(e).__name__}: {_short(e.strerror or str(e))}"
+        sink.enabled = False
+    except (ValueError, RecursionError) as e:  # a request we cannot encode (e.g. non-UTF-8 stdin)
+        why = f"{type(e).__name__}: {_short(str(e))}"
     log.warning("node agent unusable, falling back to the direct path", socket=sock, cause=why)
     return None
 
@@ -170,6 +183,7 @@ class _LogBuffer:
     def __init__(self, sock_path: str) -> None:
         self.sock_path = sock_path
         self.lines: list[str] = []
+        self.enabled = True
 
     def __call__(self, line: str) -> None:
         self.lines.append(line)
@@ -177,13 +191,13 @@ class _LogBuffer:
     def flush(self) -> None:
         # Runs after skel has written the result to stdout; one short bounded POST, and only
         # when there is something to say (the agent logs successful ADDs itself).
-        if not self.lines:
+        if not self.lines or not self.enabled:
             return
-        payload = "".join(self.lines).encode()
+        payload = "".join(self.lines).encode("utf-8", "replace")
         self.lines = []
         try:
             _post(self.sock_path, LOG_PATH, payload, LOG_FLUSH_TIMEOUT)
-        except (OSError, AgentUnavailable):
+        except (OSError, ValueError, AgentUnavailable):
             pass  # stderr already has every line
 
 

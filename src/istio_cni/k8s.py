@@ -4,9 +4,11 @@ The plugin must not import ``kubernetes`` (about 270 ms); one GET of one pod nee
 socket, TLS and a small HTTP/1.1 reader (``transport``).
 
 Retry policy (upstream ``cni/pkg/plugin``: 30 attempts, 1 s apart, configurable here):
-404 and transport errors retry (the pod may not be visible yet, the API may be
-restarting); 401/403 fail at once, since waiting will not fix credentials or RBAC;
-when the attempts run out the ADD fails with code 11 (try again later) and the last cause.
+404, 5xx and every transport failure (refused, reset, timeout, TLS, a malformed or
+oversized answer) retry, since the pod may not be visible yet or the API may be
+restarting; 401/403 fail at once, since waiting will not fix credentials or RBAC. The
+lookup ends when the attempts run out or the lookup deadline passes (the retry budget
+plus one attempt's timeout), with code 11 (try again later) and the last cause.
 """
 
 from __future__ import annotations
@@ -15,22 +17,73 @@ import time
 
 from . import errors
 from .log import log
-from .transport import HTTPError, TLSConn, connect, lean_tls_context, read_response, split_server
+from .transport import (HTTPError, TLSConn, connect, host_header, lean_tls_context, quote_segment,
+                        read_response, split_server)
+
+# DNS-1123 as Kubernetes validates object names (k8s.io/apimachinery validation):
+# a namespace is a label (<= 63), a pod name a subdomain (<= 253) of such labels.
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _is_label(s: str, max_len: int) -> bool:
+    return 0 < len(s) <= max_len and s[0] != "-" and s[-1] != "-" and _LABEL_CHARS.issuperset(s)
+
+
+def is_dns1123_label(s: str) -> bool:
+    return _is_label(s, 63)
+
+
+def is_dns1123_subdomain(s: str) -> bool:
+    return 0 < len(s) <= 253 and all(_is_label(part, 253) for part in s.split("."))
+
+
+def check_pod_ref(namespace: str, name: str) -> None:
+    """Refuse (code 7, naming the CNI_ARGS key) a pod reference the API could not hold,
+    before it goes into any request: ``../``, spaces, CR/LF, upper case, over-long."""
+    if not is_dns1123_label(namespace):
+        raise errors.InvalidNetworkConfig(
+            "invalid K8S_POD_NAMESPACE in CNI_ARGS",
+            f"{namespace[:80]!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters)")
+    if not is_dns1123_subdomain(name):
+        raise errors.InvalidNetworkConfig(
+            "invalid K8S_POD_NAME in CNI_ARGS",
+            f"{name[:80]!r} is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', "
+            "each dot-separated part starting and ending with a letter or digit, at most 253 characters)")
+
+
+def pod_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{quote_segment(namespace)}/pods/{quote_segment(name)}"
+
+
+_MAX_TOKEN = 64 << 10  # projected service-account tokens are 1-2 KB
 
 
 def bearer_token(cluster) -> str:
-    """The bearer token of a kubeconfig user (inline or from its tokenFile); "" for none."""
-    if cluster.token:
-        return cluster.token
-    if cluster.token_file:
+    """The bearer token of a kubeconfig user (inline or from its tokenFile); "" for none.
+
+    A token that could not travel in an HTTP header (control bytes, non-ASCII) is refused
+    without quoting it: it would split the request or end up in an error message."""
+    token = cluster.token
+    if not token and cluster.token_file:
         try:
-            with open(cluster.token_file) as f:
-                return f.read().strip()
+            with open(cluster.token_file, "rb") as f:
+                raw = f.read(_MAX_TOKEN + 1).strip()
         except OSError as e:
             raise errors.KubernetesLookupError(
                 f"cannot read the service-account token file {cluster.token_file}", e.strerror or ""
             ) from None
-    return ""
+        if len(raw) > _MAX_TOKEN:
+            raise errors.KubernetesLookupError(
+                f"the service-account token file {cluster.token_file} is larger than {_MAX_TOKEN} bytes")
+        token = raw.decode("latin-1")
+        where = f"the service-account token file {cluster.token_file}"
+    else:
+        where = "the kubeconfig user's token"
+    if token and (not token.isascii() or any(c < " " or c == "\x7f" for c in token)):
+        raise errors.KubernetesLookupError(
+            f"{where} contains bytes not allowed in an HTTP header (non-ASCII or control characters)")
+    return token or ""
 
 
 class Client:
@@ -44,17 +97,20 @@ class Client:
         self._token = bearer_token(cluster)
 
     def get(self, path: str, timeout: float | None = None):
-        t = self.timeout if timeout is None else timeout
-        sock = connect(self.host, self.port, t)
+        """One attempt, all of it (connect, TLS handshake, send, the whole answer) bounded by
+        ``timeout``. Raises ``HTTPError`` for a non-200, ``OSError``/``ValueError`` else."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        sock = connect(self.host, self.port, deadline)
         try:
             if self._ctx is not None:
-                sock = TLSConn(self._ctx, sock, self.host)
-            req = [f"GET {self.prefix}{path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                sock = TLSConn(self._ctx, sock, self.host, deadline)
+            req = [f"GET {self.prefix}{path} HTTP/1.1", f"Host: {host_header(self.host, self.port)}",
                    "Accept: application/json", "User-Agent: istio-cni-python", "Connection: close"]
             if self._token:
                 req.append(f"Authorization: Bearer {self._token}")
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(("\r\n".join(req) + "\r\n\r\n").encode())
-            status, reason, body = read_response(sock)
+            status, reason, body = read_response(sock, deadline)
         finally:
             sock.close()
         if status != 200:
@@ -68,27 +124,42 @@ def _status_message(body: bytes) -> str:
     try:
         from ._fastpath import json_loads
 
-        return str(json_loads(body).get("message", ""))
+        return str(json_loads(body).get("message", ""))[:300]
     except Exception:
         return body[:200].decode("utf-8", "replace")
 
 
+def _client(conf) -> Client:
+    from .kubeconfig import load
+
+    try:
+        return Client(load(conf.kubeconfig))
+    except errors.CNIError:
+        raise
+    except ValueError as e:  # KubeconfigError, or a server URL transport cannot use
+        raise errors.KubernetesLookupError("cannot use the plugin kubeconfig", str(e)) from None
+    except OSError as e:  # unreadable CA/cert files
+        raise errors.KubernetesLookupError("cannot load TLS material from the kubeconfig", str(e)) from None
+
+
 def get_pod(conf, namespace: str, name: str, sleep=time.sleep, client=None) -> dict:
     """GET the pod, retrying as the module docstring describes. Never logs the token."""
+    check_pod_ref(namespace, name)
+    path = pod_path(namespace, name)
     if client is None:
-        from .kubeconfig import KubeconfigError, load
-
-        try:
-            client = Client(load(conf.kubeconfig))
-        except KubeconfigError as e:
-            raise errors.KubernetesLookupError("cannot use the plugin kubeconfig", str(e)) from None
-        except OSError as e:  # unreadable CA/cert files
-            raise errors.KubernetesLookupError("cannot load TLS material from the kubeconfig", str(e)) from None
-    path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        client = _client(conf)
+    attempt_timeout = getattr(client, "timeout", 5.0)
+    lookup_end = time.monotonic() + (conf.lookup_attempts - 1) * conf.retry_interval + attempt_timeout
     last = ""
-    for attempt in range(1, conf.lookup_attempts + 1):
+    attempt = 0
+    while attempt < conf.lookup_attempts:
+        attempt += 1
+        left = lookup_end - time.monotonic()
         try:
-            return client.get(path)
+            pod = client.get(path, timeout=min(attempt_timeout, max(left, 0.05)))
+            if isinstance(pod, dict):
+                return pod
+            last = f"the API answered a JSON {type(pod).__name__}, not a pod object"
         except HTTPError as e:
             msg = _status_message(e.body)
             if e.status in (401, 403):
@@ -98,13 +169,13 @@ def get_pod(conf, namespace: str, name: str, sleep=time.sleep, client=None) -> d
                     "its token and its ClusterRole (pods get)",
                     msg,
                 ) from None
-            last = f"HTTP {e.status} {e.reason}" + (f": {msg}" if msg else "")
-        except (OSError, ValueError) as e:  # refused, reset, timeout, TLS failure, bad JSON
-            last = f"{type(e).__name__}: {e}"
+            last = f"HTTP {e.status} {e.reason[:80]}" + (f": {msg}" if msg else "")
+        except (OSError, ValueError, RecursionError) as e:
+            # refused, reset, timeout, TLS failure, malformed/oversized answer, bad JSON
+            last = f"{type(e).__name__}: {str(e)[:300]}"
         log.warning("pod lookup failed, retrying", attempt=attempt,
                     attempts=conf.lookup_attempts, cause=last)
-        if attempt < conf.lookup_attempts:
-            sleep(conf.retry_interval)
-    raise errors.TryAgainLater(
-        f"pod {namespace}/{name} not retrievable after {conf.lookup_attempts} attempts", last
-    )
+        if attempt >= conf.lookup_attempts or time.monotonic() + conf.retry_interval >= lookup_end:
+            break
+        sleep(conf.retry_interval)
+    raise errors.TryAgainLater(f"pod {namespace}/{name} not retrievable after {attempt} attempts", last)

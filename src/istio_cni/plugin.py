@@ -85,8 +85,11 @@ def cmd_add(args) -> dict:
         return result
     if conf.agent_socket:
         from .agent_client import try_agent
+        from .k8s import check_pod_ref
 
-        answer = try_agent(conf, args)  # None: agent absent/slow/broken -> direct path
+        # Before any request, the agent's included: a name the API cannot hold is code 7.
+        check_pod_ref(k8s.pod_namespace, k8s.pod_name)
+        answer = try_agent(conf, args, result)  # None: agent absent/slow/garbled -> direct path
         if answer is not None:
             return answer
     ruleset, reason = plan(conf, k8s, args.netconf)

@@ -49,6 +49,7 @@ class Peer:
             except OSError:
                 return
             with conn:
+                self.current = conn
                 req = self._read_request(conn)
                 self.requests.append(req)
                 out = self.reply(req, self)
@@ -177,7 +178,7 @@ def test_slow_agent_times_out_to_direct_path(conf, args, peer, logs):
 def test_agent_dying_mid_request_means_direct_path(conf, args, peer, logs):
     peer(lambda req, _: None)  # read the request, hang up without a word
     assert agent_client.try_agent(conf, args) is None
-    assert "before a complete HTTP header" in logs.getvalue()
+    assert "connection closed in the response head" in logs.getvalue()
 
 
 @pytest.mark.parametrize("raw, why", [
@@ -188,13 +189,69 @@ def test_agent_dying_mid_request_means_direct_path(conf, args, peer, logs):
     (http({"something": 1}), "neither result, error nor fallback"),
     (http({"result": "ok"}), "neither result, error nor fallback"),
     (http({"message": "boom"}, "500 Internal Server Error"), "HTTP 500"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}", "truncated"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}", "connection closed in the response body"),
     (b"SSH-2.0-OpenSSH\r\n\r\n", "malformed status line"),
+    # issue 13: non-UTF-8, oversized, badly framed, nested too deep, an agent-side 999
+    (http(b'{"result": "\xff\xfe"}'), "not JSON"),
+    (http(b"\xc3\x28"), "not JSON"),
+    (http(b"[" * 100_000), "not JSON"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999999\r\n\r\n{}", "larger than"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\n{}", "invalid Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "duplicate content-length"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n", "end of chunk"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+     "ambiguous framing"),
+    (b"HTTP/1.1 200 OK\r\nX: a\nContent-Length: 2\r\n\r\n{}", "bare CR or LF"),
+    (b"HTTP/1.1 200 OK\r\n\r\n" + b" " * (agent_client.MAX_ANSWER + 1), "larger than"),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", "longer than"),
+    (http({"error": {"code": 999, "msg": "agent bug"}}), "agent internal error"),
+    (http({"result": {"cniVersion": "1.0.0", "ips": [{"address": "192.0.2.66/24"}]}}),
+     "differs from the prevResult"),
 ])
 def test_malformed_answers_mean_direct_path(conf, args, peer, logs, raw, why):
     peer(lambda req, _: raw)
+    expected = {"cniVersion": "1.0.0", "ips": [{"address": "169.254.10.2/24"}]}
+    assert agent_client.try_agent(conf, args, expected) is None
+    lines = logs.getvalue().splitlines()
+    assert len(lines) == 1 and why in lines[0]  # logged once
+    assert json.loads(lines[0])["level"] == "warn"
+
+
+def test_trickled_answer_times_out_to_direct_path(conf, args, peer, logs):
+    # One byte at a time, each well inside a per-recv timeout: only a whole-exchange
+    # deadline ends it. The peer stops at teardown at the latest (release).
+    def trickle(req, p):
+        conn = p.current
+        for b in b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"{" * 5000:
+            if p.release.wait(0.05):
+                return None
+            try:
+                conn.sendall(bytes([b]))
+            except OSError:
+                return None
+        return None
+
+    peer(trickle)
     assert agent_client.try_agent(conf, args) is None
-    assert why in logs.getvalue()
+    assert "no answer within 0.5 s" in logs.getvalue()
+
+
+def test_misbehaving_agent_gets_no_log_flush(conf, args, peer):
+    p = peer(lambda req, _: b"garbage\r\n\r\n")
+    assert agent_client.try_agent(conf, args) is None
+    log.info("direct path committed")
+    buf = next(s for s in log.sinks if isinstance(s, agent_client._LogBuffer))
+    buf.flush()
+    assert len(p.requests) == 1  # the CNI request only: no second wait for a broken agent
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan")])
+def test_nonpositive_agent_timeout_goes_direct_at_once(run_dir, args, peer, timeout, logs):
+    conf = parse_conf(dict(NETCONF, cni_agent_run_dir=str(run_dir)))
+    conf = conf.replace(agent_timeout=timeout)
+    p = peer(lambda req, _: http({"result": {}}))
+    assert agent_client.try_agent(conf, args) is None
+    assert p.requests == []
 
 
 def test_logs_are_forwarded_once_at_exit(conf, args, peer):

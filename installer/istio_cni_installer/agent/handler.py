@@ -18,6 +18,7 @@ import threading
 import time
 
 from istio_cni import errors
+from istio_cni.agent_client import MAX_TIMEOUT
 from istio_cni.log import log
 
 # Answer this much before the plugin's own deadline, so the answer is read, not cut off.
@@ -124,9 +125,12 @@ class Handler:
             if not isinstance(req.get(field), str):
                 raise errors.DecodingFailure(f"agent request field {field!r} missing or not a string")
         deadline = req.get("deadline", 2.0)
-        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or deadline <= 0:
+        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or not deadline > 0:
             raise errors.DecodingFailure("agent request field 'deadline' must be a positive number",
-                                         repr(deadline))
+                                         repr(deadline)[:40])
+        # The plugin never waits longer (agent_client.MAX_TIMEOUT); a bigger or infinite value
+        # must not hold a serving thread in the pod getter's wait for ever.
+        deadline = min(deadline, MAX_TIMEOUT)
         netconf = decode_netconf(req["stdin"].encode())
         conf = parse_conf(netconf)
         k8s = parse_k8s_args(req["args"])
