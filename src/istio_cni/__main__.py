@@ -3,14 +3,36 @@
 import sys
 
 
+def _broken_install(exc: BaseException) -> int:
+    """The plugin's own modules failed to import: still one CNI error document on stdout."""
+    from .errors import internal_error
+
+    err = internal_error(exc)
+    try:
+        from ._fastpath import json_dumps
+
+        text = json_dumps(err.to_dict("1.1.0"))
+    except BaseException:
+        text = '{"cniVersion":"1.1.0","code":999,"msg":"internal error: the plugin cannot load its modules"}'
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except Exception:
+        pass
+    return 1
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "validate":  # the istio-validation init container
         from .validate import main as validate_main
 
         sys.exit(validate_main(sys.argv[2:]))
-    from . import transport
-    from .plugin import FUNCS
-    from .skel import plugin_main
+    try:
+        from . import transport
+        from .plugin import FUNCS
+        from .skel import plugin_main
+    except Exception as e:
+        sys.exit(_broken_install(e))
 
     transport.ONE_SHOT_PROCESS = True  # lets TLS skip encodings.idna (transport._ascii_idna)
 

@@ -180,366 +180,195 @@ cdef class Entered:
 
 
 cpdef dict parse_cni_args(str raw):
-    """Parse ``CNI_ARGS`` (``K=V;K2=V2``) as libcni does; empty input gives ``{}``.
+    """Split ``CNI_ARGS`` exactly as libcni's ``types.LoadArgs`` does; empty input gives ``{}``.
 
-    Raises ``ValueError`` naming the bad pair. Values may contain ``=`` (only the first
-    splits); empty pairs from a trailing ``;`` are ignored.
+    Pairs are separated by ``;`` and each must split on ``=`` into exactly two parts, so an
+    empty pair (a trailing ``;``) and a value holding ``=`` are errors, as in libcni. A key
+    given twice keeps its last value. Raises ``ValueError`` naming the bad pair (shortened).
+    Which keys are known, and ``IgnoreUnknown``, are the caller's (``config.parse_k8s_args``).
     """
     cdef dict out = {}
-    cdef str pair, key
-    cdef Py_ssize_t eq
+    cdef str pair
+    cdef list kv
     if not raw:
         return out
     for pair in raw.split(";"):
-        if not pair:
-            continue
-        eq = pair.find("=")
-        if eq <= 0:
-            raise ValueError(f"CNI_ARGS: invalid pair {pair!r} (want KEY=VALUE)")
-        key = pair[:eq]
-        out[key] = pair[eq + 1:]
+        kv = pair.split("=")
+        if len(kv) != 2:
+            shown = pair if len(pair) <= 80 else pair[:80] + "..."
+            raise ValueError(f"CNI_ARGS: invalid pair {shown!r} (want KEY=VALUE)")
+        out[kv[0]] = kv[1]
     return out
 
 
-
 # ---------------------------------------------------------------------------------------
-# JSON: the CNI netconf in, the result/error out, without importing ``json`` (which pulls
-# in ``re`` and ``enum``: several ms per exec). Strict RFC 8259, same results as the
-# stdlib for valid input (the unit tests compare both on generated documents).
+# JSON: the CNI netconf in, the result/error out, on the standard library's own C engine.
+#
+# ``_json`` is what ``json.loads``/``json.dumps`` run on; the ``json`` package around it
+# costs ~13 ms per exec here (it imports ``re`` and builds its decoder classes), ``_json``
+# alone ~0.3 ms. Measured on an ADD through the launcher (benchmarks/RESULTS.md, "JSON
+# codec"): same import time as the former hand-written codec, so the reference engine
+# was kept and the hand-written decoder/encoder removed. What this adds to the engine:
+#
+# * decoding refuses (``ValueError``) what the stdlib would turn into values no CNI peer
+#   can mean: invalid UTF-8 (the stdlib decodes bytes with ``surrogatepass`` and sniffs
+#   UTF-16/32), a byte-order mark, ``NaN``/``Infinity``, numbers beyond the double range,
+#   lone surrogates (``"\ud800"``), nesting deeper than ``MAX_DEPTH``. Everything else
+#   decodes to exactly what ``json.loads`` returns.
+# * encoding is ``json.dumps(obj, separators=(",", ":"), allow_nan=False)``: pure ASCII
+#   (non-ASCII and lone surrogates as ``\uXXXX``), so stdout is valid UTF-8 whatever the
+#   strings hold, and ``json.loads`` of the output equals the input.
 # ---------------------------------------------------------------------------------------
 
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+MAX_DEPTH = 512
+_INF = float("inf")
 
-cdef int _MAX_DEPTH = 512
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON value")
 
 
-cdef class _Reader:
-    cdef bytes buf
-    cdef const unsigned char *s
-    cdef Py_ssize_t n
-    cdef Py_ssize_t i
-    cdef int depth
+def _finite_float(text):
+    v = float(text)
+    if v == _INF or v == -_INF:
+        raise ValueError("number out of the double range")
+    return v
 
-    def __cinit__(self, bytes buf):
-        self.buf = buf
-        self.s = buf
-        self.n = len(buf)
-        self.i = 0
-        self.depth = 0
 
-    cdef object fail(self, str what):
-        return ValueError(f"{what} at byte {self.i}")
+def _not_serializable(o):
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
 
-    cdef inline void ws(self):
-        cdef unsigned char c
-        while self.i < self.n:
-            c = self.s[self.i]
-            if c == 32 or c == 10 or c == 13 or c == 9:
-                self.i += 1
-            else:
-                break
 
-    cdef object value(self):
-        cdef unsigned char c
-        self.ws()
-        if self.i >= self.n:
-            raise self.fail("unexpected end of input")
-        c = self.s[self.i]
-        if c == 123:  # {
-            return self.obj()
-        if c == 91:  # [
-            return self.arr()
-        if c == 34:  # "
-            return self.string()
-        if c == 116 and self.n - self.i >= 4 and self.s[self.i+1] == 114 and self.s[self.i+2] == 117 and self.s[self.i+3] == 101:
-            self.i += 4
-            return True
-        if c == 102 and self.n - self.i >= 5 and self.buf[self.i:self.i+5] == b"false":
-            self.i += 5
-            return False
-        if c == 110 and self.n - self.i >= 4 and self.buf[self.i:self.i+4] == b"null":
-            self.i += 4
-            return None
-        if c == 45 or (48 <= c <= 57):
-            return self.number()
-        raise self.fail(f"unexpected character {chr(c)!r}")
+class _ScanContext:
+    """The attributes ``_json.make_scanner`` reads from a ``json.JSONDecoder``."""
 
-    cdef object obj(self):
-        cdef dict out = {}
-        cdef object key
-        self.depth += 1
-        if self.depth > _MAX_DEPTH:
-            raise self.fail("nesting too deep")
-        self.i += 1
-        self.ws()
-        if self.i < self.n and self.s[self.i] == 125:
-            self.i += 1
-            self.depth -= 1
-            return out
-        while True:
-            self.ws()
-            if self.i >= self.n or self.s[self.i] != 34:
-                raise self.fail("expected a string key")
-            key = self.string()
-            self.ws()
-            if self.i >= self.n or self.s[self.i] != 58:
-                raise self.fail("expected ':'")
-            self.i += 1
-            out[key] = self.value()
-            self.ws()
-            if self.i >= self.n:
-                raise self.fail("unterminated object")
-            if self.s[self.i] == 44:
-                self.i += 1
-                continue
-            if self.s[self.i] == 125:
-                self.i += 1
-                self.depth -= 1
-                return out
-            raise self.fail("expected ',' or '}'")
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_int = int
+    parse_float = staticmethod(_finite_float)
+    parse_constant = staticmethod(_refuse_constant)
+    memo = None
 
-    cdef object arr(self):
-        cdef list out = []
-        self.depth += 1
-        if self.depth > _MAX_DEPTH:
-            raise self.fail("nesting too deep")
-        self.i += 1
-        self.ws()
-        if self.i < self.n and self.s[self.i] == 93:
-            self.i += 1
-            self.depth -= 1
-            return out
-        while True:
-            out.append(self.value())
-            self.ws()
-            if self.i >= self.n:
-                raise self.fail("unterminated array")
-            if self.s[self.i] == 44:
-                self.i += 1
-                continue
-            if self.s[self.i] == 93:
-                self.i += 1
-                self.depth -= 1
-                return out
-            raise self.fail("expected ',' or ']'")
 
-    cdef int hex4(self) except -1:
-        cdef int v = 0
-        cdef int k
-        cdef unsigned char c
-        if self.n - self.i < 4:
-            raise self.fail("truncated \\u escape")
-        for k in range(4):
-            c = self.s[self.i + k]
-            v <<= 4
-            if 48 <= c <= 57:
-                v |= c - 48
-            elif 97 <= c <= 102:
-                v |= c - 87
-            elif 65 <= c <= 70:
-                v |= c - 55
-            else:
-                raise self.fail("bad \\u escape")
-        self.i += 4
-        return v
+cdef object _scan_once = None
+cdef object _quote_ascii = None
+cdef object _make_encoder = None
 
-    cdef object string(self):
-        cdef Py_ssize_t start
-        cdef unsigned char c
-        cdef list parts = None
-        cdef int cp, lo
-        self.i += 1
-        start = self.i
-        while True:
-            if self.i >= self.n:
-                raise self.fail("unterminated string")
-            c = self.s[self.i]
-            if c == 34:
-                chunk = PyUnicode_DecodeUTF8(<const char*>self.s + start, self.i - start, NULL)
-                self.i += 1
-                if parts is None:
-                    return chunk
-                parts.append(chunk)
-                return "".join(parts)
-            if c < 32:
-                raise self.fail("control character in string")
-            if c != 92:
-                self.i += 1
-                continue
-            if parts is None:
-                parts = []
-            parts.append(PyUnicode_DecodeUTF8(<const char*>self.s + start, self.i - start, NULL))
-            self.i += 1
-            if self.i >= self.n:
-                raise self.fail("unterminated escape")
-            c = self.s[self.i]
-            self.i += 1
-            if c == 34:
-                parts.append('"')
-            elif c == 92:
-                parts.append("\\")
-            elif c == 47:
-                parts.append("/")
-            elif c == 98:
-                parts.append("\b")
-            elif c == 102:
-                parts.append("\f")
-            elif c == 110:
-                parts.append("\n")
-            elif c == 114:
-                parts.append("\r")
-            elif c == 116:
-                parts.append("\t")
-            elif c == 117:
-                cp = self.hex4()
-                if 0xD800 <= cp <= 0xDBFF and self.n - self.i >= 6 and self.s[self.i] == 92 and self.s[self.i+1] == 117:
-                    self.i += 2
-                    lo = self.hex4()
-                    if 0xDC00 <= lo <= 0xDFFF:
-                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
-                        parts.append(chr(cp))
-                    else:
-                        parts.append(chr(cp))
-                        parts.append(chr(lo))
-                else:
-                    parts.append(chr(cp))
-            else:
-                raise self.fail("invalid escape")
-            start = self.i
 
-    cdef object number(self):
-        cdef Py_ssize_t start = self.i
-        cdef bint is_float = False
-        cdef unsigned char c
-        if self.s[self.i] == 45:
-            self.i += 1
-        if self.i >= self.n:
-            raise self.fail("truncated number")
-        if self.s[self.i] == 48:
-            self.i += 1
-        elif 49 <= self.s[self.i] <= 57:
-            while self.i < self.n and 48 <= self.s[self.i] <= 57:
-                self.i += 1
+cdef void _load_engine() except *:
+    global _scan_once, _quote_ascii, _make_encoder
+    import _json
+
+    _quote_ascii = _json.encode_basestring_ascii
+    _make_encoder = _json.make_encoder
+    _scan_once = _json.make_scanner(_ScanContext())
+
+
+cdef Py_ssize_t _skip_ws(str s, Py_ssize_t i):
+    cdef Py_ssize_t n = len(s)
+    cdef Py_UCS4 c
+    while i < n:
+        c = s[i]
+        if c == 32 or c == 10 or c == 13 or c == 9:
+            i += 1
         else:
-            raise self.fail("bad number")
-        if self.i < self.n and self.s[self.i] == 46:
-            is_float = True
-            self.i += 1
-            if self.i >= self.n or not (48 <= self.s[self.i] <= 57):
-                raise self.fail("bad fraction")
-            while self.i < self.n and 48 <= self.s[self.i] <= 57:
-                self.i += 1
-        if self.i < self.n and (self.s[self.i] == 101 or self.s[self.i] == 69):
-            is_float = True
-            self.i += 1
-            if self.i < self.n and (self.s[self.i] == 43 or self.s[self.i] == 45):
-                self.i += 1
-            if self.i >= self.n or not (48 <= self.s[self.i] <= 57):
-                raise self.fail("bad exponent")
-            while self.i < self.n and 48 <= self.s[self.i] <= 57:
-                self.i += 1
-        text = self.buf[start:self.i]
-        return float(text) if is_float else int(text)
+            break
+    return i
+
+
+cdef bint _bad_str(str s):
+    if s.isascii():
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+cdef bint _has_lone_surrogate(object value):
+    cdef list todo = [value]
+    while todo:
+        v = todo.pop()
+        if type(v) is str:
+            if _bad_str(<str>v):
+                return True
+        elif type(v) is dict:
+            for k, x in (<dict>v).items():
+                if _bad_str(<str>k):
+                    return True
+                todo.append(x)
+        elif type(v) is list:
+            todo.extend(<list>v)
+    return False
+
+
+cdef int _depth(object value):
+    cdef int deepest = 0
+    cdef int d
+    cdef list todo = [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if type(v) is dict:
+            v = list((<dict>v).values())
+        elif type(v) is not list:
+            continue
+        if d > deepest:
+            deepest = d
+        for x in <list>v:
+            todo.append((x, d + 1))
+    return deepest
 
 
 def json_loads(data):
-    """Decode one JSON document (bytes, bytearray or str); ``ValueError`` on bad input."""
-    cdef _Reader r
+    """Decode one JSON document (bytes, bytearray, memoryview or str) like ``json.loads``,
+    or raise ``ValueError`` (see the section comment for what is refused)."""
+    cdef str text
+    cdef Py_ssize_t i, end
+    if _scan_once is None:
+        _load_engine()
     if isinstance(data, str):
-        data = (<str>data).encode("utf-8", "surrogatepass")
-    elif not isinstance(data, bytes):
-        data = bytes(data)
-    r = _Reader(data)
-    try:
-        out = r.value()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"invalid UTF-8 in JSON string: {e.reason}") from None
-    r.ws()
-    if r.i != r.n:
-        raise r.fail("extra data after the document")
-    return out
-
-
-cdef str _ESC_CHARS = '"\\\n\r\t\b\f'
-
-
-cdef str _quote(str s):
-    cdef Py_UCS4 ch
-    cdef bint plain = True
-    for ch in s:
-        if ch < 32 or ch == 34 or ch == 92:
-            plain = False
-            break
-    if plain:
-        return '"' + s + '"'
-    out = []
-    for ch in s:
-        if ch == 34:
-            out.append('\\"')
-        elif ch == 92:
-            out.append("\\\\")
-        elif ch == 10:
-            out.append("\\n")
-        elif ch == 13:
-            out.append("\\r")
-        elif ch == 9:
-            out.append("\\t")
-        elif ch == 8:
-            out.append("\\b")
-        elif ch == 12:
-            out.append("\\f")
-        elif ch < 32:
-            out.append("\\u%04x" % <int>ch)
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-cdef void _dump(object o, list out, int depth) except *:
-    if depth > _MAX_DEPTH:
-        raise ValueError("nesting too deep to encode")
-    if o is None:
-        out.append("null")
-    elif o is True:
-        out.append("true")
-    elif o is False:
-        out.append("false")
-    elif isinstance(o, str):
-        out.append(_quote(o))
-    elif isinstance(o, int):
-        out.append(int.__repr__(o))
-    elif isinstance(o, float):
-        if o != o or o in (float("inf"), float("-inf")):
-            raise ValueError(f"cannot encode {o!r} as JSON")
-        out.append(float.__repr__(o))
-    elif isinstance(o, dict):
-        out.append("{")
-        first = True
-        for k, v in (<dict>o).items():
-            if not isinstance(k, str):
-                raise TypeError(f"JSON object keys must be str, not {type(k).__name__}")
-            if not first:
-                out.append(",")
-            first = False
-            out.append(_quote(k))
-            out.append(":")
-            _dump(v, out, depth + 1)
-        out.append("}")
-    elif isinstance(o, (list, tuple)):
-        out.append("[")
-        first = True
-        for v in o:
-            if not first:
-                out.append(",")
-            first = False
-            _dump(v, out, depth + 1)
-        out.append("]")
+        text = <str>data
+        if _bad_str(text):
+            raise ValueError("lone surrogate in JSON text")
     else:
-        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"invalid UTF-8 at byte {e.start}") from None
+    i = _skip_ws(text, 0)
+    try:
+        value, end = _scan_once(text, i)
+    except StopIteration as e:
+        raise ValueError(f"expecting a JSON value at char {e.value}") from None
+    except RecursionError:
+        raise ValueError(f"JSON nesting deeper than {MAX_DEPTH}") from None
+    end = _skip_ws(text, end)
+    if end != len(text):
+        raise ValueError(f"extra data after the JSON document at char {end}")
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):
+        raise ValueError("lone surrogate escape in a JSON string")
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise ValueError(f"JSON nesting deeper than {MAX_DEPTH}")
+    return value
 
 
 def json_dumps(obj):
-    """Encode compactly (``separators=(",", ":")``, non-ASCII kept), key order preserved."""
-    cdef list out = []
-    _dump(obj, out, 0)
-    return "".join(out)
+    """``json.dumps(obj, separators=(",", ":"), allow_nan=False)``: compact, key order kept,
+    pure ASCII. ``ValueError`` for NaN/infinity, cycles and too deep nesting; ``TypeError``
+    for objects JSON has no form for."""
+    if _scan_once is None:
+        _load_engine()
+    encode = _make_encoder({}, _not_serializable, _quote_ascii, None, ":", ",", False, False, False)
+    try:
+        return "".join(encode(obj, 0))
+    except RecursionError:
+        raise ValueError("nesting too deep to encode as JSON") from None
+
+
+def json_quote(str s):
+    """``s`` as a JSON string literal (ASCII, every control character escaped)."""
+    if _scan_once is None:
+        _load_engine()
+    return _quote_ascii(s)

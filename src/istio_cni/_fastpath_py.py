@@ -126,24 +126,92 @@ def parse_cni_args(raw: str) -> dict[str, str]:
     if not raw:
         return out
     for pair in raw.split(";"):
-        if not pair:
-            continue
-        eq = pair.find("=")
-        if eq <= 0:
-            raise ValueError(f"CNI_ARGS: invalid pair {pair!r} (want KEY=VALUE)")
-        out[pair[:eq]] = pair[eq + 1 :]
+        kv = pair.split("=")
+        if len(kv) != 2:
+            shown = pair if len(pair) <= 80 else pair[:80] + "..."
+            raise ValueError(f"CNI_ARGS: invalid pair {shown!r} (want KEY=VALUE)")
+        out[kv[0]] = kv[1]
     return out
+
+
+# JSON: the same contract as the compiled module (its section comment), through the
+# ``json`` package instead of driving ``_json`` directly.
+MAX_DEPTH = 512
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text):
+    v = float(text)
+    if v in (float("inf"), float("-inf")):
+        raise ValueError("number out of the double range")
+    return v
+
+
+def _bad_str(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _walk(value, depth=1):
+    """Yield (depth, str) for every string (keys too) and (depth, None) per container."""
+    if isinstance(value, str):
+        yield depth, value
+    elif isinstance(value, dict):
+        yield depth, None
+        for k, v in value.items():
+            yield depth, k
+            yield from _walk(v, depth + 1)
+    elif isinstance(value, list):
+        yield depth, None
+        for v in value:
+            yield from _walk(v, depth + 1)
 
 
 def json_loads(data):
     import json
 
-    if isinstance(data, (bytes, bytearray)):
-        data = bytes(data).decode("utf-8")
-    return json.loads(data)
+    if isinstance(data, str):
+        text = data
+        if _bad_str(text):
+            raise ValueError("lone surrogate in JSON text")
+    else:
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"invalid UTF-8 at byte {e.start}") from None
+    if text.startswith("\ufeff"):
+        raise ValueError("byte-order mark before the JSON document")
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError(f"JSON nesting deeper than {MAX_DEPTH}") from None
+    try:
+        for depth, s in _walk(value):
+            if s is None and depth > MAX_DEPTH:
+                raise ValueError(f"JSON nesting deeper than {MAX_DEPTH}")
+            if s is not None and _bad_str(s):
+                raise ValueError("lone surrogate escape in a JSON string")
+    except RecursionError:
+        raise ValueError(f"JSON nesting deeper than {MAX_DEPTH}") from None
+    return value
 
 
 def json_dumps(obj) -> str:
     import json
 
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise ValueError("nesting too deep to encode as JSON") from None
+
+
+def json_quote(s: str) -> str:
+    import json
+
+    return json.dumps(s)

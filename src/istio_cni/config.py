@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from . import errors
 from .value import Value
+from .versions import SUPPORTED_VERSIONS
 
 DEFAULT_RUN_DIR = "/var/run/istio-cni"
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
@@ -65,6 +66,53 @@ def _str_list(conf: dict, key: str, where: str = "") -> tuple[str, ...]:
     return tuple(val)
 
 
+def _path(conf: dict, key: str, where: str = "") -> str:
+    """A file/dir path from the netconf: a string without NUL (the kernel cannot take one)."""
+    val = _get(conf, key, str, "", where) or ""
+    if "\0" in val:
+        raise errors.InvalidNetworkConfig(f"network config key {where + key!r} holds a NUL character", "")
+    return val
+
+
+def _prev_result_problem(prev) -> str:
+    """Where ``prevResult`` has a shape ``versions.convert_result`` cannot read ("" if none).
+
+    The CNI spec fixes the result's shape; only the parts we read or convert are checked,
+    everything else is handed on untouched."""
+    if not prev or not isinstance(prev, dict):
+        return ""  # absent (falsy) or not an object: plugin.prev_result reports it
+    ver = prev.get("cniVersion")
+    if ver is not None and not isinstance(ver, str):
+        return "prevResult.cniVersion must be a string"
+    if ver and ver not in SUPPORTED_VERSIONS:
+        return "prevResult.cniVersion is not a CNI version this plugin knows"
+    for key, fields in (("ips", ("address", "version")), ("routes", ("dst",))):
+        items = prev.get(key)
+        if not items:
+            continue
+        if not isinstance(items, list):
+            return f"prevResult.{key} must be a list"
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                return f"prevResult.{key}[{i}] must be an object"
+            for f in fields:
+                if item.get(f) is not None and not isinstance(item[f], str):
+                    return f"prevResult.{key}[{i}].{f} must be a string"
+    for key in ("ip4", "ip6"):  # the 0.1/0.2 shape
+        block = prev.get(key)
+        if not block:
+            continue
+        if not isinstance(block, dict):
+            return f"prevResult.{key} must be an object"
+        if block.get("ip") is not None and not isinstance(block["ip"], str):
+            return f"prevResult.{key}.ip must be a string"
+        routes = block.get("routes")
+        if routes and not (isinstance(routes, list) and all(
+                isinstance(r, dict) and (r.get("dst") is None or isinstance(r["dst"], str)) for r in routes)):
+            return f"prevResult.{key}.routes must be a list of objects with string dst"
+    return ""
+
+
 def parse_conf(conf: dict) -> PluginConf:
     if _get(conf, "ambient_enabled", bool, False):
         raise errors.InvalidNetworkConfig(
@@ -75,10 +123,13 @@ def parse_conf(conf: dict) -> PluginConf:
     k8s = {} if k8s is None else k8s
     if not isinstance(k8s, dict):
         raise errors.InvalidNetworkConfig("network config key 'kubernetes' must be an object", repr(k8s))
-    run_dir = _get(conf, "cni_agent_run_dir", str, "") or ""
-    kubeconfig = _get(k8s, "kubeconfig", str, "", "kubernetes.") or ""
+    run_dir = _path(conf, "cni_agent_run_dir")
+    kubeconfig = _path(k8s, "kubeconfig", "kubernetes.")
     if not kubeconfig:
         kubeconfig = f"{run_dir or DEFAULT_RUN_DIR}/{KUBECONFIG_NAME}"
+    problem = _prev_result_problem(conf.get("prevResult"))
+    if problem:
+        raise errors.InvalidNetworkConfig("network config key 'prevResult' is malformed", problem)
     excl = _str_list(conf, "exclude_namespaces") + _str_list(k8s, "exclude_namespaces", "kubernetes.")
     backend = _get(conf, "netfilter_backend", str, "auto")
     if _get(conf, "native_nftables", bool, False) and backend == "auto":
@@ -129,10 +180,15 @@ class K8sArgs(Value):
 _K8S_KEYS = {"K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IgnoreUnknown"}
 
 
-def parse_k8s_args(raw: str) -> K8sArgs:
-    """Parse ``CNI_ARGS`` like libcni's ``types.LoadArgs`` into ``K8sArgs``.
+# libcni's UnmarshallableBool (``IgnoreUnknown``): these spellings, case-insensitively, else an error.
+_ARG_BOOLS = {"1": True, "true": True, "0": False, "false": False}
 
-    Unknown keys are an error unless ``IgnoreUnknown`` is true (code 7, naming the keys).
+
+def parse_k8s_args(raw: str) -> K8sArgs:
+    """Parse ``CNI_ARGS`` like libcni's ``types.LoadArgs`` into ``K8sArgs`` (code 7 on error).
+
+    Pair splitting is ``_fastpath.parse_cni_args``; here, as in LoadArgs: ``IgnoreUnknown``
+    must be 1/true/0/false (any case), and unknown keys are an error unless it is true.
     """
     from ._fastpath import parse_cni_args
 
@@ -140,11 +196,18 @@ def parse_k8s_args(raw: str) -> K8sArgs:
         pairs = parse_cni_args(raw)
     except ValueError as e:
         raise errors.InvalidNetworkConfig("invalid CNI_ARGS", str(e)) from None
-    ignore = pairs.get("IgnoreUnknown", "").lower() in ("1", "true", "t")
+    ignore = False
+    if "IgnoreUnknown" in pairs:
+        ignore = _ARG_BOOLS.get(pairs["IgnoreUnknown"].lower())
+        if ignore is None:
+            raise errors.InvalidNetworkConfig(
+                "invalid CNI_ARGS", "IgnoreUnknown must be 1, true, 0 or false"
+            )
     unknown = sorted(k for k in pairs if k not in _K8S_KEYS)
     if unknown and not ignore:
+        shown = ", ".join(k if len(k) <= 64 else k[:64] + "..." for k in unknown[:10])
         raise errors.InvalidNetworkConfig(
-            "unknown keys in CNI_ARGS (set IgnoreUnknown=1 to allow them)", ", ".join(unknown)
+            "unknown keys in CNI_ARGS (set IgnoreUnknown=1 to allow them)", shown
         )
     return K8sArgs(
         pod_namespace=pairs.get("K8S_POD_NAMESPACE", ""),

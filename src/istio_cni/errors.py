@@ -11,6 +11,33 @@ from __future__ import annotations
 _BY_CODE: dict[int, type["CNIError"]] = {}
 
 
+# ---- secrets: registered once where they are read, removed from everything we print -------
+
+REDACTED = "[redacted]"
+_SECRETS: set[str] = set()
+_MIN_SECRET = 6  # shorter strings are not credentials; redacting them would garble messages
+
+
+def register_secret(value) -> None:
+    """Remember a credential (bearer token, private key data) read by this process, so that
+    ``redact`` removes it from every error and log line, whatever path it took there."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        for v in {value, value.strip()}:
+            if len(v) >= _MIN_SECRET:
+                _SECRETS.add(v)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``[redacted]``."""
+    if _SECRETS and isinstance(text, str):
+        for secret in _SECRETS:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+    return text
+
+
 class CNIError(Exception):
     """Base class. ``code`` and the default ``msg`` are class attributes."""
 
@@ -30,9 +57,9 @@ class CNIError(Exception):
             _BY_CODE[cls.code] = cls
 
     def to_dict(self, cni_version: str) -> dict:
-        out: dict = {"cniVersion": cni_version, "code": self.code, "msg": self.msg}
+        out: dict = {"cniVersion": cni_version, "code": self.code, "msg": redact(str(self.msg))}
         if self.details:
-            out["details"] = self.details
+            out["details"] = redact(str(self.details))
         return out
 
 
@@ -118,3 +145,45 @@ class RulesMismatch(CNIError):
     """CHECK found the netns rules differ from what ADD would commit now."""
 
     code, msg = 103, "redirect rules missing or different"
+
+
+# ---- internal errors: where it broke, never the values it broke on ---------------------------
+
+
+def describe(exc: BaseException) -> str:
+    """``exc``'s message, safe to print: never its repr (a ``UnicodeDecodeError``'s repr
+    holds the bytes it was decoding, e.g. a whole token file), never a missing key (a
+    ``KeyError``'s message is that key's repr), shortened, registered secrets redacted."""
+    if isinstance(exc, UnicodeError) and hasattr(exc, "reason"):
+        where = getattr(exc, "start", None)
+        text = f"{getattr(exc, 'encoding', 'codec')}: {exc.reason}"
+        return text + (f" at position {where}" if where is not None else "")
+    if isinstance(exc, KeyError):
+        return "missing key"
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return redact(text)
+
+
+def internal_error(exc: BaseException) -> "InternalError":
+    """A code-999 error for an exception nobody turned into a ``CNIError``: the types, the
+    frames (file, line, function) and safe messages of its chain; no locals, no source
+    lines, no reprs."""
+    chain, seen, e = [], set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+    lines = ["Traceback (most recent call last):"]
+    for e in reversed(chain):
+        tb = e.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            lines.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}')
+            tb = tb.tb_next
+        lines.append(f"{type(e).__name__}: {describe(e)}")
+    return InternalError(f"internal error: {type(exc).__name__}: {describe(exc)}", "\n".join(lines))

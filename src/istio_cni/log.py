@@ -3,7 +3,8 @@
 stdout is the CNI protocol, so nothing here ever writes to it. The stdlib ``logging``
 package costs several milliseconds to import on every pod ADD; this logger is a few
 lines, writes one JSON object per line, and binds pod/container context once.
-Tokens and other secrets must never be passed in ``fields``.
+Tokens and other secrets must never be passed in ``fields``; as a second line of defence,
+every string is run through ``errors.redact`` (secrets registered where they are read).
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from __future__ import annotations
 import sys
 import time
 
+# The stdlib's C string quoting (what json.dumps uses), without the ``json`` package: every
+# line is pure ASCII JSON whatever a value holds (control characters, non-UTF-8 bytes that
+# reached us as surrogate escapes, lone surrogates).
+from _json import encode_basestring_ascii as _quote
+
+from .errors import redact
+
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "none": 100}
 
 
 def _esc(s: str) -> str:
-    # Minimal JSON string escaping without importing json on the logging path.
-    out = s.replace("\\", "\\\\").replace('"', '\\"')
-    if any(ord(c) < 0x20 for c in out):
-        out = "".join(c if ord(c) >= 0x20 else f"\\u{ord(c):04x}" for c in out)
-    return '"' + out + '"'
+    return _quote(redact(s if type(s) is str else str(s)))
 
 
 def _val(v: object) -> str:
@@ -29,11 +33,17 @@ def _val(v: object) -> str:
         return "true"
     if v is False:
         return "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if isinstance(v, float):
+        return float.__repr__(v) if v - v == 0.0 else _esc(repr(v))  # nan/inf are not JSON
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(_val(x) for x in v) + "]"
-    return _esc(str(v))
+    try:
+        text = str(v)
+    except Exception:  # a broken __str__ must not cost the line
+        text = f"<unprintable {type(v).__name__}>"
+    return _esc(text)
 
 
 class Logger:
@@ -69,7 +79,7 @@ class Logger:
         try:
             self.stream.write(line)
             self.stream.flush()
-        except (OSError, ValueError):
+        except Exception:  # stderr closed or gone: logging must never fail the command
             pass
         for sink in self.sinks:
             try:

@@ -7,6 +7,12 @@ into stdout JSON and an exit code. Nothing else in the package writes to stdout.
 Per-command required variables follow libcni's skel table; every missing variable is
 named in one error (code 4). ``CNI_NETNS`` must be a network namespace for ADD and
 CHECK (code 8); DEL tolerates a vanished one, as the spec requires.
+
+Whatever bytes arrive, stdout carries exactly one JSON document (pure ASCII, so valid
+UTF-8) and the exit status is non-zero on error: an environment value that is not UTF-8
+is code 4 naming the variable, stdin is read up to ``MAX_STDIN_BYTES`` (more is code 6),
+undecodable JSON is code 6, and an exception nobody expected becomes code 999 carrying
+only types, frames and safe messages (``errors.internal_error``), never reprs or values.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ from .versions import LATEST, SUPPORTED_VERSIONS, vtuple
 ABOUT = "istio-cni plugin (Python) CNI protocol versions " + ", ".join(SUPPORTED_VERSIONS)
 
 _COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+# The CNI variables we read; each must be valid UTF-8 (os.environ holds undecodable bytes
+# as lone surrogate escapes, which no path, name or JSON document can carry).
+_CNI_VARS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+# A netconf with its prevResult is a few KiB; a bounded read keeps a runaway writer from
+# growing the plugin's memory without limit.
+MAX_STDIN_BYTES = 4 << 20
 # var -> commands that require it (libcni skel's reqForCmd table).
 _REQUIRED = {
     "CNI_CONTAINERID": ("ADD", "CHECK", "DEL"),
@@ -58,6 +70,45 @@ def dumps(obj) -> str:
     from ._fastpath import json_dumps
 
     return json_dumps(obj)
+
+
+def _shorten(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_encoding(env) -> None:
+    """Every CNI variable must be valid UTF-8 (code 4 naming them; the values are not echoed)."""
+    bad = []
+    for name in _CNI_VARS:
+        value = env.get(name)
+        if value and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                bad.append(name)
+    if bad:
+        raise errors.InvalidEnvironmentVariables(
+            f"env variables [{','.join(bad)}] are not valid UTF-8", ""
+        )
+
+
+def read_stdin(stdin) -> bytes:
+    """At most ``MAX_STDIN_BYTES`` of stdin (code 6 beyond that, code 5 if it cannot be read)."""
+    if stdin is None:  # fd 0 closed: nothing to read
+        return b""
+    try:
+        data = stdin.read(MAX_STDIN_BYTES + 1)
+    except OSError as e:
+        raise errors.IOFailure("cannot read the network configuration from stdin", e.strerror or "") from None
+    if data is None:  # non-blocking stdin with nothing ready
+        return b""
+    if isinstance(data, str):  # a text stream in tests
+        data = data.encode("utf-8", "surrogateescape")
+    if len(data) > MAX_STDIN_BYTES:
+        raise errors.DecodingFailure(
+            f"network configuration larger than {MAX_STDIN_BYTES} bytes", "stdin not read further"
+        )
+    return data
 
 
 def check_env(command: str, env) -> None:
@@ -106,15 +157,22 @@ def conf_version(conf: dict) -> str:
         raise errors.InvalidNetworkConfig("cniVersion must be a string", repr(v))
     if v not in SUPPORTED_VERSIONS:
         raise errors.IncompatibleCNIVersion(
-            f'incompatible CNI versions; config is "{v}", plugin supports {list(SUPPORTED_VERSIONS)}'
+            f'incompatible CNI versions; config is "{_shorten(v)}", plugin supports {list(SUPPORTED_VERSIONS)}'
         )
     return v
 
 
-def _write(stream, obj) -> None:
-    stream.write(dumps(obj))
-    stream.write("\n")
-    stream.flush()
+def _write(stream, obj) -> bool:
+    """Print ``obj`` as the one stdout document; False if stdout is gone (closed, EPIPE)."""
+    text = dumps(obj) + "\n"
+    if stream is None:
+        return False
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def plugin_main(funcs, env=None, stdin=None, stdout=None) -> int:
@@ -125,16 +183,20 @@ def plugin_main(funcs, env=None, stdin=None, stdout=None) -> int:
     command = env.get("CNI_COMMAND", "")
     version = LATEST
     try:
+        check_encoding(env)
         if not command:
-            sys.stderr.write(ABOUT + "\n")
+            if sys.stderr is not None:
+                sys.stderr.write(ABOUT + "\n")
             return 0
         if command not in _COMMANDS:
-            raise errors.InvalidEnvironmentVariables(f"unknown CNI_COMMAND: {command}")
+            raise errors.InvalidEnvironmentVariables(f"unknown CNI_COMMAND: {_shorten(command)}")
         check_env(command, env)
-        raw = (stdin if stdin is not None else sys.stdin.buffer).read()
+        if stdin is None:
+            stdin = getattr(sys.stdin, "buffer", None)
+        raw = read_stdin(stdin)
         if command == "VERSION":
-            _write(stdout, {"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)})
-            return 0
+            ok = _write(stdout, {"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)})
+            return 0 if ok else 1
         conf = decode_netconf(raw)
         version = conf_version(conf)
         need = _MIN_VERSION.get(command)
@@ -156,7 +218,7 @@ def plugin_main(funcs, env=None, stdin=None, stdout=None) -> int:
         )
         result = funcs[command](args)
         if result is not None:
-            _write(stdout, result)
+            return 0 if _write(stdout, result) else 1
         return 0
     except errors.CNIError as e:
         log.error(e.msg, code=e.code, details=e.details, command=command)
@@ -165,9 +227,11 @@ def plugin_main(funcs, env=None, stdin=None, stdout=None) -> int:
     except BaseException as e:  # incl. NetnsRestoreFailed: report, then exit; never continue
         if isinstance(e, SystemExit):
             raise
-        import traceback
-
-        details = "".join(traceback.format_exception(e)).strip()
-        log.error("internal error", error=repr(e), command=command)
-        _write(stdout, errors.InternalError(f"internal error: {e!r}", details).to_dict(version))
+        internal = errors.internal_error(e)
+        log.error("internal error", error=internal.msg, command=command)
+        try:
+            out = internal.to_dict(version)
+            _write(stdout, out)
+        except Exception:  # the result itself could not be encoded: a fixed, plain document
+            _write(stdout, errors.InternalError(f"internal error: {type(e).__name__}").to_dict(LATEST))
         return 1

@@ -27,16 +27,18 @@ def test_compiled_modules_import():
     [
         ("", {}),
         ("IgnoreUnknown=1", {"IgnoreUnknown": "1"}),
-        ("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;", {"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "p"}),
-        ("A=b=c", {"A": "b=c"}),
+        ("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p", {"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "p"}),
         ("A=", {"A": ""}),
+        ("=x", {"": "x"}),  # libcni: an unknown (empty) key, the caller decides
+        ("A=1;A=2", {"A": "2"}),  # the last value wins, as libcni sets the field twice
     ],
 )
 def test_parse_cni_args(fp, raw, expected):
     assert fp.parse_cni_args(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["novalue", "=x", "A=1;;junk"])
+# libcni's LoadArgs: every ';'-separated pair must split on '=' into exactly two parts.
+@pytest.mark.parametrize("raw", ["novalue", "A=1;;junk", "A=1;", ";", "A=b=c", "K8S_POD_NAME=a=b"])
 def test_parse_cni_args_rejects(fp, raw):
     with pytest.raises(ValueError):
         fp.parse_cni_args(raw)
@@ -120,7 +122,7 @@ def test_json_codec_matches_stdlib(value):
     encoded = json.dumps(value, ensure_ascii=False)
     assert _fastpath.json_loads(encoded.encode("utf-8", "surrogatepass")) == json.loads(encoded)
     assert json.loads(_fastpath.json_dumps(value)) == value
-    assert _fastpath.json_dumps(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    assert _fastpath.json_dumps(value) == json.dumps(value, separators=(",", ":"))
 
 
 @settings(max_examples=200, derandomize=True)
@@ -145,7 +147,5 @@ def test_json_rejects_like_stdlib(bad):
 def test_json_dumps_rejects_nan_and_odd_types():
     with pytest.raises(ValueError):
         _fastpath.json_dumps(float("nan"))
-    with pytest.raises(TypeError):
-        _fastpath.json_dumps({1: 2})
     with pytest.raises(TypeError):
         _fastpath.json_dumps(object())
