@@ -12,8 +12,10 @@ Layout styles (``CONFLIST_STYLE``):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 PLUGIN_TYPE = "istio-cni"
@@ -22,8 +24,18 @@ CONF_EXTS = (".conf", ".conflist")
 STYLES = ("preserve", "seed", "upstream")
 
 
+# A CNI config is a few KiB; anything larger in the conf dir is refused unread.
+MAX_CONF_BYTES = 1 << 20
+
+
 class ConfigFileError(ValueError):
-    """A config file or template is not what CNI expects; the message names it and why."""
+    """A config file or template is not what CNI expects; the message names it and why.
+
+    Raised by ``read_conf`` it also carries ``file`` (the name) and ``fingerprint`` (a digest of
+    the content, or of why it could not be read), so a caller can report each bad content once."""
+
+    file: str | None = None
+    fingerprint: str | None = None
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -52,10 +64,36 @@ def parse_bytes(data: bytes, name: str) -> dict:
 
 def read_conf(path: Path) -> dict:
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigFileError(f"{path.name}: unreadable ({e.strerror})") from None
-    return parse_bytes(data, path.name)
+        data = _read_bounded(path)
+    except (OSError, ConfigFileError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        err = ConfigFileError(f"{path.name}: unreadable ({why})")
+        err.file, err.fingerprint = path.name, f"unreadable: {why}"
+        raise err from None
+    try:
+        return parse_bytes(data, path.name)
+    except ConfigFileError as e:
+        e.file, e.fingerprint = path.name, hashlib.sha256(data).hexdigest()
+        raise
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes; a FIFO or device planted under a conf name never blocks the read, a
+    huge file is refused rather than loaded."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigFileError("not a regular file")
+        chunks, size = [], 0
+        while size <= MAX_CONF_BYTES:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        raise ConfigFileError(f"larger than {MAX_CONF_BYTES} bytes")
+    finally:
+        os.close(fd)
 
 
 def candidate_names(net_dir: Path) -> list[str]:
@@ -68,7 +106,8 @@ def candidate_names(net_dir: Path) -> list[str]:
 
 
 def find_primary(net_dir: Path, exclude: tuple = (), skipped: list | None = None) -> str | None:
-    """The file kubelet would load first (skipping invalid ones and ``exclude``), else None."""
+    """The file kubelet would load first (skipping invalid ones and ``exclude``), else None.
+    ``skipped`` receives the ``ConfigFileError`` of every invalid file passed over."""
     for name in candidate_names(net_dir):
         if name in exclude:
             continue
@@ -76,7 +115,7 @@ def find_primary(net_dir: Path, exclude: tuple = (), skipped: list | None = None
             read_conf(net_dir / name)
         except ConfigFileError as e:
             if skipped is not None:
-                skipped.append(str(e))
+                skipped.append(e)
             continue
         return name
     return None

@@ -45,6 +45,7 @@ class ConfList:
         self.entry = entry if entry is not None else cc.entry_for(settings)
         self.style = settings.conflist_style
         self._warned_order = False
+        self._reported_invalid: dict[str, str] = {}  # file name -> fingerprint of what we logged
 
     # --- planning ---------------------------------------------------------------------------
 
@@ -62,7 +63,24 @@ class ConfList:
         if self.s.chained and self.s.cni_conf_name and not self.s.istio_owned_config:
             return self._explicit_name()
         exclude = (self.s.istio_owned_config_filename,) if self.s.istio_owned_config else ()
-        return cc.find_primary(self.dir, exclude, skipped)
+        found: list = []
+        name = cc.find_primary(self.dir, exclude, found)
+        self._report_invalid(found)
+        if skipped is not None:
+            skipped.extend(found)
+        return name
+
+    def _report_invalid(self, errors: list) -> None:
+        """Log each invalid conf file passed over, once per content: the loop re-plans on every
+        event, and a file nobody fixes must not flood the log; a changed content is news."""
+        for e in errors:
+            if self._reported_invalid.get(e.file) != e.fingerprint:
+                self._reported_invalid[e.file] = e.fingerprint
+                log.warning("skipping invalid CNI config file", file=e.file, reason=str(e))
+        current = {e.file for e in errors}
+        for name in [n for n in self._reported_invalid  # forget files that are gone
+                     if n not in current and not os.path.lexists(self.dir / n)]:
+            del self._reported_invalid[name]
 
     def plan(self) -> Plan:
         if not self.s.chained:
@@ -74,7 +92,7 @@ class ConfList:
         skipped: list = []
         name = self.primary_name(skipped)
         if name is None:
-            why = f" (skipped: {'; '.join(skipped)})" if skipped else ""
+            why = f" (skipped: {'; '.join(map(str, skipped))})" if skipped else ""
             raise Waiting(f"no primary CNI config in {self.dir} yet{why}")
         path = self.dir / name
         sig = _sig(path)

@@ -90,10 +90,10 @@ def test_find_primary_follows_kubelet_rules(conformance, tmp_path):
     skipped: list = []
     # nover (no cniVersion) is accepted, as libcni does
     assert cc.find_primary(tmp_path, skipped=skipped) == "04-nover_calico.conflist"
-    assert any("00-aab.conflist: not JSON" in s for s in skipped)
-    assert any("01-bad_minikube_cni.conf: .conf has no string 'type'" in s for s in skipped)
-    assert any("02-noname_calico.conflist: conflist has no 'name'" in s for s in skipped)
-    assert any("03-noplugins_calico.conflist: conflist has no 'plugins'" in s for s in skipped)
+    assert any("00-aab.conflist: not JSON" in str(s) for s in skipped)
+    assert any("01-bad_minikube_cni.conf: .conf has no string 'type'" in str(s) for s in skipped)
+    assert any("02-noname_calico.conflist: conflist has no 'name'" in str(s) for s in skipped)
+    assert any("03-noplugins_calico.conflist: conflist has no 'plugins'" in str(s) for s in skipped)
     assert cc.find_primary(tmp_path, exclude=("04-nover_calico.conflist",)) == "05-calico.conflist"
 
 

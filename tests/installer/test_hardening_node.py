@@ -173,3 +173,65 @@ def log_lines(monkeypatch):
     monkeypatch.setattr(log, "stream", stream)
     monkeypatch.setattr(log, "sinks", [])
     return lambda: [json.loads(ln) for ln in stream.getvalue().splitlines()]
+
+
+def _conflist(tmp_path):
+    from istio_cni_installer.conflist import ConfList
+    from istio_cni_installer.settings import parse
+
+    return ConfList(parse([], {"MOUNTED_CNI_NET_DIR": str(tmp_path), "KUBERNETES_NODE_NAME": "n"}))
+
+
+def _skips(lines) -> list:
+    return [(ln["file"], ln["reason"]) for ln in lines() if ln["msg"] == "skipping invalid CNI config file"]
+
+
+CALICO = {"cniVersion": "0.3.1", "name": "k8s-pod-network", "plugins": [{"type": "calico"}]}
+
+
+def test_each_invalid_conf_file_is_logged_once_per_content(tmp_path, log_lines):
+    (tmp_path / "00-broken.conflist").write_text('{"name": "x", "plugins": [')  # cut short
+    (tmp_path / "01-shape.conf").write_text('["not", "an", "object"]')
+    (tmp_path / "10-calico.conflist").write_text(json.dumps(CALICO))
+    cl = _conflist(tmp_path)
+    for _ in range(5):  # the installer loop re-plans on every inotify event
+        cl.check()
+        cl.install()
+    skips = sorted(_skips(log_lines))
+    assert [f for f, _ in skips] == ["00-broken.conflist", "01-shape.conf"]
+    assert skips[0][1].startswith("00-broken.conflist: not JSON (Expecting value")
+    assert skips[1][1] == "01-shape.conf: top level is list, not an object"
+    # a new bad content is news; the same content again is not
+    (tmp_path / "00-broken.conflist").write_text('{"plugins": [{"type": "calico"}]}')
+    for _ in range(3):
+        cl.check()
+    assert _skips(log_lines)[2:] == [("00-broken.conflist", "00-broken.conflist: conflist has no 'name'")]
+
+
+def test_a_removed_then_recreated_invalid_file_is_logged_again(tmp_path, log_lines):
+    bad = tmp_path / "00-bad.conf"
+    bad.write_text("{}")
+    (tmp_path / "10-calico.conflist").write_text(json.dumps(CALICO))
+    cl = _conflist(tmp_path)
+    cl.check()
+    bad.unlink()
+    cl.check()
+    bad.write_text("{}")
+    cl.check()
+    cl.check()
+    assert _skips(log_lines) == [("00-bad.conf", "00-bad.conf: .conf has no string 'type'")] * 2
+
+
+def test_a_fifo_or_huge_file_under_a_conf_name_is_skipped_not_read(tmp_path, log_lines):
+    from istio_cni_installer import cniconfig as cc
+
+    os.mkfifo(tmp_path / "00-fifo.conf.real")
+    (tmp_path / "00-fifo.conf").symlink_to(tmp_path / "00-fifo.conf.real")  # is_file() is False
+    with pytest.raises(cc.ConfigFileError, match="not a regular file"):
+        cc.read_conf(tmp_path / "00-fifo.conf")  # returns at once instead of blocking
+    (tmp_path / "01-huge.conflist").write_bytes(b" " * (cc.MAX_CONF_BYTES + 1))
+    (tmp_path / "10-calico.conflist").write_text(json.dumps(CALICO))
+    cl = _conflist(tmp_path)
+    assert cl.primary_name() == "10-calico.conflist"
+    assert _skips(log_lines) == [
+        ("01-huge.conflist", f"01-huge.conflist: unreadable (larger than {cc.MAX_CONF_BYTES} bytes)")]
