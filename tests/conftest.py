@@ -55,15 +55,26 @@ def cni_path(cni_bin_dir) -> str:
 
 @pytest.fixture
 def netns():
-    """Factory of fresh named netns (deleted at teardown): ``name = netns('pod')``."""
+    """Factory of fresh named netns (deleted at teardown): ``name = netns('pod')``.
+
+    ``netns('pod', addresses=("192.0.2.2/24",))`` also puts the addresses on ``eth0`` (one
+    end of a veth pair kept inside the netns: this kernel has no dummy links), as a primary
+    CNI would: the plugin (like upstream) reads the pod netns' own
+    addresses to decide on IPv6 and fails an ADD that redirects in a netns without one."""
     from istio_cni.devtools import netns as nsutil
 
     made: list[str] = []
 
-    def make(tag: str = "t") -> str:
+    def make(tag: str = "t", addresses: tuple = ()) -> str:
         name = nsutil.unique_name(tag)
         nsutil.add(name)
         made.append(name)
+        if addresses:
+            nsutil.ip("-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+            for addr in addresses:
+                nsutil.ip("-n", name, *(["-6"] if ":" in addr else []), "addr", "add", addr, "dev", "eth0",
+                          *(["nodad"] if ":" in addr else []))
+            nsutil.ip("-n", name, "link", "set", "eth0", "up")
         return name
 
     yield make

@@ -53,9 +53,15 @@ def _pass_through_reason(conf, k8s) -> str:
     return ""
 
 
-def plan(conf, k8s, netconf: dict, get_pod=None):
+def plan(conf, k8s, netconf: dict, get_pod=None, addresses=None):
     """Look the pod up and decide: returns (RuleSet | None, reason). Shared by ADD/CHECK
-    and the node agent (which passes its cache-backed ``get_pod``)."""
+    and the node agent (which passes its cache-backed ``get_pod``).
+
+    ``addresses()`` returns the pod netns' own addresses (``netfilter.routes.
+    netns_addresses``); it is called only for a pod that redirects, and decides IPv6 as
+    upstream does. Callers without a netns (the repair controller) leave it None: then the
+    addresses of ``prevResult`` stand in (the decision depends only on which families have
+    a usable address, not on their order)."""
     from .decide import REDIRECT, decide
 
     if get_pod is None:
@@ -71,9 +77,19 @@ def plan(conf, k8s, netconf: dict, get_pod=None):
     from .redirect import redirect_from_pod
     from .rules.builder import build
 
-    # The pod's addresses (from the primary CNI's result) decide IPv4/IPv6 as upstream does.
-    ips = [str(ip.get("address", "")) for ip in prev_result(netconf).get("ips") or []]
-    return build(redirect_from_pod(pod, pod_ips=ips)), "sidecar injected"
+    if addresses is None:
+        found = [str(ip.get("address", "")) for ip in prev_result(netconf).get("ips") or []]
+    else:
+        found = addresses()
+    return build(redirect_from_pod(pod, addresses=found)), "sidecar injected"
+
+
+def _netns_addresses(netns: str):
+    def addresses() -> list:
+        from .netfilter.routes import netns_addresses
+
+        return netns_addresses(netns)
+    return addresses
 
 
 def cmd_add(args) -> dict:
@@ -92,7 +108,7 @@ def cmd_add(args) -> dict:
         answer = try_agent(conf, args, result)  # None: agent absent/slow/garbled -> direct path
         if answer is not None:
             return answer
-    ruleset, reason = plan(conf, k8s, args.netconf)
+    ruleset, reason = plan(conf, k8s, args.netconf, addresses=_netns_addresses(args.netns))
     if ruleset is None:
         log.info("skipping pod", reason=reason)
         return result
@@ -107,7 +123,7 @@ def cmd_check(args) -> None:
     conf, k8s = _setup(args)
     if _pass_through_reason(conf, k8s):
         return None
-    ruleset, reason = plan(conf, k8s, args.netconf)
+    ruleset, reason = plan(conf, k8s, args.netconf, addresses=_netns_addresses(args.netns))
     if ruleset is None:
         return None
     from . import netfilter

@@ -10,11 +10,11 @@ Sources, as upstream's ``cni/pkg/plugin/sidecar_redirect.go`` reads them today:
   means the default 1337 (each independently);
 * fixed additions: the inbound excludes always end with 15020,15021,15090 (de-duplicated).
 
-Deliberate differences from upstream, all toward failing closed: a bad env boolean is an
-error (upstream logs a warning and reads it as false, silently skipping DNS capture or the
-invalid-packet drop), and ``*`` is refused where the rule engine cannot express it (the
-exclude lists and include-outbound-ports; upstream accepts it and produces rules that fail
-at commit time). Every rejection is ``InvalidAnnotation`` naming the key and the value.
+Deliberate differences from upstream, all toward failing closed, are listed with their
+reasons in ``docs/rules.md`` ("The CNI plugin"): a non-empty env boolean that Go's
+``strconv.ParseBool`` refuses is an error (upstream warns and reads false), and a ``*``
+is refused early wherever upstream's rules would fail at commit time. Every rejection is
+``InvalidAnnotation`` naming the key and the value.
 
 On the plugin's ADD path: no ``re``/``json``/``dataclasses``; ``ipaddress`` only when a pod
 actually carries CIDRs.
@@ -22,7 +22,8 @@ actually carries CIDRs.
 
 from __future__ import annotations
 
-from .errors import InvalidAnnotation, InvalidNetworkConfig
+from .decide import parse_go_bool, proxy_container, proxy_env
+from .errors import InvalidAnnotation, InvalidNetNS
 from .value import Value
 
 PROXY_CONTAINER = "istio-proxy"
@@ -50,10 +51,11 @@ def _mode(value: str) -> str:
 
 def _port_list(value: str, wildcard: bool = False) -> tuple:
     """Upstream's parsePorts: the whole value trimmed, empty is valid, every comma-separated
-    item a base-10 port 0-65535 (whitespace around items tolerated, empty items are not)."""
-    text = value.strip()
-    if wildcard and text == "*":
+    item a base-10 port 0-65535 (whitespace around items tolerated, empty items are not).
+    The wildcard is the exact value ``*`` (upstream compares before trimming)."""
+    if wildcard and value == "*":
         return ("*",)
+    text = value.strip()
     if not text:
         return ()
     ports = []
@@ -114,18 +116,18 @@ class Annotation(Value):
 
 
 # Every annotation upstream's plugin reads, in the order it reads them. ``inject`` and
-# ``status`` decide *whether* to redirect (istio_cni.decide); the status port is validated
-# but, as upstream, not used: the injector already folds it into excludeInboundPorts.
+# ``status`` decide *whether* to redirect (istio_cni.decide). Upstream's registry also lists
+# ``status.sidecar.istio.io/port`` but never reads it (the injector already folds the status
+# port into excludeInboundPorts), so it is neither read nor validated here either.
 ANNOTATIONS = {
     "inject": Annotation("sidecar.istio.io/inject", "", _any),
     "status": Annotation("sidecar.istio.io/status", "", _any),
     "redirectMode": Annotation("sidecar.istio.io/interceptionMode", "REDIRECT", _mode),
-    "ports": Annotation("status.sidecar.istio.io/port", "", _port_list),
     "includeIPCidrs": Annotation(
         "traffic.sidecar.istio.io/includeOutboundIPRanges", "*", _cidr_list_or_wildcard),
     "excludeIPCidrs": Annotation("traffic.sidecar.istio.io/excludeOutboundIPRanges", "", _cidr_list),
     "excludeInboundPorts": Annotation(
-        "traffic.sidecar.istio.io/excludeInboundPorts", "15020", _port_list),
+        "traffic.sidecar.istio.io/excludeInboundPorts", "15020", _port_list_or_wildcard),
     "includeInboundPorts": Annotation(
         "traffic.sidecar.istio.io/includeInboundPorts", "*", _port_list_or_wildcard),
     "excludeOutboundPorts": Annotation(
@@ -168,27 +170,19 @@ def _mapping(obj, what: str) -> dict:
     return obj
 
 
-def proxy_container(pod: dict) -> dict | None:
-    """The ``istio-proxy`` container, looked up in containers and initContainers (native
-    sidecars on Kubernetes >= 1.28 run the proxy as a restartable init container)."""
-    spec = _mapping(pod.get("spec"), "spec")
-    for group in ("containers", "initContainers"):
-        for container in spec.get(group) or ():
-            if isinstance(container, dict) and container.get("name") == PROXY_CONTAINER:
-                return container
-    return None
-
-
 def _env_flag(env: dict, name: str) -> bool:
-    """Go's strconv.ParseBool spellings; anything else fails the ADD (see module doc)."""
-    raw = env.get(name)
-    if raw is None:
+    """Go's strconv.ParseBool spellings. Absent or empty (a ``valueFrom`` entry reads as
+    empty, as upstream reads it) is false, as upstream; any other word fails the ADD where
+    upstream warns and reads false (docs/rules.md, "The CNI plugin")."""
+    raw = env.get(name, "")
+    if raw == "":
         return False
-    if raw in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if raw in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise InvalidAnnotation(f"{PROXY_CONTAINER} env {name}={raw!r} is invalid: expected true or false")
+    value = parse_go_bool(raw)
+    if value is None:
+        raise InvalidAnnotation(
+            f"{PROXY_CONTAINER} env {name}={raw!r} is invalid: expected one of "
+            "1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False")
+    return value
 
 
 def _proxy_id(security: dict, field: str) -> str:
@@ -206,51 +200,58 @@ def _with_fixed_excludes(ports: tuple) -> tuple:
     return tuple(dict.fromkeys(ports + FIXED_INBOUND_EXCLUDES))
 
 
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+_V6_LOOPBACK = b"\0" * 15 + b"\1"
+
+
 def _address_family(text: str) -> tuple:
-    """(family, usable) of one pod address, ``usable`` meaning not loopback or link-local.
+    """(family, counts) of one netns address (``/prefix`` allowed), as upstream's getLocalIP
+    judges it with netip: IPv4-mapped is IPv4; loopback, link-local unicast and link-local
+    multicast do not count. ``_socket.inet_pton`` rather than ``ipaddress`` (about 10 ms to
+    import, paid on every ADD). Raises ``ValueError`` for text that is not an address."""
+    import _socket
 
-    Hand-written rather than ``ipaddress`` (about 10 ms to import, paid on every ADD):
-    the addresses come from the primary CNI's result, so a light structural check that
-    still rejects garbage is enough here.
-    """
-    addr = text.partition("/")[0].strip().lower()
-    if addr.startswith("::ffff:") and "." in addr:  # IPv4-mapped: judge the IPv4 part
-        addr = addr[7:]
-    if ":" in addr:
-        groups = addr.split(":")
-        hexdigits = "0123456789abcdef"
-        if not 3 <= len(groups) <= 8 or addr.count("::") > 1 or not all(
-            len(g) <= 4 and all(c in hexdigits for c in g) for g in groups
-        ):
-            raise ValueError(text)
-        head = int(groups[0] or "0", 16)
-        loopback = addr == "::1" or groups[:-1] == ["0"] * 7 and groups[-1] == "1"
-        return 6, not (loopback or head & 0xFFC0 == 0xFE80)
-    parts = addr.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and p.isascii() and int(p) <= 255 for p in parts):
-        raise ValueError(text)
-    return 4, not (parts[0] == "127" or parts[:2] == ["169", "254"])
+    addr = text.partition("/")[0]
+    try:
+        raw = _socket.inet_pton(_socket.AF_INET6 if ":" in addr else _socket.AF_INET, addr)
+    except (OSError, UnicodeError):
+        raise ValueError(f"{text!r} is not an IP address") from None
+    if len(raw) == 16 and raw[:12] == _V4_MAPPED:
+        raw = raw[12:]
+    if len(raw) == 4:
+        return 4, not (raw[0] == 127 or raw[:2] == b"\xa9\xfe" or raw[:3] == b"\xe0\0\0")
+    link_local = raw[0] == 0xFE and raw[1] & 0xC0 == 0x80
+    link_local_multicast = raw[0] == 0xFF and raw[1] & 0x0F == 0x02
+    return 6, not (raw == _V6_LOOPBACK or link_local or link_local_multicast)
 
 
-def ipv6_enabled(pod_ips, dual_stack: bool) -> bool:
-    """Upstream's getLocalIP: the first usable (not loopback/link-local) pod address decides
-    the family; with dual-stack any usable IPv6 address turns IPv6 on. ``pod_ips`` may carry
-    prefixes (``prevResult.ips[].address``)."""
-    for text in pod_ips or ():
-        try:
-            family, usable = _address_family(text)
-        except (ValueError, AttributeError):
-            raise InvalidNetworkConfig(f"pod IP {text!r} is not an IP address") from None
-        if usable and (family == 6 or not dual_stack):
-            return family == 6
-    return False
+def ipv6_enabled(addresses, dual_stack: bool) -> bool:
+    """Upstream's getLocalIP over the pod netns' own addresses (``netfilter.routes.
+    local_addresses``: kernel dump order, every IPv4 address before any IPv6 one).
+
+    Loopback, link-local unicast and link-local multicast addresses do not count; an
+    IPv4-mapped IPv6 address counts as IPv4. Without dual-stack the first address that
+    counts decides the family; with it, any IPv6 one turns IPv6 on. A netns with no such
+    address fails the ADD, as upstream fails it ("no valid local IP address found").
+
+    Which families have an address that counts is all that matters, so the order of
+    ``addresses`` does not (a ``prevResult`` listing IPv6 first decides as the kernel's
+    IPv4-first dump would)."""
+    families = {family for family, counts in map(_address_family, addresses) if counts}
+    if 6 in families and (dual_stack or 4 not in families):
+        return True
+    if 4 in families:
+        return False
+    raise InvalidNetNS("no valid local IP address found in the pod network namespace",
+                       "upstream needs one to decide on IPv6: " + (", ".join(addresses) or "no addresses"))
 
 
-def redirect_from_pod(pod: dict, pod_ips=()):
+def redirect_from_pod(pod: dict, addresses=None):
     """The ``RedirectConfig`` for ``pod`` (the Pod object as the API returns it, a dict).
 
-    ``pod_ips`` are the addresses the primary CNI gave the pod (from ``prevResult``); they
-    decide IPv6 the way upstream decides it from the netns' interface addresses.
+    ``addresses`` are the pod netns' own addresses (``netfilter.routes.local_addresses``,
+    read inside the netns); they decide IPv6 as upstream decides it. ``None`` leaves IPv6 off
+    without looking (rule previews and tests that have no netns).
     """
     from .rules.config import ConfigError, RedirectConfig
 
@@ -263,14 +264,17 @@ def redirect_from_pod(pod: dict, pod_ips=()):
     reroute_new = ANNOTATIONS["rerouteVirtualInterfaces"].key in annotations
     reroute = read_annotation("rerouteVirtualInterfaces" if reroute_new else "kubevirtInterfaces",
                               annotations)
+    exclude_inbound = values["excludeInboundPorts"]
+    if exclude_inbound == ("*",):
+        if values["includeInboundPorts"] == ("*",):
+            key = ANNOTATIONS["excludeInboundPorts"].key
+            raise InvalidAnnotation(
+                f"annotation {key}='*' is invalid while all inbound ports are captured "
+                "(upstream would write it as a port and fail at commit)")
+        exclude_inbound = ()  # upstream reads the exclude list only when including '*'
 
     proxy = proxy_container(pod) or {}
-    # An entry with only valueFrom cannot be resolved here; like upstream it does not count.
-    env = {
-        e["name"]: e["value"]
-        for e in proxy.get("env") or ()
-        if isinstance(e, dict) and isinstance(e.get("name"), str) and "value" in e
-    }
+    env = proxy_env(pod)
     security = _mapping(proxy.get("securityContext"), "istio-proxy securityContext")
     dns = _env_flag(env, ENV_DNS_CAPTURE)
     dual_stack = _env_flag(env, ENV_DUAL_STACK)
@@ -281,7 +285,7 @@ def redirect_from_pod(pod: dict, pod_ips=()):
         "outbound_ip_ranges_include": values["includeIPCidrs"],
         "outbound_ip_ranges_exclude": values["excludeIPCidrs"],
         "inbound_ports_include": values["includeInboundPorts"],
-        "inbound_ports_exclude": _with_fixed_excludes(values["excludeInboundPorts"]),
+        "inbound_ports_exclude": _with_fixed_excludes(exclude_inbound),
         "outbound_ports_include": values["includeOutboundPorts"],
         "outbound_ports_exclude": values["excludeOutboundPorts"],
         "exclude_interfaces": values["excludeInterfaces"],
@@ -290,7 +294,7 @@ def redirect_from_pod(pod: dict, pod_ips=()):
         "capture_all_dns": dns,
         "drop_invalid": _env_flag(env, ENV_INVALID_DROP),
         "dual_stack": dual_stack,
-        "enable_ipv6": ipv6_enabled(pod_ips, dual_stack),
+        "enable_ipv6": False if addresses is None else ipv6_enabled(addresses, dual_stack),
     }
     try:
         return RedirectConfig(**fields)

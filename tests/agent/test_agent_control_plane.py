@@ -41,10 +41,10 @@ def test_pods_before_and_after_agent_start_get_the_direct_paths_rules(control_pl
     node, ns = cp_node
     ann = {"traffic.sidecar.istio.io/excludeOutboundPorts": "5432"}
     control_plane.create_pod(manifest(injected_pod("before-1", annotations=ann), ns, node.node))
-    direct_ns = netns("cpdirect")
+    direct_ns = netns("cpdirect", addresses=("192.0.2.7/24",))
     direct = ok(node.add(direct_ns, "before-1", namespace=ns))  # no agent yet: direct path
     node.start_agent()
-    agent_ns = netns("cpagent")
+    agent_ns = netns("cpagent", addresses=("192.0.2.7/24",))
     r = node.add(agent_ns, "before-1", namespace=ns)
     assert ok(r) == direct
     assert b"falling back" not in r.stderr and via_agent(node, f"{ns}/before-1")
@@ -53,7 +53,7 @@ def test_pods_before_and_after_agent_start_get_the_direct_paths_rules(control_pl
 
     control_plane.create_pod(manifest(injected_pod("after-1", annotations=ann), ns, node.node))
     control_plane.create_pod(manifest(uninjected_pod("plain-1"), ns, node.node))
-    late_ns, plain_ns = netns("cplate"), netns("cpplain")
+    late_ns, plain_ns = netns("cplate", addresses=("192.0.2.7/24",)), netns("cpplain", addresses=("192.0.2.7/24",))
     r = node.add(late_ns, "after-1", namespace=ns)
     ok(r)
     assert b"falling back" not in r.stderr and via_agent(node, f"{ns}/after-1")
@@ -68,7 +68,7 @@ def test_pod_on_another_node_is_fetched_by_the_agent(control_plane, cp_node, net
     node, ns = cp_node
     control_plane.create_pod(manifest(injected_pod("elsewhere-1"), ns, unique("other-node")))
     node.start_agent()
-    target = netns("cpmiss")
+    target = netns("cpmiss", addresses=("192.0.2.7/24",))
     r = node.add(target, "elsewhere-1", namespace=ns)
     ok(r)
     assert b"falling back" not in r.stderr and via_agent(node, f"{ns}/elsewhere-1")

@@ -29,7 +29,7 @@ def ok(r) -> dict:
 
 def test_agent_path_commits_the_same_rules_as_the_direct_path(node, netns):
     node.api.put_pod(injected_pod("early-1"))  # exists before the agent starts (initial list)
-    direct_ns, agent_ns, late_ns = netns("direct"), netns("viaagent"), netns("late")
+    direct_ns, agent_ns, late_ns = netns("direct", addresses=("192.0.2.7/24",)), netns("viaagent", addresses=("192.0.2.7/24",)), netns("late", addresses=("192.0.2.7/24",))
     direct = ok(node.add(direct_ns, "early-1"))  # no socket yet: direct path
     assert node.pod_gets("early-1") == 1
     node.start_agent()
@@ -41,14 +41,14 @@ def test_agent_path_commits_the_same_rules_as_the_direct_path(node, netns):
     node.api.put_pod(injected_pod("late-1"))  # created after the agent started (watch)
     ok(node.add(late_ns, "late-1"))
     assert rules_in(late_ns) == rules_in(direct_ns)
-    assert b"falling back" not in node.add(netns("again"), "late-1").stderr
+    assert b"falling back" not in node.add(netns("again", addresses=("192.0.2.7/24",)), "late-1").stderr
 
 
 def test_annotations_reach_the_rules_through_the_agent(node, netns):
     ann = {"traffic.sidecar.istio.io/excludeOutboundPorts": "5432,6379",
            "traffic.sidecar.istio.io/includeInboundPorts": "8080"}
     node.api.put_pod(injected_pod("ann-1", annotations=ann))
-    direct_ns, agent_ns = netns("direct"), netns("viaagent")
+    direct_ns, agent_ns = netns("direct", addresses=("192.0.2.7/24",)), netns("viaagent", addresses=("192.0.2.7/24",))
     ok(node.add(direct_ns, "ann-1"))
     node.start_agent()
     ok(node.add(agent_ns, "ann-1"))
@@ -60,7 +60,7 @@ def test_annotations_reach_the_rules_through_the_agent(node, netns):
 def test_uninjected_pod_gets_no_rules_through_the_agent(node, netns):
     node.api.put_pod(uninjected_pod("plain-1"))
     node.start_agent()
-    ns = netns("plain")
+    ns = netns("plain", addresses=("192.0.2.7/24",))
     before = rules_in(ns)
     ok(node.add(ns, "plain-1"))
     assert rules_in(ns) == before
@@ -69,9 +69,9 @@ def test_uninjected_pod_gets_no_rules_through_the_agent(node, netns):
 
 def test_bad_annotation_fails_the_same_way_on_both_paths(node, netns):
     node.api.put_pod(injected_pod("bad-1", annotations={"traffic.sidecar.istio.io/excludeOutboundPorts": "99999"}))
-    direct = node.add(netns("direct"), "bad-1")
+    direct = node.add(netns("direct", addresses=("192.0.2.7/24",)), "bad-1")
     node.start_agent()
-    agent_ns = netns("viaagent")
+    agent_ns = netns("viaagent", addresses=("192.0.2.7/24",))
     via_agent = node.add(agent_ns, "bad-1")
     assert direct.returncode == via_agent.returncode == 1
     d, a = json.loads(direct.stdout), json.loads(via_agent.stdout)
@@ -83,7 +83,7 @@ def test_bad_annotation_fails_the_same_way_on_both_paths(node, netns):
 
 def test_missing_socket_falls_back_to_direct(node, netns):
     node.api.put_pod(injected_pod("nosock-1"))
-    ns = netns("nosock")
+    ns = netns("nosock", addresses=("192.0.2.7/24",))
     r = node.add(ns, "nosock-1")
     ok(r)
     assert node.pod_gets("nosock-1") == 1
@@ -96,7 +96,7 @@ def test_stale_socket_of_a_dead_agent_falls_back(node, netns):
     agent.kill()  # SIGKILL: the socket file stays behind, nobody listens
     agent.wait(10)
     assert node.socket.exists()
-    ns = netns("dead")
+    ns = netns("dead", addresses=("192.0.2.7/24",))
     r = node.add(ns, "dead-1")
     ok(r)
     assert b"ConnectionRefusedError" in r.stderr
@@ -108,7 +108,7 @@ def test_slow_agent_times_out_and_the_direct_path_commits(node, netns):
     agent = node.start_agent()
     os.kill(agent.pid, signal.SIGSTOP)  # accepts (kernel backlog) but never answers
     try:
-        ns = netns("slow")
+        ns = netns("slow", addresses=("192.0.2.7/24",))
         r = node.add(ns, "slow-1", agent_timeout_seconds=0.5)
         ok(r)
         assert b"no answer within 0.5 s" in r.stderr
@@ -128,7 +128,7 @@ def test_agent_killed_mid_request_falls_back(node, netns):
     node.api.put_pod(injected_pod("kill-1", node="node-b"))  # not on the agent's node: cache miss
     agent = node.start_agent()
     node.api.delay_gets = 20  # the agent's GET hangs; the plugin's later GET is served at once
-    ns = netns("kill")
+    ns = netns("kill", addresses=("192.0.2.7/24",))
     p = node.run(plugin_env(ns, "kill-1"), {}, wait=False)
     end = time.monotonic() + 20
     while node.pod_gets("kill-1") < 1:  # the agent is now inside the request
@@ -145,7 +145,7 @@ def test_agent_killed_mid_request_falls_back(node, netns):
 
 def test_pod_unknown_everywhere_fails_closed_and_plugin_logs_reach_the_agent(node, netns):
     node.start_agent()
-    r = node.add(netns("ghost"), "ghost-1")
+    r = node.add(netns("ghost", addresses=("192.0.2.7/24",)), "ghost-1")
     assert r.returncode == 1
     assert json.loads(r.stdout)["code"] == 11  # try again later, from the direct path
     assert b"agent asked for the direct path" in r.stderr

@@ -68,7 +68,7 @@ class Recorder:
 
 @pytest.fixture
 def ns_path(netns):
-    return f"/run/netns/{netns('h')}"
+    return f"/run/netns/{netns('h', addresses=('192.0.2.8/24',))}"
 
 
 def test_cached_pod_is_committed_with_the_plugins_ruleset(ns_path):

@@ -65,7 +65,7 @@ def attach(cluster, cnitool_bin, plugin_bin, netns, tmp_path):
             istio = {"type": "istio-cni", "plugin_log_level": "debug", "exclude_namespaces": ["kube-system", "istio-system"],
                      "pod_namespace": "istio-system", "kubernetes": {"kubeconfig": str(kubeconfig)},
                      "lookup_deadline_seconds": 5, **conf}
-            self.conflist = bridge_conflist("1.0.0", "169.254.62.0/24", f"icnie{len(made)}", str(tmp_path / "ipam"),
+            self.conflist = bridge_conflist("1.0.0", "192.0.2.0/24", f"icnie{len(made)}", str(tmp_path / "ipam"),
                                             name=NET, extra=[istio])
             (confdir / "10-e2e.conflist").write_text(json.dumps(self.conflist))
             self.env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "NETCONFPATH": str(confdir),
@@ -159,7 +159,7 @@ def test_annotated_include_exclude(attach):
     a = attach(sidecar_pod(f"annot-{uuid.uuid4().hex[:5]}", annotations={
         "traffic.sidecar.istio.io/includeInboundPorts": "8080",
         "traffic.sidecar.istio.io/excludeOutboundPorts": "9000",
-        "traffic.sidecar.istio.io/excludeOutboundIPRanges": "169.254.62.1/32"}))
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges": "192.0.2.1/32"}))
     with Listeners(a.pod, ["15001", "15006", "9090"], lifetime=30), Listeners(a.node, ["80", "9000"], lifetime=30):
         assert connect(a.pod, _gateway(a), 80)["port"] == 80          # excluded CIDR bypasses
         assert connect(a.node, a.ip, 8080)["port"] == 15006           # included inbound port

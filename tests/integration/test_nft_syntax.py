@@ -125,7 +125,7 @@ def test_nft_accepts_plugin_pods(case, netns, nft_bin):
     from istio_cni.redirect import redirect_from_pod
 
     ns = netns("nftc")
-    cfg = redirect_from_pod(PLUGIN_PODS[case], pod_ips=("169.254.10.2/24", "fd00::a:2/64"))
+    cfg = redirect_from_pod(PLUGIN_PODS[case], addresses=("169.254.10.2/24", "fd00::a:2/64"))
     text = RuleSet(nft=build_nft(cfg)).nft_text()
     res = _nft(ns, nft_bin, "-c", "-f", "-", stdin=text)
     assert res.returncode == 0, f"nft rejected {case}:\n{res.stderr}\n--- transaction ---\n{text}"

@@ -37,7 +37,7 @@ def env(fake_api, tmp_path, netns, cni_path):
 
     class Env:
         api = fake_api
-        pod_ns = netns("pod")
+        pod_ns = netns("pod", addresses=("192.0.2.77/24",))  # a usable address, as a primary CNI gives
         conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "istio-cni",
                 "plugin_log_level": "debug", "exclude_namespaces": ["istio-system"],
                 "pod_namespace": "istio-system", "kubernetes": {"kubeconfig": str(kubeconfig(tmp_path, fake_api.url))},

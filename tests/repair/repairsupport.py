@@ -37,11 +37,13 @@ def sandbox(netns):
     def make() -> tuple[str, str]:
         name = netns("sbx")
         for _ in range(20):  # an IP no other netns on this shared machine holds right now
-            ip = f"169.254.{random.randint(100, 199)}.{random.randint(2, 250)}"
+            # Documentation ranges, not link-local: a pod IP the plugin (as upstream) counts
+            # when it reads the netns' addresses to decide on IPv6.
+            ip = f"{random.choice(('198.51.100', '203.0.113'))}.{random.randint(2, 250)}"
             if not _ip_in_use(ip):
                 break
         else:
-            pytest.fail("no free 169.254.100-199.x address for a sandbox (20 tries)")
+            pytest.fail("no free 198.51.100.x / 203.0.113.x address for a sandbox (20 tries)")
         # No dummy module on this kernel: a veth pair with both ends inside the sandbox.
         nsutil.ip("-n", name, "link", "add", "pod0", "type", "veth", "peer", "name", "pod0p")
         nsutil.ip("-n", name, "addr", "add", f"{ip}/24", "dev", "pod0")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from istio_cni.errors import InvalidAnnotation, InvalidNetworkConfig
+from istio_cni.errors import InvalidAnnotation, InvalidNetNS
 from istio_cni.redirect import ANNOTATIONS, ipv6_enabled, read_annotation, redirect_from_pod
 from istio_cni.rules.config import RedirectConfig
 
@@ -82,14 +82,15 @@ def test_interfaces_and_reroute_preference():
 @pytest.mark.parametrize("key, value", [
     ("sidecar.istio.io/interceptionMode", "tproxy"),
     ("sidecar.istio.io/interceptionMode", "NONE"),
-    ("status.sidecar.istio.io/port", "abc"),
     (T + "includeInboundPorts", "80,http"),
     (T + "includeInboundPorts", "65536"),
     (T + "includeInboundPorts", "80,,81"),
     (T + "includeInboundPorts", "*,80"),
-    (T + "excludeInboundPorts", "*"),
+    (T + "excludeInboundPorts", "*"),  # with the default includeInboundPorts '*'
     (T + "excludeInboundPorts", "-1"),
+    (T + "includeInboundPorts", " * "),  # upstream compares with '*' before trimming
     (T + "excludeOutboundPorts", "*"),
+    (T + "includeOutboundPorts", "*"),
     (T + "includeOutboundPorts", "1e3"),
     (T + "includeOutboundIPRanges", "10.0.0.1"),
     (T + "includeOutboundIPRanges", " 10.0.0.0/8"),
@@ -131,15 +132,36 @@ def test_other_env_flags():
 
 
 @pytest.mark.parametrize("name", ["ISTIO_META_DNS_CAPTURE", "INVALID_DROP", "ISTIO_DUAL_STACK"])
-def test_bad_env_flag_fails_closed(name):
+@pytest.mark.parametrize("word", ["yes", "on", "enabled", "TRue", " true", "2"])
+def test_bad_env_flag_fails_closed(name, word):
+    # Deliberately stricter than upstream (docs/rules.md): upstream warns and reads false.
     with pytest.raises(InvalidAnnotation) as info:
-        redirect_from_pod(pod(env={name: "yes"}))
-    assert name in info.value.msg and "'yes'" in info.value.msg
+        redirect_from_pod(pod(env={name: word}))
+    assert name in info.value.msg and repr(word) in info.value.msg
 
 
-def test_env_from_value_from_is_not_read():
+def test_env_from_value_from_reads_as_empty_and_false():
+    # Upstream stores e.Value ("" for a valueFrom entry): ParseBool fails, it reads false.
     env = [{"name": "ISTIO_META_DNS_CAPTURE", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]
     assert redirect_from_pod(pod(raw_env=env)).redirect_dns is False
+    assert redirect_from_pod(pod(env={"INVALID_DROP": ""})).drop_invalid is False
+
+
+def test_later_env_entry_wins_as_in_upstreams_map():
+    env = [{"name": "INVALID_DROP", "value": "false"}, {"name": "INVALID_DROP", "value": "true"}]
+    assert redirect_from_pod(pod(raw_env=env)).drop_invalid is True
+
+
+def test_status_port_annotation_is_not_read():
+    # Upstream's registry lists it but NewRedirect never reads it: any value redirects.
+    assert redirect_from_pod(pod({"status.sidecar.istio.io/port": "abc"})) == redirect_from_pod(pod())
+
+
+@pytest.mark.parametrize("include", ["", "80,443"])
+def test_exclude_inbound_wildcard_is_unused_unless_all_ports_are_captured(include):
+    # Upstream accepts '*' and reads the exclude list only when includeInboundPorts is '*'.
+    cfg = redirect_from_pod(pod({T + "excludeInboundPorts": "*", T + "includeInboundPorts": include}))
+    assert cfg == redirect_from_pod(pod({T + "includeInboundPorts": include}))
 
 
 def test_proxy_found_among_native_sidecars():
@@ -173,26 +195,32 @@ def test_pod_level_security_context_is_not_the_proxy_identity():
 
 
 @pytest.mark.parametrize("ips, dual, expected", [
-    ((), False, False),
-    (("10.1.2.3/24",), False, False),
-    (("fd00::5/64",), False, True),
-    (("10.1.2.3/24", "fd00::5/64"), False, False),
-    (("10.1.2.3/24", "fd00::5/64"), True, True),
-    (("fe80::1/64", "127.0.0.1", "169.254.0.9/16", "10.0.0.1"), False, False),
-    (("fe80::1/64", "fd00::1"), False, True),
+    (("10.1.2.3",), False, False),
+    (("fd00::5",), False, True),
+    (("10.1.2.3", "fd00::5"), False, False),
+    (("fd00::5", "10.1.2.3"), False, False),  # any order: the kernel lists IPv4 first anyway
+    (("10.1.2.3", "fd00::5"), True, True),
+    (("fe80::1", "127.0.0.1", "169.254.0.9", "10.0.0.1"), False, False),
+    (("fe80::1", "fd00::1"), False, True),
     (("::ffff:10.0.0.1",), False, False),
-    (("0:0:0:0:0:0:0:1", "2001:db8::7"), False, True),
+    (("::1", "ff02::1", "ff12::3", "224.0.0.5", "2001:db8::7"), False, True),
+    (("127.0.0.1", "::1", "10.0.0.1/24"), True, False),
 ])
-def test_ipv6_follows_the_first_usable_pod_address(ips, dual, expected):
+def test_ipv6_follows_upstreams_get_local_ip(ips, dual, expected):
     assert ipv6_enabled(ips, dual) is expected
     env = {"ISTIO_DUAL_STACK": "true"} if dual else {}
-    assert redirect_from_pod(pod(env=env), pod_ips=ips).enable_ipv6 is expected
+    assert redirect_from_pod(pod(env=env), addresses=ips).enable_ipv6 is expected
 
 
-@pytest.mark.parametrize("bad", ["10.0.0", "10.0.0.256", "fd00::zz", "1:2:3:4:5:6:7:8:9", "", "a::b::c"])
-def test_bad_pod_ip_is_a_network_config_error(bad):
-    with pytest.raises(InvalidNetworkConfig, match="pod IP"):
-        ipv6_enabled((bad,), False)
+@pytest.mark.parametrize("ips", [(), ("127.0.0.1", "::1"), ("fe80::1", "169.254.3.3", "224.0.0.1")])
+@pytest.mark.parametrize("dual", [False, True])
+def test_no_usable_netns_address_fails_the_add_as_upstream(ips, dual):
+    with pytest.raises(InvalidNetNS, match="no valid local IP address"):
+        ipv6_enabled(ips, dual)
+
+
+def test_no_addresses_given_leaves_ipv6_off():
+    assert redirect_from_pod(pod()).enable_ipv6 is False
 
 
 @pytest.mark.parametrize("bad", [None, [], "pod"])
@@ -205,11 +233,11 @@ def test_missing_metadata_and_proxy_use_defaults():
     assert redirect_from_pod({}) == redirect_from_pod(pod())
 
 
-def test_registry_lists_every_upstream_annotation():
+def test_registry_lists_every_annotation_upstream_reads():
     keys = {a.key for a in ANNOTATIONS.values()}
     assert {
         "sidecar.istio.io/inject", "sidecar.istio.io/status", "sidecar.istio.io/interceptionMode",
-        "status.sidecar.istio.io/port", "istio.io/reroute-virtual-interfaces",
+        "istio.io/reroute-virtual-interfaces",
         T + "includeOutboundIPRanges", T + "excludeOutboundIPRanges", T + "includeInboundPorts",
         T + "excludeInboundPorts", T + "includeOutboundPorts", T + "excludeOutboundPorts",
         T + "excludeInterfaces", T + "kubevirtInterfaces",

@@ -37,10 +37,10 @@ def _default_apply(netns: str, ruleset, preferred: str) -> str:
     return netfilter.apply(netns, ruleset, preferred=preferred)
 
 
-def _default_plan(conf, k8s, netconf, get_pod):
+def _default_plan(conf, k8s, netconf, get_pod, addresses=None):
     from istio_cni.plugin import plan
 
-    return plan(conf, k8s, netconf, get_pod=get_pod)
+    return plan(conf, k8s, netconf, get_pod=get_pod, addresses=addresses)
 
 
 def warm_up() -> None:
@@ -142,7 +142,8 @@ class Handler:
             budget_end = min(budget_end, started + (expires - time.time()) - DEADLINE_MARGIN)
         if budget_end <= time.monotonic():
             raise Fallback("request expired while queued in the agent (plugin has given up)")
-        ruleset, reason = self.plan(conf, k8s, netconf, self.pod_getter(budget_end, k8s.pod_uid))
+        ruleset, reason = self.plan(conf, k8s, netconf, self.pod_getter(budget_end, k8s.pod_uid),
+                                    self._addresses(req["netns"]))
         result = prev_result(netconf)
         if ruleset is None:
             log.info("skipping pod", pod=pod, reason=reason, via="agent")
@@ -156,6 +157,21 @@ class Handler:
         log.info("redirect rules committed", pod=pod, netns=req["netns"], backend=backend, via="agent",
                  ms=round((time.monotonic() - started) * 1000, 2))
         return {"result": result}
+
+    def _addresses(self, path: str):
+        """The pod netns' own addresses, read only for a pod that redirects: they decide
+        IPv6 as on the plugin's direct path (and as upstream)."""
+        def addresses() -> list:
+            from istio_cni._fastpath import NetnsRestoreFailed
+            from istio_cni.netfilter.routes import netns_addresses
+
+            self._check_netns(path)
+            try:
+                return netns_addresses(path)
+            except NetnsRestoreFailed as e:  # as in _commit: never serve from a pod's netns
+                log.error("could not restore the agent's own netns; exiting", error=repr(e))
+                os._exit(RESTORE_FAILED_EXIT)
+        return addresses
 
     @staticmethod
     def _check_netns(path: str) -> None:

@@ -166,10 +166,12 @@ def apply(netns_path: str, rs, preferred: str = "auto", *, long_lived: bool = Fa
 
     with Entered(netns_path):
         backend = commit(rs, preferred, long_lived=long_lived)
-        if rs.routes:  # TPROXY only: the netlink module stays off the common path
+        # TPROXY / IPv6 only: netlink stays off the common path; a dry run changes nothing
+        # (upstream's ConfigureRoutes is skipped in dry-run mode too).
+        if (rs.routes or rs.lo_addresses) and backend.name != "dry-run":
             from . import routes
 
-            routes.program(rs.routes)
+            routes.program(rs.routes, rs.lo_addresses)
     return backend.name
 
 
@@ -179,10 +181,10 @@ def check(netns_path: str, rs, preferred: str = "auto") -> list:
     with Entered(netns_path):
         backend = select_backend(preferred, rs)
         diffs = backend.check(rs)
-        if rs.routes:
+        if rs.routes or rs.lo_addresses:
             from . import routes
 
-            diffs += routes.missing(rs.routes)
+            diffs += routes.missing(rs.routes, rs.lo_addresses)
         return diffs
 
 

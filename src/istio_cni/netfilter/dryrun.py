@@ -23,6 +23,8 @@ class DryRunBackend:
             self.sink.write(rs.restore_text(6))
         if self.nft and rs.nft:
             self.sink.write(rs.nft_text())
+        for addr in rs.lo_addresses:
+            self.sink.write(f"ip -6 addr add {addr} dev lo\n")
         for r in rs.routes:
             fam = "-6 " if r.family == 6 else ""
             self.sink.write(f"ip {fam}rule add fwmark {r.fwmark} lookup {r.table}\n"

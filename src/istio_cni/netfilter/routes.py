@@ -1,11 +1,19 @@
-"""TPROXY policy routing over raw rtnetlink (no pyroute2, no ``ip`` exec).
+"""Addresses, TPROXY policy routing and the netns' own addresses over raw rtnetlink (no
+pyroute2, no ``ip`` exec), as upstream's ``tools/common/tproxy.ConfigureRoutes`` does them:
 
-For each ``PolicyRoute(family, fwmark, table)``:
-``ip [-6] rule add fwmark M lookup T`` and ``ip [-6] route add local default dev lo table T``.
+1. each of ``RuleSet.lo_addresses``: ``ip -6 addr add ::6/128 dev lo`` (an existing one is
+   fine, as upstream ignores "file exists");
+2. for each ``PolicyRoute(family, fwmark, table)``: ``ip [-6] rule add fwmark M lookup T``
+   and ``ip [-6] route add local default dev lo table T``.
+
 Runs on a netlink socket opened inside the current (pod) netns. Adding is idempotent: the
 route is sent with NLM_F_REPLACE; the rule is added only if a dump does not show it already
 (like ``ip rule add`` without ``pref``, the kernel would otherwise add a duplicate at the next
 free priority: NLM_F_EXCL only catches an identical priority).
+
+``local_addresses`` lists the netns' addresses the way Go's ``net.InterfaceAddrs`` does
+(one RTM_GETADDR dump of every family: the kernel answers IPv4 before IPv6); upstream
+decides IPv6 from them (``redirect.ipv6_enabled``).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from ..errors import NetfilterError
 NETLINK_ROUTE = 0
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+IFA_ADDRESS, IFA_LOCAL = 1, 2
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 F_REQUEST, F_ACK, F_DUMP = 0x1, 0x4, 0x300
 F_REPLACE, F_EXCL, F_CREATE = 0x100, 0x200, 0x400
@@ -27,6 +37,7 @@ FR_ACT_TO_TBL = 1
 RTN_LOCAL, RTPROT_BOOT, RT_SCOPE_HOST = 2, 3, 254
 EEXIST, ENOENT, ESRCH = 17, 2, 3
 AF = {4: 2, 6: 10}  # AF_INET, AF_INET6
+FAMILY = {2: 4, 10: 6}
 
 
 def _attr(kind: int, value: int) -> bytes:
@@ -107,11 +118,38 @@ def _u32(b: bytes | None):
     return _struct.unpack("<I", b[:4])[0] if b else None
 
 
-def program(routes) -> None:
-    if not routes:
+def _split(text: str) -> tuple:
+    """"::6/128" -> (6, packed address, 128)."""
+    addr, _, bits = text.partition("/")
+    family = 6 if ":" in addr else 4
+    packed = _socket.inet_pton(_socket.AF_INET6 if family == 6 else _socket.AF_INET, addr)
+    return family, packed, int(bits or (128 if family == 6 else 32))
+
+
+def _addr_msg(text: str) -> bytes:
+    family, packed, bits = _split(text)
+    # struct ifaddrmsg: family, prefixlen, flags, scope, index; then IFA_LOCAL + IFA_ADDRESS
+    hdr = _struct.pack("<BBBBI", AF[family], bits, 0, 0, _socket.if_nametoindex("lo"))
+    attr = _struct.pack("<HH", 4 + len(packed), IFA_LOCAL) + packed
+    return hdr + attr + _struct.pack("<HH", 4 + len(packed), IFA_ADDRESS) + packed
+
+
+def add_lo_addresses(nl: "Netlink", addresses) -> None:
+    for text in addresses:
+        try:
+            nl.request(RTM_NEWADDR, F_ACK | F_CREATE | F_EXCL, _addr_msg(text))
+        except OSError as e:
+            if e.errno != EEXIST:  # upstream ignores "file exists" too
+                raise NetfilterError("address add on lo failed", f"{text}: {e.strerror}", e.errno) from None
+
+
+def program(routes, lo_addresses=()) -> None:
+    """Upstream's order: the addresses on lo first, then each policy rule and its route."""
+    if not routes and not lo_addresses:
         return
     nl = Netlink()
     try:
+        add_lo_addresses(nl, lo_addresses)
         for r in routes:
             try:
                 if (r.fwmark, r.table) not in _rules(nl, r.family):
@@ -139,13 +177,53 @@ def _rules(nl: Netlink, family: int) -> set:
             for _, p in nl.request(RTM_GETRULE, F_DUMP, _dump_body(family)) for a in [_attrs(p, 12)]}
 
 
-def missing(routes) -> list:
-    """Descriptions of the policy rules/routes of ``routes`` not present in the netns."""
-    if not routes:
+def _addresses(nl: "Netlink", family: int = 0) -> list:
+    """[(family, packed address, prefix length, ifindex)] in the kernel's dump order."""
+    out = []
+    body = _struct.pack("<BBBBI", family, 0, 0, 0, 0)
+    for mtype, p in nl.request(RTM_GETADDR, F_DUMP, body):
+        if mtype != RTM_NEWADDR or len(p) < 8:
+            continue
+        fam, bits, _flags, _scope, index = _struct.unpack_from("<BBBBI", p)
+        if fam not in FAMILY:
+            continue
+        a = _attrs(p, 8)
+        # Go's newAddr: IFA_LOCAL when present (point-to-point), else IFA_ADDRESS.
+        packed = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS)
+        if packed:
+            out.append((FAMILY[fam], packed, bits, index))
+    return out
+
+
+def local_addresses() -> list:
+    """The current netns' addresses as text (no prefix), every IPv4 one before any IPv6
+    one, as Go's ``net.InterfaceAddrs`` returns them to upstream's getLocalIP."""
+    nl = Netlink()
+    try:
+        return [_socket.inet_ntop(AF[fam], packed) for fam, packed, _bits, _ in _addresses(nl)]
+    finally:
+        nl.close()
+
+
+def netns_addresses(netns_path: str) -> list:
+    """``local_addresses`` of the netns at ``netns_path`` (entered and left on this thread)."""
+    from .._fastpath import Entered
+
+    with Entered(netns_path):
+        return local_addresses()
+
+
+def missing(routes, lo_addresses=()) -> list:
+    """Descriptions of the addresses, policy rules and routes not present in the netns."""
+    if not routes and not lo_addresses:
         return []
     nl = Netlink()
     try:
         out = []
+        if lo_addresses:
+            lo = _socket.if_nametoindex("lo")
+            have = {(fam, packed, bits) for fam, packed, bits, index in _addresses(nl) if index == lo}
+            out += [f"address {text} on lo missing" for text in lo_addresses if _split(text) not in have]
         for fam in sorted({r.family for r in routes}):
             rules = _rules(nl, fam)
             local = {_u32(a.get(RTA_TABLE)) for _, p in nl.request(RTM_GETROUTE, F_DUMP, _dump_body(fam))

@@ -339,6 +339,13 @@ def policy_routes(cfg) -> tuple:
     return tuple(routes)
 
 
+def lo_addresses(cfg) -> tuple:
+    """``ip -6 addr add ::6/128 dev lo`` when IPv6 is on (upstream's configureIPv6Addresses):
+    Envoy binds ``::6`` as the source of its IPv6 inbound passthrough, which the
+    ``-s ::6/128 -o lo -j RETURN`` rule keeps from looping."""
+    return (PASSTHROUGH_V6,) if cfg.enable_ipv6 else ()
+
+
 def _nft_tables(cfg) -> tuple:
     try:
         from .nft_builder import build_nft
@@ -354,7 +361,8 @@ def _nft_tables(cfg) -> tuple:
 def build_xtables(cfg) -> RuleSet:
     """The x_tables view only (v4, v6, routes), without the native-nftables rendering."""
     r = _collect(cfg)
-    return RuleSet(v4=_tables(r.v4), v6=_tables(r.v6), routes=policy_routes(cfg))
+    return RuleSet(v4=_tables(r.v4), v6=_tables(r.v6), routes=policy_routes(cfg),
+                   lo_addresses=lo_addresses(cfg))
 
 
 def build(cfg) -> RuleSet:

@@ -11,7 +11,9 @@ policy. Two views of the same redirect are carried side by side:
   ``nft -f`` statements upstream emits.
 
 ``routes`` is the policy routing TPROXY needs (``ip rule fwmark M lookup T`` plus a local
-default route in ``T``); it is data here and programmed over netlink by the backend.
+default route in ``T``) and ``lo_addresses`` the addresses put on ``lo`` (``::6/128``, the
+source of Envoy's IPv6 inbound passthrough, when IPv6 is on); both are data here and
+programmed over netlink after the rules, as upstream's ``tproxy.ConfigureRoutes`` does.
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ class RuleSet(Value):
     # v6: tuple[Table, ...] = ()
     # routes: tuple[PolicyRoute, ...] = ()
     # nft: tuple[NftTable, ...] = ()
-    __slots__ = ('v4', 'v6', 'routes', 'nft')
-    _defaults = {'v4': (), 'v6': (), 'routes': (), 'nft': ()}
+    # lo_addresses: tuple[str, ...] = ()  -- "address/prefix" strings added to lo
+    __slots__ = ('v4', 'v6', 'routes', 'nft', 'lo_addresses')
+    _defaults = {'v4': (), 'v6': (), 'routes': (), 'nft': (), 'lo_addresses': ()}
 
     def restore_text(self, family: int = 4) -> str:
         """The ``iptables-restore`` (family 4) or ``ip6tables-restore`` (6) payload."""
