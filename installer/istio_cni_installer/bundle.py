@@ -99,8 +99,18 @@ def _strip_elves(root: Path) -> None:
                        timeout=120, check=False)
 
 
+# Part of the bundle id: bump when the way the bundle is made changes but its hashed inputs
+# do not (e.g. the .pyc invalidation mode below).
+BUNDLE_FORMAT = b"istio-cni-bundle 2; pyc unchecked-hash"
+
+
 def _content_id(root: Path) -> tuple[str, int, int]:
-    h, size, files = hashlib.sha256(), 0, 0
+    """(id, size, file count). The id hashes what the bundle is made of - the interpreter and
+    every library, source and extension module - but not the ``.pyc`` files: those are derived
+    from the hashed sources by the hashed interpreter, and their bytes are not reproducible
+    (marshal output varies with the compiling process's state). So the same image gives the
+    same id on every start, and the installer finds its bundle already deployed."""
+    h, size, files = hashlib.sha256(BUNDLE_FORMAT + b"\0"), 0, 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for n in sorted(filenames):
@@ -108,15 +118,18 @@ def _content_id(root: Path) -> tuple[str, int, int]:
             if p.name == "MANIFEST.json" and p.parent == root:
                 continue
             data = p.read_bytes()
-            h.update(str(p.relative_to(root)).encode() + b"\0" + hashlib.sha256(data).digest())
             size += len(data)
             files += 1
+            if n.endswith(".pyc"):
+                continue
+            h.update(str(p.relative_to(root)).encode() + b"\0" + hashlib.sha256(data).digest())
     return h.hexdigest()[:16], size, files
 
 
 def build(output: Path | str) -> BundleInfo:
     """Build the bundle into ``output`` (replaced if present) and return its description."""
     import compileall
+    import py_compile
 
     import _cffi_backend
     import istio_cni
@@ -153,7 +166,11 @@ def build(output: Path | str) -> BundleInfo:
             todo.append(dst)
 
     _strip_elves(stage)
-    compileall.compile_dir(str(site), quiet=1, workers=1)
+    # The bundle is immutable and content-addressed: unchecked-hash .pyc files never consult
+    # the sources' mtimes, and ``ddir`` keeps the temporary build path out of them (the import
+    # system points co_filename at the real source path when it loads them).
+    compileall.compile_dir(str(site), quiet=1, workers=1, ddir="site-packages",
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     bundle_id, size, files = _content_id(stage)
     manifest = {"id": bundle_id, "python": f"bin/{ver}", "site": "site-packages", "lib": "lib",
                 "size_bytes": size, "files": files,

@@ -101,3 +101,22 @@ def test_install_into_helper_injects_into_a_bridge_conflist(plugin_bundle, tmp_p
     assert conf["plugins"][1]["kubernetes"]["cni_bin_dir"] == str(bin_dir)
     r = _run(bin_dir / "istio-cni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"1.0.0"}')
     assert r.returncode == 0, r.stderr
+
+
+def test_bundle_id_is_reproducible_so_a_restart_keeps_the_deployed_bundle(plugin_bundle, tmp_path):
+    # A second build from the same venv into another (longer) temp path, as every start of
+    # the node program does: same id, and deploying it over the first one writes nothing.
+    from istio_cni_installer.bundle import build
+
+    again = build(tmp_path / "elsewhere" / "deeper" / "bundle")
+    assert again.bundle_id == plugin_bundle.bundle_id
+    site = tmp_path / "elsewhere" / "deeper" / "bundle" / "site-packages"
+    pycs = list(site.rglob("*.pyc"))
+    assert pycs and not [p for p in pycs if str(tmp_path).encode() in p.read_bytes()
+                         or b".bundle.tmp." in p.read_bytes()]  # no build path compiled in
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    assert Binaries(plugin_bundle.bundle_dir, str(bin_dir), "/opt/cni/bin").ensure() is True
+    restarted = Binaries(again.path, str(bin_dir), "/opt/cni/bin")
+    assert restarted.check() == [] and restarted.ensure() is False
+    assert [p.name for p in (bin_dir / BUNDLE_DIR).iterdir()] == [plugin_bundle.bundle_id]
