@@ -96,13 +96,26 @@ def _cidr_list_or_wildcard(value: str) -> tuple:
     return _cidr_list(value, wildcard=True)
 
 
+_IFNAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_IFNAME_REST = _IFNAME_FIRST | frozenset("0123456789_.-")
+
+
 def _interfaces(value: str) -> tuple:
-    names = tuple(n.strip() for n in value.split(",") if n.strip())
-    for name in names:
-        # The kernel's dev_valid_name: 1-15 bytes, no '/', ':' or whitespace, not . or ..
-        if len(name.encode()) > 15 or name in (".", "..") or any(c in "/:" or c.isspace() for c in name):
-            raise _Invalid(f"{name!r} is not a valid interface name")
-    return names
+    """Upstream's ValidateInterfaceNames: every comma-separated item, trimmed, non-empty, at
+    most 15 characters and matching ``^[a-zA-Z][a-zA-Z0-9_.-]*$``."""
+    if not value:
+        return ()
+    names = []
+    for item in value.split(","):
+        name = item.strip()
+        if not name:
+            raise _Invalid("empty interface name")
+        if len(name) > 15:
+            raise _Invalid(f"interface name {name!r} too long (max 15 chars)")
+        if name[0] not in _IFNAME_FIRST or not all(c in _IFNAME_REST for c in name):
+            raise _Invalid(f"interface name {name!r} contains invalid characters")
+        names.append(name)
+    return tuple(names)
 
 
 class Annotation(Value):

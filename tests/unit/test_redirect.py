@@ -69,6 +69,11 @@ def test_cidr_annotations():
     assert redirect_from_pod(pod({T + "includeOutboundIPRanges": ""})).outbound_ip_ranges_include == ()
 
 
+def test_interface_names_trimmed_as_upstream():
+    cfg = redirect_from_pod(pod({T + "excludeInterfaces": " eth1 , net_2.x-y"}))
+    assert cfg.exclude_interfaces == ("eth1", "net_2.x-y")
+
+
 def test_interfaces_and_reroute_preference():
     cfg = redirect_from_pod(pod({T + "excludeInterfaces": "eth1,net2",
                                  T + "kubevirtInterfaces": "old0"}))
@@ -102,6 +107,10 @@ def test_interfaces_and_reroute_preference():
     (T + "excludeInterfaces", "way-too-long-interface-name"),
     (T + "excludeInterfaces", "eth0:1"),
     ("istio.io/reroute-virtual-interfaces", "a/b"),
+    (T + "excludeInterfaces", "eth0,"),    # upstream: "empty interface name"
+    (T + "excludeInterfaces", " "),
+    (T + "excludeInterfaces", "0eth"),     # upstream's ^[a-zA-Z][a-zA-Z0-9_.-]*$
+    (T + "excludeInterfaces", "eth@1"),
     (T + "kubevirtInterfaces", "x y"),
 ])
 def test_invalid_annotation_fails_closed_naming_key_and_value(key, value):
