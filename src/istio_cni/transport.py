@@ -63,8 +63,8 @@ def split_server(server: str) -> tuple[str, str, int, str]:
     if "?" in prefix or "#" in prefix or "@" in hostport:
         raise ValueError(f"API server URL {server[:80]!r} has a query, fragment or user info")
     if hostport.startswith("["):
-        host, _, tail = hostport[1:].partition("]")
-        if tail and not tail.startswith(":"):
+        host, bracket, tail = hostport[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
             raise ValueError(f"API server URL {server[:80]!r} has a malformed bracketed host")
         port = tail[1:]
     elif hostport.count(":") == 1:

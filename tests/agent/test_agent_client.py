@@ -304,3 +304,139 @@ def test_agent_path_stays_lean(tmp_path):
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+# ---- issue 13: names checked before the agent request; the real server's bounds ----------
+
+@pytest.mark.parametrize("cni_args,key", [
+    ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=../../x;IgnoreUnknown=1", "K8S_POD_NAME"),
+    ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=a b;IgnoreUnknown=1", "K8S_POD_NAME"),
+    ("K8S_POD_NAMESPACE=Default;K8S_POD_NAME=p;IgnoreUnknown=1", "K8S_POD_NAMESPACE"),
+])
+def test_bad_pod_reference_fails_before_the_agent_is_asked(run_dir, peer, cni_args, key):
+    from istio_cni import plugin
+
+    netconf = dict(NETCONF, cni_agent_run_dir=str(run_dir))
+    p = peer(lambda req, _: http({"result": NETCONF["prevResult"]}))
+    args = CmdArgs("ADD", "c0ffee" * 8, "/run/netns/x", "eth0", cni_args, "/opt/cni/bin", netconf,
+                   json.dumps(netconf).encode())
+    with pytest.raises(errors.InvalidNetworkConfig) as ei:
+        plugin.cmd_add(args)
+    assert ei.value.code == 7 and key in ei.value.msg
+    assert p.requests == []
+
+
+class StubHandler:
+    def __init__(self, answer):
+        self.answer, self.requests = answer, []
+
+    def handle(self, req):
+        self.requests.append(req)
+        return self.answer
+
+
+@pytest.fixture
+def agent_server(run_dir):
+    import io
+
+    from istio_cni_installer.agent.server import AgentServer
+
+    made = []
+
+    def start(answer, **kw):
+        s = AgentServer(str(run_dir / "agent.sock"), StubHandler(answer), log_stream=io.StringIO(), **kw).start()
+        made.append(s)
+        return s
+
+    yield start
+    for s in made:
+        s.stop()
+
+
+def test_client_and_real_server_agree(conf, args, agent_server):
+    prev = NETCONF["prevResult"]
+    server = agent_server({"result": prev})
+    assert agent_client.try_agent(conf, args, prev) == prev
+    assert server.handler.requests[0]["stdin"] == args.stdin.decode()
+
+
+def test_server_drops_a_trickling_client(run_dir, agent_server):
+    """A per-read timeout alone lets a client send one byte per interval for ever."""
+    agent_server({"result": {}}, request_read_seconds=0.3)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(run_dir / "agent.sock"))
+    stop = threading.Event()
+
+    def trickle():
+        for b in b"POST /v1/cni HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000:
+            if stop.wait(0.05):
+                return
+            try:
+                s.send(bytes([b]))
+            except OSError:
+                return
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    s.settimeout(5)
+    try:
+        assert s.recv(100) == b""  # the server hung up (after 0.3 s; the trickle needs ~50 s)
+    finally:
+        stop.set()
+        t.join(5)
+        s.close()
+
+
+def test_server_caps_connections_and_busy_plugins_go_direct(conf, args, run_dir, agent_server, logs):
+    import time
+
+    server = agent_server({"result": NETCONF["prevResult"]}, max_connections=2)
+    idle = []
+    for _ in range(2):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(str(run_dir / "agent.sock"))
+        idle.append(c)
+    try:
+        # The cap counts accepted connections: wait (bounded) until the serving loop took both.
+        end = time.monotonic() + 5
+        while server._server._slots._value and time.monotonic() < end:
+            time.sleep(0.01)
+        assert server._server._slots._value == 0
+        assert agent_client.try_agent(conf, args) is None
+        assert "HTTP 503" in logs.getvalue() or "ConnectionResetError" in logs.getvalue()
+    finally:
+        for c in idle:
+            c.close()
+
+
+def test_forwarded_log_lines_cannot_be_forged(conf, agent_server):
+    server = agent_server({"result": {}})
+    payload = ('{"msg":"ok"}\n{}\n{"source":"agent","msg":"forged"}\nnot json\n'
+               '{"msg":"a"}{"b":1}\n["x"]\n').encode()
+    agent_client._post(conf.agent_socket, agent_client.LOG_PATH, payload, 2.0)
+    lines = server.log_stream.getvalue().splitlines()
+    docs = [json.loads(x) for x in lines]  # every line is one JSON object
+    assert len(docs) == 6 and all(d["source"] == "plugin" for d in docs)
+    assert docs[0] == {"source": "plugin", "msg": "ok"} and docs[2]["msg"] == "forged"
+    assert docs[4]["msg"] == '{"msg":"a"}{"b":1}'
+
+
+@pytest.mark.parametrize("head,status", [
+    (b"POST /v1/cni HTTP/1.1\r\nContent-Length: +5\r\n\r\n", b"411"),
+    (b"POST /v1/cni HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", b"413"),
+    (b"POST /v1/cni HTTP/1.1\r\nContent-Length: 4\r\n\r\n\xff\xfe\xfd\xfc", b"400"),
+    (b"POST /v1/cni HTTP/1.1\r\nContent-Length: 50000\r\n\r\n" + b"[" * 50000, b"400"),
+])
+def test_server_refuses_bad_requests_with_a_status(run_dir, agent_server, head, status):
+    server = agent_server({"result": {}})
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(run_dir / "agent.sock"))
+    try:
+        s.sendall(head)
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+    finally:
+        s.close()
+    assert got.split(b" ")[1] == status and server.handler.requests == []
