@@ -158,7 +158,13 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def service_actions(self) -> None:
         """Cut connections past their lifetime: shutdown() wakes the handler's blocked read,
         which then ends and closes the socket in its own thread."""
-        now = time.monotonic()
+        self._cut(time.monotonic())
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._cut(float("inf"))  # no handler thread outlives the server by an idle timeout
+
+    def _cut(self, now: float) -> None:
         with self._open_lock:
             for request, deadline in self._open.items():
                 if deadline <= now:
