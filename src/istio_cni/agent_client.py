@@ -75,11 +75,24 @@ def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
         if left <= 0:
             raise TimeoutError("agent exchange deadline passed")
         s.settimeout(left)
-        s.sendall(head.encode() + body)
+        try:
+            s.sendall(head.encode() + body)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            # The agent may have refused before reading (its connection cap): its answer
+            # says why better than EPIPE does.
+            sent = e
+        else:
+            sent = None
         try:
             status, _reason, answer = read_response(s, deadline, MAX_ANSWER)
         except ResponseError as e:
+            if sent is not None:
+                raise sent from None
             raise AgentUnavailable(f"agent sent a bad HTTP answer: {e}") from None
+        except OSError:
+            if sent is not None:
+                raise sent from None
+            raise
     finally:
         s.close()
     if status != 200:
