@@ -9,6 +9,7 @@ except glibc itself, which every host has. Layout::
     lib/libpython3.X.so.1.0 ...   non-glibc shared libraries (launcher sets LD_LIBRARY_PATH)
     lib/python3.X/                stdlib minus tests, idle, tkinter, ensurepip, lib2to3, ...
     site-packages/istio_cni/      the plugin (+ _cffi_backend*.so)
+    site-packages/yaml/           PyYAML + libyaml binding (YAML kubeconfigs only)
     MANIFEST.json                 id (content hash), interpreter path, size
 
 The image build runs ``python -m istio_cni_installer.bundle --output DIR`` once; the installer
@@ -126,6 +127,14 @@ def _content_id(root: Path) -> tuple[str, int, int]:
     return h.hexdigest()[:16], size, files
 
 
+def _copy_yaml(site: Path) -> None:
+    """PyYAML (with its libyaml extension ``yaml._yaml``): the plugin parses YAML kubeconfigs
+    with it, importing it only for them (JSON ones take the fast path)."""
+    import yaml
+
+    shutil.copytree(Path(yaml.__file__).parent, site / "yaml", ignore=_ignore_package)
+
+
 def build(output: Path | str) -> BundleInfo:
     """Build the bundle into ``output`` (replaced if present) and return its description."""
     import compileall
@@ -151,6 +160,7 @@ def build(output: Path | str) -> BundleInfo:
     site = stage / "site-packages"
     shutil.copytree(Path(istio_cni.__file__).parent, site / "istio_cni", ignore=_ignore_package)
     shutil.copy2(_cffi_backend.__file__, site / Path(_cffi_backend.__file__).name)
+    _copy_yaml(site)
 
     # Shared libraries: the transitive non-glibc closure of every ELF file in the bundle.
     todo = [p for p in stage.rglob("*") if p.is_file() and (p.suffix == ".so" or p.name == ver)
