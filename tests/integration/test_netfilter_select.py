@@ -158,3 +158,15 @@ def test_explicit_iptc_without_legacy_nat_fails_closed(netns, no_legacy_nat, log
         netfilter.apply(nsutil.path(ns), RS, "iptc")
     assert nsutil.exec_in(ns, "nft", "list", "ruleset").stdout == ""
     assert not [ln for ln in log_lines() if ln["msg"].startswith("legacy x_tables unusable")]
+
+
+def test_fallback_next_to_legacy_rules_then_check_passes(netns, no_legacy_nat, log_lines):
+    # The netns already holds legacy filter rules (auto picks libiptc), but the kernel has no
+    # legacy nat table: ADD commits through nf_tables and CHECK accepts the rules found there.
+    ns = netns("nonat")
+    nsutil.exec_in(ns, "iptables-legacy", "-t", "filter", "-A", "INPUT", "-j", "ACCEPT", check=True)
+    assert choose_in(ns, rs=RS)[0] == "iptc"
+    assert netfilter.apply(nsutil.path(ns), RS) == "nft"
+    assert netfilter.check(nsutil.path(ns), RS) == []
+    nsutil.exec_in(ns, "nft", "flush", "chain", "inet", "istio-proxy-nat", "istio-output", check=True)
+    assert netfilter.check(nsutil.path(ns), RS) != []  # incomplete in both subsystems: reported

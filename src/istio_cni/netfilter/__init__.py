@@ -181,11 +181,24 @@ def check(netns_path: str, rs, preferred: str = "auto") -> list:
     with Entered(netns_path):
         backend = select_backend(preferred, rs)
         diffs = backend.check(rs)
+        if diffs and backend.name == "iptc" and _auto(preferred):
+            diffs = _check_after_fallback(rs, diffs)
         if rs.routes or rs.lo_addresses:
             from . import routes
 
             diffs += routes.missing(rs.routes, rs.lo_addresses)
         return diffs
+
+
+def _check_after_fallback(rs, iptc_diffs: list) -> list:
+    """Under ``auto`` an ADD into a netns holding legacy rules commits through nf_tables when
+    the kernel lacks a legacy table (``commit``); CHECK then accepts rules found complete in
+    nf_tables, and otherwise reports what libiptc found missing."""
+    from .detect import nft_tables
+
+    if not nft_tables():
+        return iptc_diffs
+    return [] if not make_backend(_nft_choice(rs)).check(rs) else iptc_diffs
 
 
 def remove(netns_path: str, preferred: str = "auto", rs=None) -> None:
