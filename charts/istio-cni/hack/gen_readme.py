@@ -103,7 +103,9 @@ def type_text(node: dict) -> str:
         types.extend(t if isinstance(t, list) else [t])
     text = " or ".join(dict.fromkeys(types))
     if "enum" in node:
-        text += ": " + ", ".join(json.dumps(e) for e in node["enum"])
+        values = ", ".join(json.dumps(e) for e in node["enum"])
+        # An enum spanning several types says it all ("true, false, "true", "false", null).
+        text = f"one of {values}" if len(set(types)) > 1 else f"{text}: {values}"
     return text
 
 
