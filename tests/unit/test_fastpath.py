@@ -7,6 +7,7 @@ import os
 import pytest
 
 from istio_cni import _fastpath, _fastpath_py
+from support.emulator import require_syscall
 
 
 @pytest.fixture(params=["c", "py"])
@@ -64,6 +65,7 @@ def test_open_netns_wrong_type(fp):
 
 
 def test_open_own_netns(fp):
+    require_syscall("ioctl(NS_GET_NSTYPE)")  # open_netns checks the nsfs type with it
     fd = fp.open_netns("/proc/self/ns/net")
     try:
         home = fp.current_netns()
@@ -84,6 +86,7 @@ def test_json_roundtrip(fp, doc):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a netns")
 def test_entered_switches_and_restores(fp, netns):
+    require_syscall("ioctl(NS_GET_NSTYPE)")
     name = netns("fp")
     home = os.stat("/proc/thread-self/ns/net").st_ino
     target = os.stat(f"/run/netns/{name}").st_ino
@@ -94,6 +97,7 @@ def test_entered_switches_and_restores(fp, netns):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a netns")
 def test_entered_restores_on_error(fp, netns):
+    require_syscall("ioctl(NS_GET_NSTYPE)")
     name = netns("fp")
     home = os.stat("/proc/thread-self/ns/net").st_ino
     with pytest.raises(ZeroDivisionError):
