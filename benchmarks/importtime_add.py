@@ -45,6 +45,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--kubeconfig", choices=("json", "yaml"), default="json")
     ap.add_argument("--bundle", help="an already built bundle dir (default: build one)")
+    ap.add_argument("--modules", help="write the names of the modules the last run imported here")
+    ap.add_argument("--top", type=int, default=0, help="also list the N largest cumulative imports")
     args = ap.parse_args()
 
     from istio_cni.devtools import netns as nsutil
@@ -63,8 +65,9 @@ def main() -> int:
         timed = tmp / "istio-cni-importtime"
         timed.write_text(b.launcher.read_text().replace(" -I -S ", " -X importtime -I -S ", 1))
         timed.chmod(0o755)
-        with FakeAPI() as api, nsutil.temporary("imptime") as pod_ns:
+        with FakeAPI() as api, nsutil.temporary("imptime") as pod_ns, nsutil.temporary("impnode") as node_ns:
             api.add_pod(sidecar_pod("web"))
+            nsutil.veth_pair(pod_ns, node_ns, "192.0.2.2/24", "192.0.2.1/24")  # the pod's address
             kc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
                   "clusters": [{"name": "k", "cluster": {"server": api.url}}],
                   "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
@@ -79,7 +82,7 @@ def main() -> int:
             conf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "istio-cni",
                     "kubernetes": {"kubeconfig": str(kc_path)}, "netfilter_backend": "dry-run",
                     "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
-                                   "ips": [{"address": "169.254.77.2/24"}]}}
+                                   "ips": [{"address": "192.0.2.2/24"}]}}
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": "ADD",
                    "CNI_CONTAINERID": "cid", "CNI_NETNS": nsutil.path(pod_ns), "CNI_IFNAME": "eth0",
                    "CNI_PATH": str(bin_dir),
@@ -101,6 +104,12 @@ def main() -> int:
         med = statistics.median(cums[name])
         if med:
             print(f"  {name}: {med / 1000:.2f} ms cumulative")
+    if args.modules:
+        Path(args.modules).write_text("\n".join(sorted(cum)) + "\n")
+    if args.top:
+        print("  largest cumulative (last run):")
+        for name, us in sorted(cum.items(), key=lambda kv: -kv[1])[:args.top]:
+            print(f"    {name}: {us / 1000:.2f} ms")
     return 0
 
 

@@ -179,15 +179,16 @@ cdef class Entered:
             close(self._target)
 
 
-cpdef dict parse_cni_args(str raw):
-    """Split ``CNI_ARGS`` exactly as libcni's ``types.LoadArgs`` does; empty input gives ``{}``.
+cpdef list parse_cni_args(str raw):
+    """Split ``CNI_ARGS`` exactly as libcni's ``types.LoadArgs`` does: ``[(key, value), ...]``
+    in order (a key may repeat; LoadArgs sets the field again); empty input gives ``[]``.
 
     Pairs are separated by ``;`` and each must split on ``=`` into exactly two parts, so an
-    empty pair (a trailing ``;``) and a value holding ``=`` are errors, as in libcni. A key
-    given twice keeps its last value. Raises ``ValueError`` naming the bad pair (shortened).
-    Which keys are known, and ``IgnoreUnknown``, are the caller's (``config.parse_k8s_args``).
+    empty pair (a trailing ``;``) and a value holding ``=`` are errors, as in libcni. Raises
+    ``ValueError`` naming the bad pair (shortened). Which keys are known, and what
+    ``IgnoreUnknown`` does, are the caller's (``config.parse_k8s_args``).
     """
-    cdef dict out = {}
+    cdef list out = []
     cdef str pair
     cdef list kv
     if not raw:
@@ -197,7 +198,7 @@ cpdef dict parse_cni_args(str raw):
         if len(kv) != 2:
             shown = pair if len(pair) <= 80 else pair[:80] + "..."
             raise ValueError(f"CNI_ARGS: invalid pair {shown!r} (want KEY=VALUE)")
-        out[kv[0]] = kv[1]
+        out.append((kv[0], kv[1]))
     return out
 
 
@@ -216,8 +217,9 @@ cpdef dict parse_cni_args(str raw):
 #   lone surrogates (``"\ud800"``), nesting deeper than ``MAX_DEPTH``. Everything else
 #   decodes to exactly what ``json.loads`` returns.
 # * encoding is ``json.dumps(obj, separators=(",", ":"), allow_nan=False)``: pure ASCII
-#   (non-ASCII and lone surrogates as ``\uXXXX``), so stdout is valid UTF-8 whatever the
-#   strings hold, and ``json.loads`` of the output equals the input.
+#   (non-ASCII as ``\uXXXX``), so stdout is valid UTF-8 on any stream, and ``json.loads``
+#   of the output equals the input; strings holding surrogate code points (invalid
+#   Unicode, e.g. undecodable bytes in os.environ) are refused, as no JSON reads back as them.
 # ---------------------------------------------------------------------------------------
 
 MAX_DEPTH = 512
@@ -287,20 +289,21 @@ cdef bint _bad_str(str s):
     return False
 
 
-cdef bint _has_lone_surrogate(object value):
+cdef bint _has_surrogate(object value):
+    """Does any string in ``value`` (keys included) hold a surrogate code point?"""
     cdef list todo = [value]
     while todo:
         v = todo.pop()
-        if type(v) is str:
+        if isinstance(v, str):
             if _bad_str(<str>v):
                 return True
-        elif type(v) is dict:
+        elif isinstance(v, dict):
             for k, x in (<dict>v).items():
-                if _bad_str(<str>k):
+                if isinstance(k, str) and _bad_str(<str>k):
                     return True
                 todo.append(x)
-        elif type(v) is list:
-            todo.extend(<list>v)
+        elif isinstance(v, (list, tuple)):
+            todo.extend(v)
     return False
 
 
@@ -347,7 +350,7 @@ def json_loads(data):
     end = _skip_ws(text, end)
     if end != len(text):
         raise ValueError(f"extra data after the JSON document at char {end}")
-    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(value):
+    if ("\\ud" in text or "\\uD" in text) and _has_surrogate(value):
         raise ValueError("lone surrogate escape in a JSON string")
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise ValueError(f"JSON nesting deeper than {MAX_DEPTH}")
@@ -362,9 +365,15 @@ def json_dumps(obj):
         _load_engine()
     encode = _make_encoder({}, _not_serializable, _quote_ascii, None, ":", ",", False, False, False)
     try:
-        return "".join(encode(obj, 0))
+        out = "".join(encode(obj, 0))
     except RecursionError:
         raise ValueError("nesting too deep to encode as JSON") from None
+    # A surrogate code point has no JSON form that reads back as itself (its escape would
+    # pair up with a neighbour, or stand for invalid Unicode): refused. Astral characters
+    # are escaped as surrogate pairs too, so "\ud" in the output only prompts the check.
+    if "\\ud" in out and _has_surrogate(obj):
+        raise ValueError("a string holds a surrogate code point (invalid Unicode), not encodable as JSON")
+    return out
 
 
 def json_quote(str s):

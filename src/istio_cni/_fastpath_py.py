@@ -121,8 +121,8 @@ class Entered:
         return False
 
 
-def parse_cni_args(raw: str) -> dict[str, str]:
-    out: dict[str, str] = {}
+def parse_cni_args(raw: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
     if not raw:
         return out
     for pair in raw.split(";"):
@@ -130,7 +130,7 @@ def parse_cni_args(raw: str) -> dict[str, str]:
         if len(kv) != 2:
             shown = pair if len(pair) <= 80 else pair[:80] + "..."
             raise ValueError(f"CNI_ARGS: invalid pair {shown!r} (want KEY=VALUE)")
-        out[kv[0]] = kv[1]
+        out.append((kv[0], kv[1]))
     return out
 
 
@@ -167,7 +167,7 @@ def _walk(value, depth=1):
         for k, v in value.items():
             yield depth, k
             yield from _walk(v, depth + 1)
-    elif isinstance(value, list):
+    elif isinstance(value, (list, tuple)):
         yield depth, None
         for v in value:
             yield from _walk(v, depth + 1)
@@ -206,9 +206,12 @@ def json_dumps(obj) -> str:
     import json
 
     try:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        out = json.dumps(obj, separators=(",", ":"), allow_nan=False)
     except RecursionError:
         raise ValueError("nesting too deep to encode as JSON") from None
+    if "\\ud" in out and any(isinstance(s, str) and _bad_str(s) for _, s in _walk(obj)):
+        raise ValueError("a string holds a surrogate code point (invalid Unicode), not encodable as JSON")
+    return out
 
 
 def json_quote(s: str) -> str:

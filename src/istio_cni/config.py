@@ -196,22 +196,28 @@ def parse_k8s_args(raw: str) -> K8sArgs:
         pairs = parse_cni_args(raw)
     except ValueError as e:
         raise errors.InvalidNetworkConfig("invalid CNI_ARGS", str(e)) from None
+    values: dict[str, str] = {}
+    unknown: list[str] = []
     ignore = False
-    if "IgnoreUnknown" in pairs:
-        ignore = _ARG_BOOLS.get(pairs["IgnoreUnknown"].lower())
-        if ignore is None:
-            raise errors.InvalidNetworkConfig(
-                "invalid CNI_ARGS", "IgnoreUnknown must be 1, true, 0 or false"
-            )
-    unknown = sorted(k for k in pairs if k not in _K8S_KEYS)
+    for key, value in pairs:  # in order, as LoadArgs sets each field
+        if key == "IgnoreUnknown":
+            ignore = _ARG_BOOLS.get(value.lower())
+            if ignore is None:
+                raise errors.InvalidNetworkConfig(
+                    "invalid CNI_ARGS", "IgnoreUnknown must be 1, true, 0 or false"
+                )
+        elif key in _K8S_KEYS:
+            values[key] = value
+        elif key not in unknown:
+            unknown.append(key)
     if unknown and not ignore:
-        shown = ", ".join(k if len(k) <= 64 else k[:64] + "..." for k in unknown[:10])
+        shown = ", ".join(k if len(k) <= 64 else k[:64] + "..." for k in sorted(unknown)[:10])
         raise errors.InvalidNetworkConfig(
             "unknown keys in CNI_ARGS (set IgnoreUnknown=1 to allow them)", shown
         )
     return K8sArgs(
-        pod_namespace=pairs.get("K8S_POD_NAMESPACE", ""),
-        pod_name=pairs.get("K8S_POD_NAME", ""),
-        infra_container_id=pairs.get("K8S_POD_INFRA_CONTAINER_ID", ""),
-        pod_uid=pairs.get("K8S_POD_UID", ""),
+        pod_namespace=values.get("K8S_POD_NAMESPACE", ""),
+        pod_name=values.get("K8S_POD_NAME", ""),
+        infra_container_id=values.get("K8S_POD_INFRA_CONTAINER_ID", ""),
+        pod_uid=values.get("K8S_POD_UID", ""),
     )

@@ -26,12 +26,12 @@ def test_compiled_modules_import():
 @pytest.mark.parametrize(
     "raw,expected",
     [
-        ("", {}),
-        ("IgnoreUnknown=1", {"IgnoreUnknown": "1"}),
-        ("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p", {"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "p"}),
-        ("A=", {"A": ""}),
-        ("=x", {"": "x"}),  # libcni: an unknown (empty) key, the caller decides
-        ("A=1;A=2", {"A": "2"}),  # the last value wins, as libcni sets the field twice
+        ("", []),
+        ("IgnoreUnknown=1", [("IgnoreUnknown", "1")]),
+        ("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p", [("K8S_POD_NAMESPACE", "ns"), ("K8S_POD_NAME", "p")]),
+        ("A=", [("A", "")]),
+        ("=x", [("", "x")]),  # libcni: an unknown (empty) key, the caller decides
+        ("A=1;A=2", [("A", "1"), ("A", "2")]),  # in order: LoadArgs sets the field twice
     ],
 )
 def test_parse_cni_args(fp, raw, expected):
