@@ -324,6 +324,15 @@ cdef int _depth(object value):
     return deepest
 
 
+cdef tuple _scan(str text, Py_ssize_t i):
+    try:
+        return _scan_once(text, i)
+    except StopIteration as e:
+        raise ValueError(f"expecting a JSON value at char {e.value}") from None
+    except RecursionError:
+        raise ValueError(f"JSON nesting deeper than {MAX_DEPTH}") from None
+
+
 def json_loads(data):
     """Decode one JSON document (bytes, bytearray, memoryview or str) like ``json.loads``,
     or raise ``ValueError`` (see the section comment for what is refused)."""
@@ -342,11 +351,15 @@ def json_loads(data):
             raise ValueError(f"invalid UTF-8 at byte {e.start}") from None
     i = _skip_ws(text, 0)
     try:
-        value, end = _scan_once(text, i)
-    except StopIteration as e:
-        raise ValueError(f"expecting a JSON value at char {e.value}") from None
-    except RecursionError:
-        raise ValueError(f"JSON nesting deeper than {MAX_DEPTH}") from None
+        value, end = _scan(text, i)
+    except SystemError:
+        # Python <= 3.11's _json raises its JSONDecodeError by looking json.decoder up in
+        # sys.modules, without importing it (SystemError when absent): import it on this,
+        # the error path only, and scan again for the real message.
+        import json.decoder
+
+        _scan(text, i)
+        raise ValueError("invalid JSON") from None
     end = _skip_ws(text, end)
     if end != len(text):
         raise ValueError(f"extra data after the JSON document at char {end}")
