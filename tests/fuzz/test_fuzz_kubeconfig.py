@@ -198,7 +198,7 @@ def render(doc, fmt, flow, spelling):
     return text
 
 
-@settings(FUZZ, max_examples=350)
+@settings(FUZZ, max_examples=500)
 @given(DOCS, st.sampled_from(["json", "yaml"]), st.booleans(), st.none() | SPELLINGS, st.data())
 def test_load_matches_reference(tmp_path_factory, doc, fmt, flow, spelling, data):
     if spelling is not None and fmt == "yaml":  # plant one raw spelling in the first cluster

@@ -172,7 +172,7 @@ def check_contract(proc, command) -> None:
         assert proc.returncode == 0, (text[:300], err[-2000:])
 
 
-@settings(FUZZ, max_examples=110)
+@settings(FUZZ, max_examples=200)
 @given(st.data())
 def test_stdout_contract_under_mutated_env_and_stdin(world, data):
     env = data.draw(environment(world))
