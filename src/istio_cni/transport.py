@@ -46,8 +46,10 @@ def host_header(host: str, port: int) -> str:
 def _plain(text: str, what: str) -> str:
     # A kubeconfig is operator input: a space, CR/LF or control byte in the server URL
     # would let it inject request lines or headers.
-    if any(c <= " " or c == "\x7f" for c in text) or not text.isascii():
-        raise ValueError(f"{what} {text[:80]!r} contains spaces, control or non-ASCII characters")
+    if any(c <= " " or c == "\x7f" for c in text):
+        raise ValueError(f"{what} {text[:80]!r} contains spaces or control characters")
+    if not text.isascii():
+        raise ValueError(f"{what} {text[:80]!r} is not ASCII: use the host's IP or punycode (xn--) form")
     return text
 
 
