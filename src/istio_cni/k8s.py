@@ -1,7 +1,7 @@
 """Pod lookup from the host netns: a lean HTTPS GET with bounded retry; fails closed.
 
 The plugin must not import ``kubernetes`` (about 270 ms); one GET of one pod needs a
-socket, TLS and a small HTTP/1.1 reader (``transport``).
+socket, TLS (``transport``) and a strict HTTP/1.1 reader (``http1``).
 
 Retry policy (upstream ``cni/pkg/plugin``: 30 attempts, 1 s apart, configurable here):
 404, 5xx and every transport failure (refused, reset, timeout, TLS, a malformed or
@@ -17,8 +17,8 @@ import time
 
 from . import errors
 from .log import log
-from .transport import (HTTPError, TLSConn, connect, host_header, lean_tls_context, quote_segment,
-                        read_response, split_server)
+from .http1 import read_response
+from .transport import HTTPError, TLSConn, connect, host_header, lean_tls_context, quote_segment, split_server
 
 # DNS-1123 as Kubernetes validates object names (k8s.io/apimachinery validation):
 # a namespace is a label (<= 63), a pod name a subdomain (<= 253) of such labels.

@@ -1,4 +1,4 @@
-"""Differential fuzz: the plugin's HTTP/1.1 response reader (``transport.read_response``)
+"""Differential fuzz: the plugin's HTTP/1.1 response reader (``http1.read_response``)
 against h11, a strict, well-kept HTTP/1.1 library, over a real 127.0.0.1 socket.
 
 Generated answers (valid, mutated, oddly framed, trickled, huge) are served by a server
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from istio_cni import transport
-from istio_cni.transport import ResponseError, read_response
+from istio_cni import http1, transport
+from istio_cni.http1 import ResponseError, read_response
 from support.rawhttp import Answer, RawServer, split
 
 FAST_DEADLINE = 5.0  # generous: the fast cases must never run into it
@@ -64,7 +64,7 @@ def h11_read(raw: bytes):
         return None
 
 
-def ours(server, raw: bytes, pieces: list[bytes], gap: float, deadline: float, max_body: int = transport.MAX_BODY):
+def ours(server, raw: bytes, pieces: list[bytes], gap: float, deadline: float, max_body: int = http1.MAX_BODY):
     """(result or the typed exception, elapsed seconds); any other exception propagates."""
     answer = server.script(Answer(pieces, gap))
     start = time.monotonic()
@@ -84,7 +84,7 @@ def ours(server, raw: bytes, pieces: list[bytes], gap: float, deadline: float, m
 
 
 def check(server, raw: bytes, cuts=(), gap: float = 0.0, deadline: float = FAST_DEADLINE,
-          max_body: int = transport.MAX_BODY):
+          max_body: int = http1.MAX_BODY):
     ref = h11_read(raw)
     got, elapsed = ours(server, raw, split(raw, list(cuts)), gap, deadline, max_body)
     assert elapsed < deadline + SLACK, f"reader overran its deadline: {elapsed:.2f} s"

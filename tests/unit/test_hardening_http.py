@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from istio_cni import transport
-from istio_cni.transport import ResponseError, read_response
+from istio_cni import http1, transport
+from istio_cni.http1 import ResponseError, read_response
 from support.rawhttp import Answer, RawServer
 
 DEADLINE = 3.0  # generous: only the tests about slowness expect it to run out
@@ -21,7 +21,7 @@ def server():
 
 
 def fetch(server, data: bytes | list[bytes], gap: float = 0.0, deadline: float = DEADLINE,
-          max_body: int = transport.MAX_BODY):
+          max_body: int = http1.MAX_BODY):
     pieces = data if isinstance(data, list) else [data]
     server.script(Answer(pieces, gap))
     end = time.monotonic() + deadline
@@ -69,7 +69,7 @@ def test_no_content_statuses_have_no_body(server):
 @pytest.mark.parametrize("length", [
     b"99999999999999999999999999",  # issue 13: OverflowError/MemoryError before
     b"9" * 5000,                    # beyond int()'s digit limit
-    b"%d" % (transport.MAX_BODY + 1),
+    b"%d" % (http1.MAX_BODY + 1),
 ])
 def test_huge_content_length_refused_before_reading(server, length):
     with pytest.raises(ResponseError, match="larger than"):
@@ -131,7 +131,7 @@ def test_malformed_framing_refused(server, raw, why):
 
 def test_head_capped(server):
     with pytest.raises(ResponseError, match="longer than"):
-        fetch(server, b"HTTP/1.1 200 OK\r\nX: " + b"a" * transport.MAX_HEAD + b"\r\n\r\n")
+        fetch(server, b"HTTP/1.1 200 OK\r\nX: " + b"a" * http1.MAX_HEAD + b"\r\n\r\n")
 
 
 def test_body_until_close_capped(server):
@@ -146,7 +146,7 @@ def test_chunked_body_capped(server):
 
 
 def test_default_body_cap_is_enforced(server):
-    body = b"x" * (transport.MAX_BODY + 1)
+    body = b"x" * (http1.MAX_BODY + 1)
     with pytest.raises(ResponseError, match="larger than"):
         fetch(server, b"HTTP/1.1 200 OK\r\n\r\n" + body)
 
