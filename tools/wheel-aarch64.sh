@@ -48,7 +48,11 @@ ensure_apt debootstrap gcc-aarch64-linux-gnu "python$PYVER" "python$PYVER-venv" 
 if [ ! -x "$WORK/tools/bin/auditwheel" ]; then
   tools_venv "$WORK/tools" "$BUILD_PY"
 fi
-[ -d "$WORK/src" ] || copy_tree "$ROOT" "$WORK/src"
+if [ ! -d "$WORK/src" ]; then
+  copy_tree "$ROOT" "$WORK/src"
+  [ -d "$ROOT/../shared" ] && ln -s "$(cd "$ROOT/.." && pwd)/shared" "$WORK/shared"
+fi
+TREE="$WORK/src"  # tests run from the copy the wheel was built from
 export PATH="$WORK/tools/bin:$PATH"
 
 hash_of() { sha256sum | cut -c1-16; }
@@ -106,7 +110,11 @@ if [ ! -x "$QEMU" ]; then
   step "aarch64: qemu-user-static $QEMU_VER (apt-get download + dpkg-deb -x)"
   rm -rf "$QDIR" && mkdir -p "$A/qemu-deb"
   (cd "$A/qemu-deb" && timeout 600 apt-get download -q -o APT::Sandbox::User=root "qemu-user-static=$QEMU_VER" >/dev/null)
-  dpkg-deb -x "$A"/qemu-deb/qemu-user-static_*.deb "$QDIR.tmp"
+  rm -rf "$QDIR.tmp" && dpkg-deb -x "$A"/qemu-deb/qemu-user-static_*.deb "$A/qemu-x"
+  # keep the one emulator we run (and its licence), not all 370 MB of targets
+  mkdir -p "$QDIR.tmp/usr/bin" "$QDIR.tmp/usr/share/doc"
+  mv "$A/qemu-x/usr/bin/qemu-aarch64-static" "$QDIR.tmp/usr/bin/"
+  mv "$A/qemu-x/usr/share/doc/qemu-user-static" "$QDIR.tmp/usr/share/doc/"
   mv "$QDIR.tmp" "$QDIR"
 fi
 step "aarch64: $("$QEMU" --version | head -1)"
@@ -182,17 +190,17 @@ PY="$A/env/bin/python"
 [ "$("$PY" -c 'import platform; print(platform.machine())')" = aarch64 ] || fail "aarch64: not emulated"
 
 # Run from outside the tree, so only the installed package can be imported.
-(cd "$A" && timeout 600 "$PY" "$ROOT/tests/wheel/check_compiled.py") || fail "aarch64: compiled modules"
+(cd "$A" && timeout 600 "$PY" "$TREE/tests/wheel/check_compiled.py") || fail "aarch64: compiled modules"
 pytest_a64() {  # JUNIT ARGS...: pytest under qemu, summarised from its JUnit XML
   local junit=$1; shift
   (cd "$A" && timeout 3600 "$PY" -m pytest -q -p no:cacheprovider -rs --junitxml="$junit" \
-     --rootdir "$ROOT" -c "$ROOT/pyproject.toml" "$@")
+     --rootdir "$TREE" -c "$TREE/pyproject.toml" "$@")
 }
 step "aarch64: compiled rule encoder vs Python encoder (every golden rule), under qemu"
-pytest_a64 "$A/parity.xml" "$ROOT/tests/unit/test_xtenc_parity.py" || fail "aarch64: encoder parity"
+pytest_a64 "$A/parity.xml" "$TREE/tests/unit/test_xtenc_parity.py" || fail "aarch64: encoder parity"
 step "aarch64: unit tier against the installed wheel, under qemu"
-rc=0; pytest_a64 "$A/unit.xml" "$ROOT/tests/unit" || rc=$?
-"$WORK/tools/bin/python" "$ROOT/tests/wheel/junit_summary.py" "$A/unit.xml" "aarch64 unit tier (qemu-user)" \
+rc=0; pytest_a64 "$A/unit.xml" "$TREE/tests/unit" || rc=$?
+"$WORK/tools/bin/python" "$TREE/tests/wheel/junit_summary.py" "$A/unit.xml" "aarch64 unit tier (qemu-user)" \
   || rc=1
 [ $rc -eq 0 ] || fail "aarch64: unit tier"
 

