@@ -16,7 +16,7 @@ help:
 	@echo "make demo   - run a pod network namespace through the CNI chain with istio-cni, show redirected traffic"
 	@echo "make test   - install everything needed, then run the whole test suite"
 	@echo "make bench  - run the benchmarks and check the latency budgets"
-	@echo "make wheel  - build a wheel, auditwheel-repair it and test it in a clean venv"
+	@echo "make wheel  - build, auditwheel-repair and test the x86_64 and aarch64 (cross + qemu-user) wheels"
 
 setup: apt venv go-tools
 
@@ -58,8 +58,10 @@ bench: setup
 	$(PY) benchmarks/check_budgets.py $(BENCH_JSON) --markdown $(BENCH_JSON:.json=.md) || rc=1; \
 	exit $$rc
 
-# pip wheel + auditwheel repair + install into a clean venv + unit tier (docs/wheels.md).
-wheel: venv
+# Both wheels: x86_64 (build, repair, clean venv, unit tier) and aarch64 (cross-built against a
+# cached arm64 Debian sysroot, tested under qemu-user; no binfmt). Slow, so not part of `test`
+# (docs/wheels.md has the times).
+wheel: apt venv
 	@tools/wheel-check.sh
 
 clean:

@@ -77,6 +77,7 @@ def bearer_token(cluster) -> str:
             raise errors.KubernetesLookupError(
                 f"the service-account token file {cluster.token_file} is larger than {_MAX_TOKEN} bytes")
         token = raw.decode("latin-1")
+        errors.register_secret(token)  # no error or log line may carry it, whatever the path
         where = f"the service-account token file {cluster.token_file}"
     else:
         where = "the kubeconfig user's token"

@@ -283,3 +283,16 @@ def test_lookup_stops_at_its_deadline(fake_api, tmp_path):
     with pytest.raises(errors.TryAgainLater) as ei:
         get_pod(conf, "ns1", "web", client=Client(load(conf.kubeconfig), timeout=0.3))
     assert fake_api.hits(path) < 30 and "timed out" in ei.value.details
+
+
+def test_token_file_token_is_registered_as_a_secret(tmp_path):
+    from istio_cni.k8s import bearer_token
+
+    tf = tmp_path / "token"
+    tf.write_text("file-token-3f9a8b7c\n")
+    cluster = Cluster(server="https://h", ca_file="", ca_data="", insecure=False, token="", token_file=str(tf),
+                      client_cert_file="", client_cert_data="", client_key_file="", client_key_data="",
+                      namespace="")
+    assert bearer_token(cluster) == "file-token-3f9a8b7c"
+    err = errors.TryAgainLater("x", "the API echoed file-token-3f9a8b7c back").to_dict("1.0.0")
+    assert "file-token-3f9a8b7c" not in json.dumps(err)
