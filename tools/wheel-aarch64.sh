@@ -42,6 +42,7 @@ mkdir -p "$A" "$CACHE"
 exec 9>"$CACHE/.lock"
 timeout 1800 flock 9 || fail "aarch64: another make wheel holds $CACHE/.lock"
 
+T0=$SECONDS
 step "aarch64: host packages (only the missing ones are installed)"
 ensure_apt debootstrap gcc-aarch64-linux-gnu "python$PYVER" "python$PYVER-venv" python3-venv \
   debian-archive-keyring curl ca-certificates
@@ -153,7 +154,9 @@ if [ ! -f "$DEPS/.complete" ]; then
   touch "$DEPS/.complete"
 fi
 
+T1=$SECONDS
 # ---- 5. build and repair -----------------------------------------------------------------
+step "aarch64: sysroot, qemu, crossenv, test dependencies ready in $((T1 - T0)) s"
 step "aarch64: cross-building the wheel"
 rm -rf "$A/src" && cp -a "$WORK/src" "$A/src"
 (cd "$A/src" && CC="aarch64-linux-gnu-gcc --sysroot=$SYSROOT" \
@@ -171,6 +174,8 @@ case "$NAME" in *manylinux*_aarch64.whl) ;; *) fail "aarch64: repaired wheel $NA
 step "aarch64: repaired: $NAME"
 check_contents "$WORK/tools/bin/python" "$WHEEL" aarch64
 
+T2=$SECONDS
+step "aarch64: built, repaired and checked in $((T2 - T1)) s"
 # ---- 6. test under qemu-user -------------------------------------------------------------
 step "aarch64: installing the wheel for the arm64 interpreter"
 SITE="$A/env/site-packages"
@@ -204,6 +209,11 @@ rc=0; pytest_a64 "$A/unit.xml" "$TREE/tests/unit" || rc=$?
   || rc=1
 [ $rc -eq 0 ] || fail "aarch64: unit tier"
 
+# Entries of older keys (a new point release, another crossenv pin) are not used again.
+for old in "$CACHE"/sysroot-* "$CACHE"/crossenv-* "$CACHE"/qemu-* "$CACHE"/testdeps-*; do
+  case "$old" in "$SYSROOT"|"$XDIR"|"$QDIR"|"$(dirname "$DEPS")") ;; *) rm -rf "$old" ;; esac
+done
+
 mkdir -p "$OUT"
 cp "$WHEEL" "$OUT/"
-step "aarch64: OK: $OUT/$NAME"
+step "aarch64: OK: $OUT/$NAME (tests under qemu $((SECONDS - T2)) s, aarch64 total $((SECONDS - T0)) s)"
