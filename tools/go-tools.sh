@@ -27,8 +27,13 @@ declare -A SPEC=(
   [kube-apiserver]="k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-apiserver"
   [istio-cni]="istio.io/istio istio.io/istio/cni/cmd/istio-cni"
   [portmap]="github.com/containernetworking/plugins github.com/containernetworking/plugins/plugins/meta/portmap"
+  # The node tier (tests/node): the rest of a node from the same k8s.io/kubernetes, and crictl.
+  [crictl]="sigs.k8s.io/cri-tools sigs.k8s.io/cri-tools/cmd/crictl"
+  [kube-scheduler]="k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-scheduler"
+  [kube-controller-manager]="k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-controller-manager"
+  [kubelet]="k8s.io/kubernetes k8s.io/kubernetes/cmd/kubelet"
 )
-ORDER=(istio-iptables helm cnitool portmap kube-apiserver istio-cni)
+ORDER=(istio-iptables helm cnitool portmap kube-apiserver istio-cni crictl kube-scheduler kube-controller-manager kubelet)
 
 export PATH="$PATH:/usr/local/go/bin"  # where the machine image keeps Go, if PATH lacks it
 if ! command -v go >/dev/null; then
@@ -40,7 +45,8 @@ fi
 
 # Version stamps upstream's own Makefiles put in with -X (helm: `helm version`, its default
 # .Capabilities.KubeVersion; kube-apiserver: /version, which clients and charts' kubeVersion
-# constraints read). Without them helm says "v3.22" and the apiserver "v0.0.0-master".
+# constraints read; kubelet: the node's kubeletVersion). Without them helm says "v3.22" and the
+# apiserver "v0.0.0-master".
 extra_ldflags() {  # name dir version
   local name=$1 dir=$2 ver=$3 kv major minor
   case $name in
@@ -50,7 +56,7 @@ extra_ldflags() {  # name dir version
       echo "-X helm.sh/helm/v3/internal/version.version=$ver -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
            "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
            "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor" ;;
-    kube-apiserver)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubelet)
       major=$(echo "${ver#v}" | cut -d. -f1); minor=$(echo "$ver" | cut -d. -f2)
       for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         echo "-X $p.gitVersion=$ver -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"

@@ -10,6 +10,8 @@ PKGS=(
   time                                                           # /usr/bin/time: plugin peak RSS (benchmarks)
   python3                                                        # /usr/bin/python3: traffic helpers run as uid 1337 (tests/integration/traffic.py)
   openssl                                                        # test PKI (tests/peers/certs.py)
+  containerd runc                                                # the node tier's container runtime (tests/node)
+  buildah debootstrap                                            # node tier images without a registry (tools/images/build.py)
 )
 missing=()
 for p in "${PKGS[@]}"; do

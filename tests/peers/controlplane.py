@@ -41,6 +41,9 @@ class ControlPlane:
     """Start with ``ControlPlane(workdir, apiserver_bin).start()``; always ``stop()``."""
 
     ADMIN_USER = "istio-cni-test-admin"
+    # Hooks for a control plane inside a test node's private netns (tests/node/cluster.py).
+    BIND_ADDRESS = "127.0.0.1"
+    EXTRA_SANS: tuple[str, ...] = ()
 
     def __init__(self, workdir: Path, apiserver_bin: Path, etcd_bin: str = ETCD) -> None:
         self.dir = Path(workdir)
@@ -60,7 +63,7 @@ class ControlPlane:
         try:
             etcd_url = self._start_etcd()
             self._start_apiserver(etcd_url)
-            self.api = KubeAPI(self.server, self.token, self.ca_file)
+            self.api = self._client()
             self._wait_ready(t0 + START_TIMEOUT)
         except BaseException:
             self.stop()
@@ -104,6 +107,9 @@ class ControlPlane:
         self.api.delete_pod(namespace, name)
 
     # -- pieces -----------------------------------------------------------------------------------
+    def _client(self) -> KubeAPI:
+        return KubeAPI(self.server, self.token, self.ca_file)
+
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "wb")
         try:
@@ -136,7 +142,7 @@ class ControlPlane:
         ca = CA(pki, "istio-cni-test-kube-ca")
         cert, key = ca.issue("apiserver", "kube-apiserver",
                              sans=LOOPBACK_SANS + ("DNS:kubernetes", "DNS:kubernetes.default",
-                                                   "DNS:kubernetes.default.svc"))
+                                                   "DNS:kubernetes.default.svc") + self.EXTRA_SANS)
         sa_key, sa_pub = make_keypair(pki, "service-account")
         tokens = pki / "tokens.csv"
         tokens.write_text(f'{self.token},{self.ADMIN_USER},uid-admin,"system:masters"\n')
@@ -146,7 +152,7 @@ class ControlPlane:
         self._spawn("kube-apiserver", [
             str(self.apiserver_bin),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", f"--secure-port={port}",
+            f"--bind-address={self.BIND_ADDRESS}", f"--secure-port={port}",
             "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
             f"--tls-cert-file={cert}", f"--tls-private-key-file={key}", f"--client-ca-file={ca.cert}",
             f"--token-auth-file={tokens}",

@@ -14,7 +14,9 @@ import pytest
 
 CACHE = Path(os.environ.get("ISTIO_CNI_TOOLS_CACHE", Path.home() / ".cache" / "istio-cni-tools"))
 REPO = Path(__file__).resolve().parents[2]
-KNOWN = ("istio-iptables", "helm", "cnitool", "portmap", "kube-apiserver", "istio-cni")
+KNOWN = ("istio-iptables", "helm", "cnitool", "portmap", "kube-apiserver", "istio-cni",
+         # the node tier (tests/node): kubelet and the controllers beside kube-apiserver, and crictl
+         "kube-controller-manager", "kube-scheduler", "kubelet", "crictl")
 
 
 def _read(path: Path) -> str | None:

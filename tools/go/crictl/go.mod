@@ -3,6 +3,6 @@
 // Debian 12 has no cri-tools package.
 module istio-cni-tools/crictl
 
-go 1.26.0
+go 1.26.6
 
 require sigs.k8s.io/cri-tools v1.37.0
