@@ -3,7 +3,12 @@
 CNI SPEC.md "Error" section: the plugin exits non-zero and prints
 ``{"cniVersion", "code", "msg", "details"}`` on stdout. Codes 1-99 are reserved by the
 spec (8 and 999 are libcni conventions); 100+ are ours. ``skel`` never wraps a
-``CNIError`` in another one, and turns any other exception into ``InternalError``.
+``CNIError`` in another one, and turns any other exception into ``InternalError``
+through ``internal_error`` (types and frames only: no reprs, no values).
+
+Secrets: whoever reads a credential calls ``register_secret``; ``to_dict`` and the logger
+pass every message through ``redact``, so a token that slipped into a message by any path
+leaves the process as ``[redacted]``.
 """
 
 from __future__ import annotations
