@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import istio_cni
 from istio_cni import _fastpath, _fastpath_py
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+# The directory istio_cni is imported from (src/ in the dev venv, site-packages when `make
+# wheel` tests an installed wheel): the child interpreters run with -I -S and get only this.
+SRC = Path(istio_cni.__file__).resolve().parent.parent
 
 
 @pytest.fixture(params=["c", "py"])

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+import istio_cni
 from istio_cni import errors
 from istio_cni.kubeconfig import Cluster, KubeconfigError, load
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+# The directory istio_cni is imported from (src/ in the dev venv, site-packages when `make
+# wheel` tests an installed wheel): the child interpreters run with -I -S and get only this.
+SRC = Path(istio_cni.__file__).resolve().parent.parent
 TOKEN = "kc-s3cr3t-t0ken-value"
 KEY = "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t"  # base64 of a PEM header line
 
