@@ -44,6 +44,7 @@ _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 # Field values and reason phrases: visible ASCII, obs-text, SP and HTAB (RFC 9110 5.5);
 # every other control byte (CR, LF, NUL, ...) is refused.
 _TEXT = frozenset(range(0x21, 0x7F)) | frozenset(range(0x80, 0x100)) | {0x20, 0x09}
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 def _field(line: bytes) -> tuple[str, str]:
@@ -60,8 +61,9 @@ def _field(line: bytes) -> tuple[str, str]:
 def parse_head(head: bytes) -> tuple[int, str, dict]:
     """An HTTP/1.x response head (status line + headers, no blank line) -> (status, reason,
     lower-cased headers). ``ResponseError`` (a ``ValueError``) names what is malformed: lines
-    end in CRLF only, names are tokens, values carry no control bytes, a header appears once
-    (except Set-Cookie/Warning style lists, which we merge). Shared with the agent client."""
+    end in CRLF only, names are tokens, values carry no control bytes, Content-Length,
+    Transfer-Encoding and Host appear at most once (other repeated fields are joined with
+    ", "). Shared with the agent client."""
     lines = head.split(b"\r\n")
     status_line = lines[0]
     version, sp, rest = status_line.partition(b" ")
@@ -189,8 +191,6 @@ def _read_chunked(stream: _Stream, out: bytearray, limit: int) -> None:
         _field(line)
         budget -= len(line) + 2
 
-
-_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 def read_response(sock, deadline: float | None = None, max_body: int = MAX_BODY) -> tuple[int, str, bytes]:
