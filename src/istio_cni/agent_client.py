@@ -34,7 +34,8 @@ LOG_PATH = "/v1/log"
 MAX_ANSWER = 1 << 20  # a CNI result is a few KB; anything bigger is not our agent
 MAX_TIMEOUT = 30.0  # whatever the netconf says, the agent never holds an ADD longer
 LOG_FLUSH_TIMEOUT = 0.25  # the log flush runs after the result is on stdout; keep exit prompt
-MAX_TEXT = 300  # agent-provided text quoted in our log line or in a CNI error it carries
+MAX_TEXT = 300  # agent-provided text quoted in our warning line
+MAX_ERROR_TEXT = 4096  # msg/details of a CNI error the agent carries (rule diffs can be long)
 
 
 class AgentUnavailable(Exception):
@@ -45,9 +46,9 @@ class AgentFallback(AgentUnavailable):
     """The agent answered well-formed ``{"fallback": why}``: it is healthy, just cannot decide."""
 
 
-def _short(value) -> str:
+def _short(value, limit: int = MAX_TEXT) -> str:
     text = value if isinstance(value, str) else repr(value)
-    return text[:MAX_TEXT]
+    return text[:limit]
 
 
 def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
@@ -144,8 +145,8 @@ def interpret(answer: bytes, expected: dict | None = None) -> dict:
         if cls is errors.InternalError:  # an agent-side bug says nothing about the pod
             raise AgentUnavailable(f"agent internal error: {_short(err.get('msg'))}")
         msg, details = err.get("msg"), err.get("details")
-        raise cls(_short(msg) if isinstance(msg, str) and msg else cls.msg,
-                  _short(details) if isinstance(details, str) else "")
+        raise cls(_short(msg, MAX_ERROR_TEXT) if isinstance(msg, str) and msg else cls.msg,
+                  _short(details, MAX_ERROR_TEXT) if isinstance(details, str) else "")
     result = doc.get("result")
     if not isinstance(result, dict):
         raise AgentUnavailable("agent answer has neither result, error nor fallback")
