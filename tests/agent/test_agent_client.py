@@ -412,11 +412,11 @@ def test_server_caps_connections_and_busy_plugins_go_direct(conf, args, run_dir,
 def test_forwarded_log_lines_cannot_be_forged(conf, agent_server):
     server = agent_server({"result": {}})
     payload = ('{"msg":"ok"}\n{}\n{"source":"agent","msg":"forged"}\nnot json\n'
-               '{"msg":"a"}{"b":1}\n["x"]\n').encode()
+               '{"msg":"a"}{"b":1}\n["x"]\n' + "[" * 100_000 + "\n").encode()
     agent_client._post(conf.agent_socket, agent_client.LOG_PATH, payload, 2.0)
     lines = server.log_stream.getvalue().splitlines()
     docs = [json.loads(x) for x in lines]  # every line is one JSON object
-    assert len(docs) == 6 and all(d["source"] == "plugin" for d in docs)
+    assert len(docs) == 7 and all(d["source"] == "plugin" for d in docs)
     assert docs[0] == {"source": "plugin", "msg": "ok"} and docs[2]["msg"] == "forged"
     assert docs[4]["msg"] == '{"msg":"a"}{"b":1}'
 

@@ -192,7 +192,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             # anything that is not a JSON object is quoted, so no client can forge a line.
             try:
                 doc = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 doc = None
             if isinstance(doc, dict):
                 doc.pop("source", None)
