@@ -214,17 +214,49 @@ def _socket_class():
     return _Socket
 
 
-def connect(host: str, port: int, deadline: float):
-    """TCP connect with ``_socket`` (``import socket`` alone costs ~15 ms per exec), each
-    address tried with what is left until ``deadline`` (monotonic). Name resolution is the
-    system resolver's (its own timeouts); API servers are normally named by IP."""
+def resolve(host: str, port: int, deadline: float) -> list:
+    """``getaddrinfo`` for TCP, bounded by ``deadline``.
+
+    An IP literal (how the installer names the API server) is parsed without the resolver.
+    A name is resolved on a helper thread (``_thread``: built in, no import cost) so that a
+    slow DNS server ends the attempt at its deadline, not at the resolver's own timeouts
+    (5 s per server and try by default); the helper finishes or dies with the process."""
     import _socket
 
-    sock_cls = _socket_class()
-    last: OSError | None = None
     # bytes, not str: a str host is IDNA-encoded first, which imports encodings.idna.
     name = host.encode("ascii") if host.isascii() else host
-    for family, kind, proto, _, addr in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
+    try:
+        return _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM, 0, _socket.AI_NUMERICHOST)
+    except _socket.gaierror:
+        pass
+    import _thread
+
+    done = _thread.allocate_lock()
+    done.acquire()
+    box: list = []
+
+    def lookup() -> None:
+        try:
+            box.append(_socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM))
+        except BaseException as e:  # handed to the caller, never raised on this thread
+            box.append(e)
+        finally:
+            done.release()
+
+    _thread.start_new_thread(lookup, ())
+    if not done.acquire(True, time_left(deadline)):
+        raise TimeoutError(f"resolving {host[:80]} took longer than the attempt's deadline")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def connect(host: str, port: int, deadline: float):
+    """TCP connect with ``_socket`` (``import socket`` alone costs ~15 ms per exec): name
+    resolution and each address tried are bounded by what is left until ``deadline``."""
+    sock_cls = _socket_class()
+    last: OSError | None = None
+    for family, kind, proto, _, addr in resolve(host, port, deadline):
         sock = sock_cls(family, kind, proto)
         try:
             sock.settimeout(time_left(deadline))

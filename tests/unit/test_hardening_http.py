@@ -202,3 +202,40 @@ def test_quote_segment(segment, expected):
 def test_quote_segment_refuses_dot_segments(segment):
     with pytest.raises(ValueError):
         transport.quote_segment(segment)
+
+
+def test_slow_name_resolution_ends_at_the_attempt_deadline(monkeypatch):
+    import _socket
+    import threading
+
+    real = _socket.getaddrinfo
+    release = threading.Event()
+
+    def slow_dns(host, port, family=0, kind=0, proto=0, flags=0):
+        if flags & _socket.AI_NUMERICHOST:
+            return real(host, port, family, kind, proto, flags)
+        release.wait(10)  # a DNS server that does not answer
+        return real("127.0.0.1", port, family, kind)
+
+    monkeypatch.setattr(_socket, "getaddrinfo", slow_dns)
+    start = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match="resolving api.example"):
+            transport.connect("api.example", 443, start + 0.2)
+        assert time.monotonic() - start < 2.5  # a bound against hanging, not a benchmark
+    finally:
+        release.set()
+
+
+def test_ip_literals_need_no_resolver(monkeypatch):
+    import _socket
+
+    real = _socket.getaddrinfo
+
+    def numeric_only(host, port, family=0, kind=0, proto=0, flags=0):
+        assert flags & _socket.AI_NUMERICHOST, "the resolver was asked for an IP literal"
+        return real(host, port, family, kind, proto, flags)
+
+    monkeypatch.setattr(_socket, "getaddrinfo", numeric_only)
+    assert transport.resolve("192.0.2.7", 443, time.monotonic() + 1)[0][4] == ("192.0.2.7", 443)
+    assert transport.resolve("fd00::7", 443, time.monotonic() + 1)[0][4][:2] == ("fd00::7", 443)
