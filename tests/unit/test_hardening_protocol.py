@@ -176,3 +176,12 @@ def test_log_lines_are_ascii_json_whatever_the_values():
     line = stream.getvalue()
     assert line.isascii() and line.count("\n") == 1
     assert json.loads(line)["value"] == "\ud800\n\""
+
+
+def test_a_broken_install_still_prints_one_error_document():
+    code = ("import sys; sys.modules['istio_cni.plugin'] = None\n"  # its import now fails
+            "from istio_cni.__main__ import main; main()")
+    proc = subprocess.run([sys.executable, "-I", "-c", code], input=b"{}", capture_output=True, timeout=60,
+                          env={"CNI_COMMAND": "ADD", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    doc = one_document(proc)
+    assert proc.returncode == 1 and doc["code"] == 999 and "ImportError" in doc["msg"]
