@@ -184,4 +184,4 @@ def test_a_broken_install_still_prints_one_error_document():
     proc = subprocess.run([sys.executable, "-I", "-c", code], input=b"{}", capture_output=True, timeout=60,
                           env={"CNI_COMMAND": "ADD", "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     doc = one_document(proc)
-    assert proc.returncode == 1 and doc["code"] == 999 and "ImportError" in doc["msg"]
+    assert proc.returncode == 1 and doc["code"] == 999 and "ModuleNotFoundError" in doc["msg"]
