@@ -163,8 +163,10 @@ def test_trickle_past_the_deadline_times_out(server):
     start = time.monotonic()
     with pytest.raises(TimeoutError):
         fetch(server, pieces, gap=0.02, deadline=0.3)
-    # Bound, not a benchmark: without the whole-answer deadline this takes len(raw) * 0.02 s (~4.5 s).
-    assert time.monotonic() - start < 2.5
+    # Without the whole-answer deadline the read would end after len(raw) * 0.02 s (~4.5 s)
+    # with a result, not TimeoutError. The bound below only catches a hang (slack for a
+    # loaded machine); it is not a benchmark.
+    assert time.monotonic() - start < 0.3 + 5.0
 
 
 def test_silent_server_times_out(server):
@@ -222,7 +224,7 @@ def test_slow_name_resolution_ends_at_the_attempt_deadline(monkeypatch):
     try:
         with pytest.raises(TimeoutError, match="resolving api.example"):
             transport.connect("api.example", 443, start + 0.2)
-        assert time.monotonic() - start < 2.5  # a bound against hanging, not a benchmark
+        assert time.monotonic() - start < 5.5  # a bound against hanging, not a benchmark
     finally:
         release.set()
 

