@@ -17,8 +17,9 @@ import time
 
 from . import errors
 from .log import log
-from .http1 import read_response
-from .transport import HTTPError, TLSConn, connect, host_header, lean_tls_context, quote_segment, split_server
+
+# ``transport`` and ``http1`` are imported where a request is made: the agent path imports
+# this module only for ``check_pod_ref`` and never opens a TCP connection itself.
 
 # DNS-1123 as Kubernetes validates object names (k8s.io/apimachinery validation):
 # a namespace is a label (<= 63), a pod name a subdomain (<= 253) of such labels.
@@ -53,6 +54,8 @@ def check_pod_ref(namespace: str, name: str) -> None:
 
 
 def pod_path(namespace: str, name: str) -> str:
+    from .transport import quote_segment
+
     return f"/api/v1/namespaces/{quote_segment(namespace)}/pods/{quote_segment(name)}"
 
 
@@ -91,6 +94,8 @@ class Client:
     """GETs JSON objects from the API server named by a kubeconfig ``Cluster``."""
 
     def __init__(self, cluster, timeout: float = 5.0) -> None:
+        from .transport import lean_tls_context, split_server
+
         self.cluster = cluster
         self.timeout = timeout
         self.scheme, self.host, self.port, self.prefix = split_server(cluster.server)
@@ -100,6 +105,9 @@ class Client:
     def get(self, path: str, timeout: float | None = None):
         """One attempt, all of it (connect, TLS handshake, send, the whole answer) bounded by
         ``timeout``. Raises ``HTTPError`` for a non-200, ``OSError``/``ValueError`` else."""
+        from .http1 import read_response
+        from .transport import HTTPError, TLSConn, connect, host_header
+
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         sock = connect(self.host, self.port, deadline)
         try:
@@ -145,6 +153,8 @@ def _client(conf) -> Client:
 
 def get_pod(conf, namespace: str, name: str, sleep=time.sleep, client=None) -> dict:
     """GET the pod, retrying as the module docstring describes. Never logs the token."""
+    from .transport import HTTPError
+
     check_pod_ref(namespace, name)
     path = pod_path(namespace, name)
     if client is None:

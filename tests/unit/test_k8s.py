@@ -213,13 +213,13 @@ def test_malformed_answers_retry_then_code_11_with_cause(tmp_path, raw, cause):
 
 def test_request_line_and_host_header(tmp_path, monkeypatch):
     """IPv6 API hosts are bracketed in Host (issue 13); the path is the escaped pod path."""
-    from istio_cni import k8s, transport
+    from istio_cni import transport
     from support.rawhttp import Answer, RawServer
 
     with RawServer() as server:
         real_connect = transport.connect
         # The client believes it talks to [fd00::10]:6443; the bytes go to our 127.0.0.1 server.
-        monkeypatch.setattr(k8s, "connect", lambda host, port, deadline: real_connect(
+        monkeypatch.setattr(transport, "connect", lambda host, port, deadline: real_connect(
             "127.0.0.1", server.port, deadline))
         body = json.dumps(POD).encode()
         answer = server.script(Answer([b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)],
