@@ -8,6 +8,7 @@ which rewrites the file only when its content would change. The token is never l
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -20,14 +21,6 @@ class KubeconfigError(RuntimeError):
     pass
 
 
-def _yaml_scalar(s: str) -> str:
-    # JWTs and hosts are plain YAML scalars; anything else gets a JSON (= YAML) double-quoted form.
-    if s and all(c.isalnum() or c in "-._~:/[]" for c in s) and not s[0] in "-:[]":
-        return s
-    import json
-    return json.dumps(s)
-
-
 def server_url(protocol: str, host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # IPv6 literal, as Go's net.JoinHostPort does
@@ -35,32 +28,27 @@ def server_url(protocol: str, host: str, port: int) -> str:
 
 
 def render(server: str, token: str, ca_pem: bytes | None, skip_tls_verify: bool) -> str:
-    """Same layout as upstream's kubeconfig (keys sorted as Go's YAML marshaller emits them)."""
+    """The document upstream writes (same keys, same order), serialised as JSON.
+
+    Upstream marshals it as YAML. kubectl and client-go read JSON as well (it is YAML), and the
+    plugin reads a JSON kubeconfig on its fast path with the standard library's C JSON engine,
+    while a YAML one costs every ADD the PyYAML import (~45 ms measured, benchmarks/RESULTS.md).
+    """
     if skip_tls_verify:
-        tls = "    insecure-skip-tls-verify: true\n"
+        tls: dict[str, object] = {"insecure-skip-tls-verify": True}
     elif ca_pem:
-        tls = f"    certificate-authority-data: {base64.b64encode(ca_pem).decode()}\n"
+        tls = {"certificate-authority-data": base64.b64encode(ca_pem).decode()}
     else:
         raise KubeconfigError("no CA certificate and SKIP_TLS_VERIFY is false")
-    return (
-        "apiVersion: v1\n"
-        "clusters:\n"
-        "- cluster:\n"
-        f"{tls}"
-        f"    server: {_yaml_scalar(server)}\n"
-        "  name: local\n"
-        "contexts:\n"
-        "- context:\n"
-        "    cluster: local\n"
-        "    user: istio-cni\n"
-        "  name: istio-cni-context\n"
-        "current-context: istio-cni-context\n"
-        "kind: Config\n"
-        "users:\n"
-        "- name: istio-cni\n"
-        "  user:\n"
-        f"    token: {_yaml_scalar(token)}\n"
-    )
+    doc = {
+        "apiVersion": "v1",
+        "clusters": [{"cluster": {**tls, "server": server}, "name": "local"}],
+        "contexts": [{"context": {"cluster": "local", "user": "istio-cni"}, "name": "istio-cni-context"}],
+        "current-context": "istio-cni-context",
+        "kind": "Config",
+        "users": [{"name": "istio-cni", "user": {"token": token}}],
+    }
+    return json.dumps(doc, indent=2) + "\n"
 
 
 class Kubeconfig:

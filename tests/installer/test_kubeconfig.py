@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
+import yaml
 
 from istio_cni_installer.kubeconfig import Kubeconfig, KubeconfigError, render, server_url
 from istio_cni_installer.settings import parse
@@ -20,7 +25,21 @@ def test_render_matches_upstream_golden(conformance, golden, host, skip):
     d = conformance / "install" / "modern"
     ca = (d / "kube-ca.crt").read_bytes()
     text = render(server_url("https", host, 443), TOKEN, None if skip else ca, skip)
-    assert text == (d / golden).read_text()
+    # Upstream writes YAML; we write the same document as JSON (the plugin's fast path).
+    assert text.lstrip().startswith("{")
+    assert json.loads(text) == yaml.safe_load((d / golden).read_text())
+
+
+def test_rendered_kubeconfig_is_read_by_the_plugin_without_yaml(tmp_path):
+    """The installer's file takes the plugin's JSON fast path: no PyYAML import per ADD."""
+    path = tmp_path / "kc"
+    path.write_text(render(server_url("https", "fd00::1", 6443), TOKEN, b"-----CA-----", False))
+    code = (
+        "import sys; from istio_cni import kubeconfig as k; c = k.load(sys.argv[1]);"
+        "assert c.server == 'https://[fd00::1]:6443', c.server;"
+        "assert 'yaml' not in sys.modules, 'PyYAML imported for the installer kubeconfig'"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
 
 
 def test_ipv6_server_is_bracketed():
@@ -41,14 +60,14 @@ def test_written_0600_into_run_dir_and_rewritten_on_rotation(host_layout, confor
     assert kc.ensure() is True
     path = host_layout.run_dir / "istio-cni-kubeconfig"
     assert path.stat().st_mode & 0o777 == 0o600
-    assert "token: foo\n" in path.read_text()
+    assert json.loads(path.read_text())["users"][0]["user"]["token"] == "foo"
     assert not any(host_layout.net_dir.iterdir()), "nothing goes into the shared CNI net dir"
     assert kc.ensure() is False  # unchanged: no write
     project_token(host_layout.sa_dir, {"token": (d / "token-bar").read_bytes(),
                                        "ca.crt": (d / "kube-ca.crt").read_bytes()})
     assert kc.check() == [f"kubeconfig {path} is stale (token or server changed)"]
     assert kc.ensure() is True
-    assert "token: bar\n" in path.read_text()
+    assert json.loads(path.read_text())["users"][0]["user"]["token"] == "bar"
     path.chmod(0o644)
     assert kc.check() == [f"kubeconfig {path} has mode 644"]
 

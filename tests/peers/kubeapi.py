@@ -23,9 +23,9 @@ class ApiError(RuntimeError):
 
 
 def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: str) -> Path:
-    """A kubeconfig for one token identity (atomic write, mode 0600: it holds a credential)."""
-    import yaml
+    """A kubeconfig for one token identity (atomic write, mode 0600: it holds a credential).
 
+    JSON, like the installer writes it: the plugin's fast path (YAML would import PyYAML)."""
     doc = {
         "apiVersion": "v1", "kind": "Config", "current-context": "test",
         "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
@@ -35,7 +35,7 @@ def write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: s
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", opener=lambda p, f: os.open(p, f, 0o600)) as fh:
-        yaml.safe_dump(doc, fh)
+        json.dump(doc, fh)
     tmp.replace(path)
     return path
 
