@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 from istio_cni.value import Value
@@ -149,9 +150,12 @@ def build(output: Path | str) -> BundleInfo:
     dynload = Path(sysconfig.get_config_var("DESTSHARED") or stdlib / "lib-dynload")
     exe = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
 
-    stage = output.with_name(f".{output.name}.tmp.{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    (stage / "bin").mkdir(parents=True)
+    # A fresh private (0700) dir with an unpredictable name: nothing planted at a guessable
+    # staging path (a symlink, say) can redirect the copy.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp.", dir=output.parent))
+    stage.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a capability-less reader
+    (stage / "bin").mkdir()
     (stage / "lib").mkdir()
     shutil.copy2(exe, stage / "bin" / ver)
     shutil.copytree(stdlib, stage / "lib" / ver, ignore=_ignore_stdlib, symlinks=False)
