@@ -142,12 +142,11 @@ def test_tls_verified(fake_api_tls, tmp_path):
 
 
 def test_missing_kubeconfig_is_a_clear_cni_error(tmp_path):
-    # Code 7 once kubeconfig.KubeconfigError is the code-7 config error (issue 13 item 1),
-    # code 101 (lookup error) while it is a plain ValueError: get_pod keeps whichever it is.
+    # A missing or unusable kubeconfig is a configuration error (code 7) naming the file.
     conf = conf_for(str(tmp_path / "none"))
     with pytest.raises(errors.CNIError) as ei:
         get_pod(conf, "ns1", "web")
-    assert ei.value.code in (7, 101) and "kubeconfig" in str(ei.value)
+    assert ei.value.code == 7 and "kubeconfig" in str(ei.value)
 
 
 @pytest.mark.parametrize(
