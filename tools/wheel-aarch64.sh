@@ -177,21 +177,27 @@ check_contents "$WORK/tools/bin/python" "$WHEEL" aarch64
 T2=$SECONDS
 step "aarch64: built, repaired and checked in $((T2 - T1)) s"
 # ---- 6. test under qemu-user -------------------------------------------------------------
-step "aarch64: installing the wheel for the arm64 interpreter"
-SITE="$A/env/site-packages"
+step "aarch64: installing the wheel into a venv of the arm64 interpreter"
+# A venv layout (pyvenv.cfg + lib/python3.X/site-packages), so the wheel is found the way a
+# real venv finds it, also by children run with -I (which ignores PYTHONPATH).
+SITE="$A/env/lib/python$PYVER/site-packages"
 pip_a64 --no-deps --target "$SITE" "$WHEEL"
+echo "$DEPS" > "$SITE/istio-cni-testdeps.pth"  # the cached test requirements
+printf 'home = /usr/bin\ninclude-system-site-packages = false\nversion = %s\n' "$PYVER" > "$A/env/pyvenv.cfg"
 mkdir -p "$A/env/bin"
 # -0 "$0": argv[0] (so sys.executable) is this script, so tests that spawn sys.executable go
-# back through qemu. -L: the arm64 loader, libraries and stdlib come from the sysroot.
+# back through qemu, and the interpreter finds pyvenv.cfg next to it. -L: the arm64 loader,
+# libraries and stdlib come from the sysroot (home = /usr/bin is read through it).
 cat > "$A/env/bin/python" <<EOF
 #!/bin/sh
-export PYTHONPATH="$SITE:$DEPS" PYTHONNOUSERSITE=1
 export ISTIO_CNI_TEST_EMULATOR="qemu-aarch64 $QEMU_VER"
 exec "$QEMU" -L "$SYSROOT" -0 "\$0" "$SYSROOT/usr/bin/python$PYVER" "\$@"
 EOF
 chmod +x "$A/env/bin/python"
 PY="$A/env/bin/python"
-"$PY" -c 'import platform, sys; print("wheel-check: aarch64: interpreter", platform.machine(), sys.version.split()[0])'
+"$PY" -c 'import platform, sys; print("wheel-check: aarch64: interpreter", platform.machine(), sys.version.split()[0], "prefix", sys.prefix)'
+[ "$("$PY" -I -c 'import istio_cni, sys; print(istio_cni.__file__.startswith(sys.prefix))')" = True ] \
+  || fail "aarch64: the venv layout does not make the wheel importable"
 [ "$("$PY" -c 'import platform; print(platform.machine())')" = aarch64 ] || fail "aarch64: not emulated"
 
 # Run from outside the tree, so only the installed package can be imported.
