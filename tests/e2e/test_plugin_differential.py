@@ -66,111 +66,128 @@ FLAVOURS = ("legacy-iptc", "legacy-restore", "nft-restore", "native-nft")
 NODE = "node-diff"
 
 
-# ---- generators ---------------------------------------------------------------------------
+# ---- generators ----------------------------------------------------------------------------
+# Choices come from a Random that Hypothesis seeds (``st.randoms(use_true_random=True)``): uniform,
+# replayed exactly under the printed seed. About half the pods are "typical" injected pods
+# (they redirect unless an annotation says otherwise); the rest walk every skip rung and a few
+# invalid values.
 
-ports = st.integers(1, 65535).map(str)
-port_lists = st.lists(ports, min_size=1, max_size=3, unique=True).map(",".join)
-cidrs = st.sampled_from(["10.0.0.0/8", "172.16.0.0/12", "192.0.2.1/32", "0.0.0.0/0", "127.1.0.0/16",
-                         "fd00::/8", "2001:db8::/32", "::1/128", "fd00:15::5/128"])
-cidr_lists = st.lists(cidrs, min_size=1, max_size=3, unique=True).map(",".join)
-nics = st.lists(st.sampled_from(["eth1", "net1", "vnet0"]), min_size=1, max_size=2, unique=True).map(",".join)
-
-
-def maybe(strategy, absent_weight: int = 2):
-    """None (annotation absent) about ``absent_weight`` times in ``absent_weight + 1``."""
-    return st.one_of(*([st.none()] * absent_weight), strategy)
+CIDRS = ["10.0.0.0/8", "172.16.0.0/12", "192.0.2.1/32", "0.0.0.0/0", "127.1.0.0/16",
+         "fd00::/8", "2001:db8::/32", "::1/128", "fd00:15::5/128"]
+NICS = ["eth1", "net1", "vnet0"]
 
 
-def rare_star(strategy):
-    """Mostly ``strategy``, sometimes empty, rarely ``*`` (which fails the ADD on both sides
-    unless it is an unused excludeInboundPorts)."""
-    return st.one_of(strategy, strategy, strategy, st.sampled_from(["", "", "*"]))
+def _ports(r) -> str:
+    return ",".join(str(p) for p in r.sample(range(1, 65536), r.randint(1, 3)))
 
 
-@st.composite
-def pods(draw):
+def _some(r, items) -> str:
+    return ",".join(r.sample(items, r.randint(1, min(3, len(items)))))
+
+
+def _maybe(r, p: float, make):
+    return make() if r.random() < p else None
+
+
+def _port_value(r, star: bool) -> str:
+    """Mostly a port list, sometimes empty, rarely ``*``."""
+    roll = r.random()
+    return "*" if star and roll < 0.06 else "" if roll < 0.2 else _ports(r)
+
+
+def _annotations(r, typical: bool) -> tuple:
     ann: dict = {}
     labels: dict = {}
-    if draw(st.integers(0, 9)):
+    if typical or r.random() < 0.8:
         ann["sidecar.istio.io/status"] = '{"containers":["istio-proxy"]}'
-    where = draw(st.sampled_from(["none", "none", "annotation", "label", "both"]))
+    where = r.choice(["none", "none", "annotation", "label", "both"])
+    words = GO_TRUE + ([""] if typical else GO_FALSE + NOT_GO + [""])
     if where in ("annotation", "both"):
-        ann["sidecar.istio.io/inject"] = draw(st.sampled_from(GO_TRUE + GO_FALSE + NOT_GO + [""]))
+        ann["sidecar.istio.io/inject"] = r.choice(words)
     if where in ("label", "both"):
-        labels["sidecar.istio.io/inject"] = draw(st.sampled_from(GO_TRUE + GO_FALSE + LABEL_NOT_GO + [""]))
+        labels["sidecar.istio.io/inject"] = r.choice([w for w in words if w in LABEL_NOT_GO + GO_TRUE + GO_FALSE + [""]])
     values = {
-        "sidecar.istio.io/interceptionMode": maybe(st.sampled_from(["REDIRECT", "TPROXY", "TPROXY", "tproxy"])),
-        T + "includeInboundPorts": maybe(st.sampled_from(["*", ""]) | port_lists),
-        T + "excludeInboundPorts": maybe(rare_star(port_lists)),
-        T + "includeOutboundIPRanges": maybe(st.sampled_from(["*", ""]) | cidr_lists),
-        T + "excludeOutboundIPRanges": maybe(st.just("") | cidr_lists),
-        T + "includeOutboundPorts": maybe(rare_star(port_lists)),
-        T + "excludeOutboundPorts": maybe(rare_star(port_lists)),
-        T + "excludeInterfaces": maybe(nics, 3),
-        T + "kubevirtInterfaces": maybe(nics, 4),
-        "istio.io/reroute-virtual-interfaces": maybe(nics, 4),
-        "status.sidecar.istio.io/port": maybe(st.sampled_from(["15020", "", "abc", "99999"]), 3),
+        "sidecar.istio.io/interceptionMode": _maybe(r, 0.5, lambda: r.choice(
+            ["REDIRECT", "TPROXY", "TPROXY"] + ([] if typical else ["tproxy"]))),
+        T + "includeInboundPorts": _maybe(r, 0.4, lambda: r.choice(["*", "", _ports(r)])),
+        T + "excludeInboundPorts": _maybe(r, 0.4, lambda: _port_value(r, not typical)),
+        T + "includeOutboundIPRanges": _maybe(r, 0.4, lambda: r.choice(["*", "", _some(r, CIDRS)])),
+        T + "excludeOutboundIPRanges": _maybe(r, 0.4, lambda: r.choice(["", _some(r, CIDRS)])),
+        T + "includeOutboundPorts": _maybe(r, 0.3, lambda: _port_value(r, not typical)),
+        T + "excludeOutboundPorts": _maybe(r, 0.3, lambda: _port_value(r, not typical)),
+        T + "excludeInterfaces": _maybe(r, 0.25, lambda: _some(r, NICS)),
+        T + "kubevirtInterfaces": _maybe(r, 0.2, lambda: _some(r, NICS)),
+        "istio.io/reroute-virtual-interfaces": _maybe(r, 0.2, lambda: _some(r, NICS)),
+        "status.sidecar.istio.io/port": _maybe(r, 0.25, lambda: r.choice(["15020", "", "abc", "99999"])),
     }
-    for key, strategy in values.items():
-        value = draw(strategy)
-        if value is not None:
-            ann[key] = value
-    if draw(st.integers(0, 29)) == 0:  # an invalid port: both must fail the ADD
+    ann.update({k: v for k, v in values.items() if v is not None})
+    if not typical and r.random() < 0.05:  # an invalid port: both must fail the ADD
         ann[T + "excludeOutboundPorts"] = "http"
+    return ann, labels
 
+
+def _proxy(r, typical: bool) -> dict:
     env = []
     for name in ("DISABLE_ENVOY",) + ENV_FLAGS:
-        choice = draw(st.integers(0, 19))
-        if choice < 12:
+        roll = r.random()
+        if roll < 0.6:
             continue
-        if name == "DISABLE_ENVOY" or choice < 18:
-            words = GO_TRUE + GO_FALSE + [""] + (NOT_GO if name == "DISABLE_ENVOY" else [])
-            env.append({"name": name, "value": draw(st.sampled_from(words))})
-        elif choice == 18:
+        if name == "DISABLE_ENVOY":
+            words = GO_FALSE + [""] + NOT_GO + ([] if typical else GO_TRUE)
+            env.append({"name": name, "value": r.choice(words)})
+        elif roll < 0.92 or typical:
+            env.append({"name": name, "value": r.choice(GO_TRUE + GO_FALSE + [""])})
+        elif roll < 0.96:
             env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
         else:  # a word upstream warns about and reads as false: a documented difference
-            env.append({"name": name, "value": draw(st.sampled_from(NOT_GO))})
-    proxy = {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.0",
-             "args": draw(st.sampled_from([["proxy", "sidecar", "--domain", "x.svc.cluster.local"]] * 6 + [
-                 ["proxy", "router"], ["proxy", "waypoint"], ["proxy"], [], ["proxy", ""],
-                 ["--log", "proxy", "router"]]))}
+            env.append({"name": name, "value": r.choice(NOT_GO)})
+    sidecar = ["proxy", "sidecar", "--domain", "x.svc.cluster.local"]
+    args = sidecar if typical or r.random() < 0.5 else r.choice(
+        [["proxy", "router"], ["proxy", "waypoint"], ["proxy"], [], ["proxy", ""], ["--log", "proxy", "router"]])
+    proxy = {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.0", "args": args}
     if env:
         proxy["env"] = env
     security = {}
     for field in ("runAsUser", "runAsGroup"):
-        value = draw(st.sampled_from([None, None, None, 0, 1337, 2000, 1000670000, 2147483647]))
+        value = r.choice([None, None, None, 0, 1337, 2000, 1000670000, 2147483647])
         if value is not None:
             security[field] = value
-    if security or draw(st.booleans()):
+    if security or r.random() < 0.3:
         proxy["securityContext"] = security
+    return proxy
 
-    app = {"name": "app", "image": "docker.io/library/nginx:1.27"}
-    spec: dict = {"containers": [app], "initContainers": []}
-    placement = draw(st.sampled_from(["container"] * 4 + ["native"] * 2 + ["absent"]))
+
+@st.composite
+def pods(draw):
+    r = draw(st.randoms(use_true_random=True))
+    typical = r.random() < 0.5
+    ann, labels = _annotations(r, typical)
+    proxy = _proxy(r, typical)
+    spec: dict = {"containers": [{"name": "app", "image": "docker.io/library/nginx:1.27"}], "initContainers": []}
+    placement = r.choice(["container", "container", "native"] + ([] if typical else ["absent"]))
     if placement == "container":
         spec["containers"].append(proxy)
     elif placement == "native":
         spec["initContainers"].append({**proxy, "restartPolicy": "Always"})
-    istio_init = draw(st.sampled_from(["none"] * 6 + ["init", "regular"]))
-    if istio_init == "init":
-        spec["initContainers"].insert(0, {"name": "istio-init", "image": "docker.io/istio/proxyv2:1.24.0"})
-    elif istio_init == "regular":
-        spec["containers"].append({"name": "istio-init", "image": "busybox"})
-    if draw(st.booleans()):
+    if not typical and r.random() < 0.3:
+        if r.random() < 0.5:
+            spec["initContainers"].insert(0, {"name": "istio-init", "image": "docker.io/istio/proxyv2:1.24.0"})
+        else:
+            spec["containers"].append({"name": "istio-init", "image": "busybox"})
+    if r.random() < 0.5:
         spec["initContainers"].append({"name": "istio-validation", "image": "busybox"})
     if not spec["initContainers"]:
         del spec["initContainers"]
     spec["nodeName"] = NODE
-    flavour = draw(st.sampled_from(FLAVOURS))
+    flavour = r.choice(FLAVOURS)
     # Ours through the node agent (warm, cache-backed) or the plugin's direct path. The agent
     # takes the backend from the netconf, which names no nft variant of the restore backend.
-    via = draw(st.sampled_from(["direct", "direct", "agent"])) if flavour != "nft-restore" else "direct"
+    via = r.choice(["direct", "agent"]) if flavour != "nft-restore" else "direct"
     return {
-        "flavour": flavour, "via": via,
+        "flavour": flavour, "via": via, "network": r.choice(sorted(NETWORKS)),
         "pod": {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"d-{uuid.uuid4().hex[:10]}", "annotations": ann, "labels": labels},
+                "metadata": {"name": f"d-{uuid.uuid4().hex[:12]}", "annotations": ann, "labels": labels},
                 "spec": spec},
-        "network": draw(st.sampled_from(sorted(NETWORKS))),
     }
 
 
@@ -334,8 +351,11 @@ def setup(control_plane, plugin_bin, tmp_path_factory):
             time.sleep(0.05)
         print(f"plugin differential: seed {SEED} ({EXAMPLES} pods); replay with ISTIO_CNI_DIFF_SEED={SEED}")
         with ThreadPoolExecutor(2) as pool:
-            yield {"cp": control_plane, "ours": plugin_bin, "upstream": upstream, "run_dir": run_dir,
-                   "agent_run_dir": agent_dir / "run", "namespace": namespace, "pool": pool, "count": 0}
+            shared = {"cp": control_plane, "ours": plugin_bin, "upstream": upstream, "run_dir": run_dir,
+                      "agent_run_dir": agent_dir / "run", "namespace": namespace, "pool": pool, "count": 0, "tally": {}}
+            yield shared
+        tally = ", ".join(f"{k} {v}" for k, v in sorted(shared["tally"].items()))
+        print(f"plugin differential: {shared['count']} pods compared (seed {SEED}): {tally}")
     finally:
         agent.terminate()
         try:
@@ -382,6 +402,10 @@ def test_plugin_matches_upstream(setup, case):
         for name in names:
             nsutil.delete(name)
 
+    outcome = ("failed" if theirs.returncode else
+               "redirected" if "ISTIO" in repr(their_state) or "istio" in their_state["nft"] else "skipped")
+    for key in (outcome, flavour, via, network):
+        setup["tally"][key] = setup["tally"].get(key, 0) + 1
     context = (f"seed {SEED} (replay: ISTIO_CNI_DIFF_SEED={SEED}), flavour {flavour} via {via}, network {network} "
                f"{addresses}\npod: {json.dumps(pod, indent=1)}\n"
                f"upstream: exit {theirs.returncode} {theirs.stdout.decode()}\n"
