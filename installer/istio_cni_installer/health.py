@@ -34,11 +34,22 @@ class Metrics:
         "istio_cni_config_fights_total": "Times a component was detected reverting our config repeatedly.",
         "istio_cni_agent_requests_total": "Plugin requests the node agent answered, by result (ok/error/fallback).",
         "istio_cni_repair_pods_repaired_total": "Repair controller actions on broken pods, by type and result.",
+        "istio_cni_agent_fallbacks_total": "Plugin ADDs that wanted the node agent but took the direct path, "
+                                           "by reason (absent/unreachable/declined).",
+    }
+    # Pod-start cost as the plugin processes measure it (exec to result), reported to the agent
+    # (``agent.addreports``). Buckets span a warm agent-path ADD (a few ms) to a retried lookup.
+    HISTOGRAMS = {
+        "istio_cni_add_duration_seconds": (
+            "Wall time of a plugin ADD from exec to its result, by path (agent/direct) and result (ok/error).",
+            (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)),
     }
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, tuple], float] = {}
+        # (name, labels) -> [count per bucket (not cumulative), +Inf count, sum]
+        self._histograms: dict[tuple[str, tuple], list] = {}
         self.ready = False
         self.not_ready_reason = "starting"
         self.heartbeat = time.monotonic()
@@ -48,6 +59,26 @@ class Metrics:
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
             self._counters[key] = self._counters.get(key, 0) + amount
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        buckets = self.HISTOGRAMS[name][1]
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            h = self._histograms.get(key)
+            if h is None:
+                h = self._histograms[key] = [[0] * len(buckets), 0, 0.0]
+            for i, le in enumerate(buckets):
+                if value <= le:
+                    h[0][i] += 1
+                    break
+            else:
+                h[1] += 1
+            h[2] += value
+
+    def histogram_count(self, name: str, **labels: str) -> int:
+        with self._lock:
+            h = self._histograms.get((name, tuple(sorted(labels.items()))))
+            return 0 if h is None else sum(h[0]) + h[1]
 
     def get(self, name: str, **labels: str) -> float:
         with self._lock:
@@ -77,10 +108,33 @@ class Metrics:
                 if n == name:
                     lab = ",".join(f'{k}="{val}"' for k, val in labels)
                     lines.append(f"{name}{{{lab}}} {v:g}" if lab else f"{name} {v:g}")
+        lines.extend(self._render_histograms())
         lines.append("# HELP istio_cni_install_ready 1 while the plugin is installed and in place.")
         lines.append("# TYPE istio_cni_install_ready gauge")
         lines.append(f"istio_cni_install_ready {1 if self.ready else 0}")
         return "\n".join(lines) + "\n"
+
+    def _render_histograms(self) -> list[str]:
+        lines = []
+        with self._lock:
+            items = sorted((k, (list(h[0]), h[1], h[2])) for k, h in self._histograms.items())
+        for name, (text, buckets) in self.HISTOGRAMS.items():
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} histogram")
+            for (n, labels), (counts, over, total) in items:
+                if n != name:
+                    continue
+                lab = "".join(f'{k}="{val}",' for k, val in labels)
+                running = 0
+                for le, c in zip(buckets, counts):
+                    running += c
+                    lines.append(f'{name}_bucket{{{lab}le="{le:g}"}} {running}')
+                running += over
+                lines.append(f'{name}_bucket{{{lab}le="+Inf"}} {running}')
+                plain = "{" + lab.rstrip(",") + "}" if lab else ""
+                lines.append(f"{name}_sum{plain} {total:.6f}")
+                lines.append(f"{name}_count{plain} {running}")
+        return lines
 
 
 def _handler(metrics: Metrics, idle_timeout: float):

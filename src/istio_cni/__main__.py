@@ -23,6 +23,9 @@ def _broken_install(exc: BaseException) -> int:
 
 
 def main() -> None:
+    from . import addtiming
+
+    addtiming.mark_start()
     if len(sys.argv) > 1 and sys.argv[1] == "validate":  # the istio-validation init container
         from .validate import main as validate_main
 
@@ -36,7 +39,10 @@ def main() -> None:
 
     transport.ONE_SHOT_PROCESS = True  # lets TLS skip encodings.idna (transport._ascii_idna)
 
-    sys.exit(plugin_main(FUNCS))
+    code = plugin_main(FUNCS)
+    if addtiming.agent_socket:  # set by a direct-path ADD that wanted the agent
+        addtiming.finish(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

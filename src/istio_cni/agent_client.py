@@ -11,7 +11,8 @@ Protocol (the agent implements the other half in ``istio_cni_installer.agent``):
       200 {"error": {"code","msg","details"}} a CNI error the ADD must fail with
       200 {"fallback": "why"}                 the agent cannot decide (e.g. it cannot see the
                                               pod yet); the plugin runs the direct path
-    POST /v1/log   newline-separated JSON log lines (the agent prints them)
+    POST /v1/log   newline-separated JSON log lines (the agent prints them); a line
+                   {"report": "add", ...} is a direct-path ADD's timing (``addtiming``)
 
 Failure policy (why): the agent runs the same decision/rule/netfilter code as the direct
 path, so an *error* answer (bad annotation, commit failed) would fail the same way
@@ -26,7 +27,7 @@ plugin takes the direct path, which has its own bounded retries.
 
 from __future__ import annotations
 
-from . import errors
+from . import addtiming, errors
 from .log import log
 
 CNI_PATH = "/v1/cni"
@@ -113,6 +114,9 @@ def _request_body(args, timeout: float) -> bytes:
         # The agent leaves itself a margin under this so its answer arrives before we give up;
         # "expires" (wall clock, same host) also covers time spent queued in the agent's backlog.
         "deadline": timeout, "expires": time.time() + timeout,
+        # Seconds since this process was exec-ed: the agent adds its own time and observes
+        # the sum in istio_cni_add_duration_seconds{path="agent"} (no extra exchange).
+        "elapsed": round(addtiming.elapsed(), 6),
     }).encode()
 
 
@@ -165,17 +169,22 @@ def try_agent(conf, args, expected: dict | None = None) -> dict | None:
     sock = conf.agent_socket
     if not sock or not os.path.exists(sock):
         log.debug("node agent socket absent, using the direct path", socket=sock)
+        addtiming.fallback = addtiming.FALLBACK_ABSENT
         return None
     timeout = conf.agent_timeout
     timeout = min(timeout, MAX_TIMEOUT) if timeout > 0 else 0.0  # NaN/negative: no wait at all
     sink = forward_logs(sock)
     try:
         answer = _post(sock, CNI_PATH, _request_body(args, timeout), timeout)
-        return interpret(answer, expected)
+        result = interpret(answer, expected)
+        addtiming.answered_by_agent = True  # the agent observed this ADD's time itself
+        return result
     except errors.CNIError:
+        addtiming.answered_by_agent = True
         raise
     except AgentFallback as e:
         why = str(e)
+        addtiming.fallback = addtiming.FALLBACK_DECLINED
     except AgentUnavailable as e:
         why = str(e)
         sink.enabled = False  # a misbehaving agent does not get a second wait at exit
@@ -187,6 +196,8 @@ def try_agent(conf, args, expected: dict | None = None) -> dict | None:
         sink.enabled = False
     except (ValueError, RecursionError) as e:  # a request we cannot encode (e.g. non-UTF-8 stdin)
         why = f"{type(e).__name__}: {_short(str(e))}"
+    if not addtiming.fallback:
+        addtiming.fallback = addtiming.FALLBACK_UNREACHABLE
     log.warning("node agent unusable, falling back to the direct path", socket=sock, cause=why)
     return None
 
@@ -213,6 +224,16 @@ class _LogBuffer:
             _post(self.sock_path, LOG_PATH, payload, LOG_FLUSH_TIMEOUT)
         except (OSError, ValueError, AgentUnavailable):
             pass  # stderr already has every line
+
+
+def relay_line(line: str) -> bool:
+    """Add ``line`` to the log lines sent to the agent at exit, if that send happens at all
+    (the agent answered this process and has lines to get); False otherwise."""
+    for sink in log.sinks:
+        if isinstance(sink, _LogBuffer) and sink.enabled and sink.lines:
+            sink.lines.append(line)
+            return True
+    return False
 
 
 def forward_logs(sock_path: str) -> _LogBuffer:

@@ -94,6 +94,10 @@ def _netns_addresses(netns: str):
 
 def cmd_add(args) -> dict:
     conf, k8s = _setup(args)
+    if conf.agent_socket:
+        from . import addtiming
+
+        addtiming.agent_socket = conf.agent_socket  # where this ADD's timing goes (direct path)
     result = prev_result(args.netconf)
     reason = _pass_through_reason(conf, k8s)
     if reason:

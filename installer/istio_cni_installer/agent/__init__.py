@@ -12,6 +12,7 @@ import threading
 
 from istio_cni.log import log
 
+from .addreports import SpoolDrainer
 from .handler import Handler, warm_up
 from .kubeclient import ApiError, KubeClient
 from .podcache import PodCache
@@ -36,11 +37,13 @@ class NodeAgent:
     """Start/stop service object: the cache starts at once, the socket once the cache has synced."""
 
     def __init__(self, run_dir: str, node_name: str, api_client=None, *, cache: PodCache | None = None,
-                 handler: Handler | None = None, log_stream=None) -> None:
+                 handler: Handler | None = None, log_stream=None, metrics=None) -> None:
         self.socket_path = os.path.join(run_dir, SOCKET_NAME)
         self.cache = cache if cache is not None else PodCache(api_client, node_name)
-        self.handler = handler if handler is not None else Handler(self.cache)
+        self.handler = handler if handler is not None else Handler(self.cache, metrics=metrics)
         self.server = AgentServer(self.socket_path, self.handler, log_stream=log_stream)
+        # ADD timings of plugins that ran while we were away (or took the direct path)
+        self.drainer = SpoolDrainer(getattr(self.handler, "metrics", None), run_dir)
         self._serving = threading.Event()
         self._stopped = threading.Event()
         self._lock = threading.Lock()  # server start vs stop: never leave a socket behind
@@ -52,6 +55,7 @@ class NodeAgent:
 
     def start(self) -> NodeAgent:
         self.cache.start()
+        self.drainer.start()
         self._starter = threading.Thread(target=self._serve_when_synced, name="agent-start", daemon=True)
         self._starter.start()
         return self
@@ -81,4 +85,5 @@ class NodeAgent:
                 self.server.stop()
         if self._starter is not None:
             self._starter.join(2)
+        self.drainer.stop()
         self.cache.stop()

@@ -23,13 +23,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="this node (env KUBERNETES_NODE_NAME)")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""),
                    help="kubeconfig (env KUBECONFIG; default in-cluster)")
+    p.add_argument("--monitoring-port", type=int, default=-1,
+                   help="serve /metrics on 127.0.0.1:PORT (0: any free port, logged); default off")
     p.add_argument("--repair-mode", choices=("off", "repair", "label", "delete"), default="off",
                    help="also run the repair controller in this mode")
     a = p.parse_args(argv)
     if not a.node_name:
         p.error("--node-name (or KUBERNETES_NODE_NAME) is required")
     api = make_api_client(a.kubeconfig)
-    agent = NodeAgent(a.run_dir, a.node_name, api)
+    metrics = monitoring = None
+    if a.monitoring_port >= 0:
+        from istio_cni_installer.health import HealthServer, Metrics
+
+        metrics = Metrics()
+        monitoring = HealthServer(metrics, "127.0.0.1", a.monitoring_port, "monitoring")
+        monitoring.start()
+    agent = NodeAgent(a.run_dir, a.node_name, api, metrics=metrics)
     repair = None
     if a.repair_mode != "off":
         from istio_cni_installer.repair import RepairController, RepairSettings
@@ -45,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     agent.stop()
     if repair is not None:
         repair.stop()
+    if monitoring is not None:
+        monitoring.stop()
     return 0
 
 

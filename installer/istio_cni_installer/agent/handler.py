@@ -21,6 +21,8 @@ from istio_cni import errors
 from istio_cni.agent_client import MAX_TIMEOUT
 from istio_cni.log import log
 
+from .addreports import observe_agent_add
+
 # Answer this much before the plugin's own deadline, so the answer is read, not cut off.
 DEADLINE_MARGIN = 0.3
 MIN_BUDGET = 0.1
@@ -105,12 +107,14 @@ class Handler:
         except errors.CNIError as e:
             self._count("error")
             log.error(e.msg, code=e.code, details=e.details, container=str(req.get("container_id"))[:12])
+            observe_agent_add(self.metrics, req.get("elapsed"), time.monotonic() - started, "error")
             return {"error": {"code": e.code, "msg": e.msg, "details": e.details}}
         except Exception as e:  # an agent-side bug: the plugin's direct path may still work
             self._count("fallback")
             log.error("agent failed handling a request", error=repr(e)[:400])
             return {"fallback": f"agent internal error: {e!r}"[:400]}
         self._count("ok")
+        observe_agent_add(self.metrics, req.get("elapsed"), time.monotonic() - started, "ok")
         return answer
 
     def _handle(self, req: dict, started: float) -> dict:
