@@ -8,7 +8,7 @@
 4. The node program's install step: the self-contained plugin bundle and its launcher go into
    a temp CNI bin dir, and our entry is injected into the primary CNI's bridge ``.conf``
    (turned into a ``.conflist``), exactly as ``install-cni`` does on a node.
-5. That conflist (loopback + bridge with host-local IPAM on 169.254.200.0/24 + istio-cni) is
+5. That conflist (loopback + bridge with host-local IPAM on 198.51.100.0/24 + istio-cni) is
    run like a container runtime would, exec'ing the installed launcher.
 6. Proof: the rules in the pod netns, then real TCP connections: outbound from the app lands
    on the sidecar's 15001 with the original destination, inbound lands on 15006, and the
@@ -35,8 +35,8 @@ from istio_cni.devtools.chain import Chain, bridge_conflist  # noqa: E402
 from support.pods import sidecar_pod  # noqa: E402
 from traffic import Listeners, connect  # noqa: E402
 
-SUBNET = "169.254.200.0/24"
-GATEWAY = "169.254.200.1"
+SUBNET = "198.51.100.0/24"  # documentation range: a pod address upstream (and we) count, unlike link-local
+GATEWAY = "198.51.100.1"
 
 
 def say(title: str) -> None:
