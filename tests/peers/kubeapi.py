@@ -70,8 +70,9 @@ class KubeAPI:
 
     # -- namespaces and identities ----------------------------------------------------------------
     def create_namespace(self, name: str) -> dict:
+        # Idempotent: test modules share one control plane and several need e.g. istio-system.
         ns = self._create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                  "metadata": {"name": name}})
+                                                  "metadata": {"name": name}}, exist_ok=True)
         self.ensure_service_account(name, "default")
         return ns
 
