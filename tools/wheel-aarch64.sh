@@ -73,7 +73,7 @@ if [ -n "$index_sha" ]; then
   SYSROOT_KEY=$(printf '%s\n' "$SUITE" "$index_sha" "$SYSROOT_PKGS" "recipe-1" | hash_of)
 else
   # Offline: the newest sysroot already built is still exactly what it was when built.
-  SYSROOT_KEY=$(ls -t "$CACHE" | sed -n 's/^sysroot-//p' | head -1)
+  SYSROOT_KEY=$(ls -t "$CACHE" | sed -n 's/^sysroot-\([0-9a-f]*\)$/\1/p' | head -1)
   [ -n "$SYSROOT_KEY" ] || fail "aarch64: cannot read $MIRROR/dists/$SUITE/InRelease and nothing is cached"
   step "aarch64: mirror unreachable, using the cached sysroot $SYSROOT_KEY"
 fi
