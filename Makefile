@@ -10,7 +10,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt venv go-tools demo test test-unit test-integration bench wheel clean
+.PHONY: help setup apt venv go-tools images demo test test-unit test-integration bench wheel clean
 
 help:
 	@echo "make demo   - run a pod network namespace through the CNI chain with istio-cni, show redirected traffic"
@@ -40,10 +40,15 @@ $(STAMP): pyproject.toml setup.py src/istio_cni/_fastpath.pyx src/istio_cni/_nf.
 go-tools:
 	@tools/go-tools.sh
 
+# The node tier's images (tests/node): debootstrap base, installer/Dockerfile, pause, workload.
+# Reused while their inputs hash the same; a failed build makes the node tests fail naming it.
+images: apt
+	@python3 tools/images/build.py
+
 demo: setup
 	$(PY) tools/demo.py
 
-test: setup
+test: setup images
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: venv
