@@ -78,11 +78,14 @@ NICS = ["eth1", "net1", "vnet0"]
 
 
 def _ports(r) -> str:
-    return ",".join(str(p) for p in r.sample(range(1, 65536), r.randint(1, 3)))
+    """A port list, sometimes with spaces around the items (upstream trims them to validate
+    and hands the text on; the restore and nft parsers split on whitespace)."""
+    sep = r.choice([",", ",", ",", ", ", " , "])
+    return sep.join(str(p) for p in r.sample(range(1, 65536), r.randint(1, 3)))
 
 
-def _some(r, items) -> str:
-    return ",".join(r.sample(items, r.randint(1, min(3, len(items)))))
+def _some(r, items, sep=","):
+    return sep.join(r.sample(items, r.randint(1, min(3, len(items)))))
 
 
 def _maybe(r, p: float, make):
@@ -115,9 +118,9 @@ def _annotations(r, typical: bool) -> tuple:
         T + "excludeOutboundIPRanges": _maybe(r, 0.4, lambda: r.choice(["", _some(r, CIDRS)])),
         T + "includeOutboundPorts": _maybe(r, 0.3, lambda: _port_value(r, not typical)),
         T + "excludeOutboundPorts": _maybe(r, 0.3, lambda: _port_value(r, not typical)),
-        T + "excludeInterfaces": _maybe(r, 0.25, lambda: _some(r, NICS)),
-        T + "kubevirtInterfaces": _maybe(r, 0.2, lambda: _some(r, NICS)),
-        "istio.io/reroute-virtual-interfaces": _maybe(r, 0.2, lambda: _some(r, NICS)),
+        T + "excludeInterfaces": _maybe(r, 0.25, lambda: _some(r, NICS, r.choice([",", ",", ", "]))),
+        T + "kubevirtInterfaces": _maybe(r, 0.2, lambda: _some(r, NICS, r.choice([",", ",", ", "]))),
+        "istio.io/reroute-virtual-interfaces": _maybe(r, 0.2, lambda: _some(r, NICS, r.choice([",", ",", ", "]))),
         "status.sidecar.istio.io/port": _maybe(r, 0.25, lambda: r.choice(["15020", "", "abc", "99999"])),
     }
     ann.update({k: v for k, v in values.items() if v is not None})
