@@ -42,7 +42,29 @@ def main() -> None:
     code = plugin_main(FUNCS)
     if addtiming.agent_socket:  # set by a direct-path ADD that wanted the agent
         addtiming.finish(code)
-    sys.exit(code)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without interpreter finalisation.
+
+    The result is on stdout and the runtime waits for this process to end; tearing down every
+    module and object (and unloading the libraries) took 4-8 ms per ADD and serves nobody.
+    What a normal exit does that matters still happens first: exit handlers (the agent log
+    relay) and flushing stdout/stderr."""
+    import atexit
+    import os
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:  # a closed or broken pipe: nothing left to tell anyone
+                pass
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+# Runs inside a plugin process started by bench_phases.py's probe launcher, before any of the
+# plugin's code: the launcher's -c line sets T0 = time.monotonic() as its very first statement
+# and execs this file. Benchmark tooling only: never part of the plugin or its bundle.
+#
+# It wraps the functions that make up an ADD's phases with timers (a wrapper costs ~1 us),
+# optionally imports every module the ADD will import up front (ISTIO_CNI_PHASE_MODULES, as
+# listed by an earlier run) so that import time is one phase instead of being spread over the
+# others, runs the plugin's main() and, when the result is about to be written, prints one line
+# "PHASES {...}" to stderr: marks (CLOCK_MONOTONIC seconds, comparable with the parent's clock),
+# accumulated seconds per wrapped function, and the modules imported since T0.
+# Only builtin modules here (posix, sys, time are loaded by the interpreter itself).
+import posix
+import sys
+
+_now = time.monotonic  # noqa: F821  (time is imported by the -c line)
+_env = posix.environ
+_marks = {"first": T0}  # noqa: F821
+_acc = {}
+_calls = {}
+_base = set(sys.modules)
+sys.path.insert(0, _env[b"ISTIO_CNI_PHASE_SITE"].decode())
+
+
+def _wrap(obj, attr, label):
+    f = getattr(obj, attr)
+
+    def timed(*a, **k):
+        t = _now()
+        try:
+            return f(*a, **k)
+        finally:
+            _acc[label] = _acc.get(label, 0.0) + _now() - t
+            _calls[label] = _calls.get(label, 0) + 1
+
+    setattr(obj, attr, timed)
+
+
+_marks["probe"] = _now()
+_preload = _env.get(b"ISTIO_CNI_PHASE_MODULES", b"").decode().split()
+for _m in _preload:
+    try:
+        __import__(_m)
+    except Exception:
+        pass
+_marks["imported"] = _now()
+
+if _preload:
+    # Only modules this ADD imports (preloaded above): wrapping must not import anything new.
+    _M = sys.modules
+    for _mod, _attr, _label in (
+            ("skel", "read_stdin", "parse"), ("skel", "decode_netconf", "parse"),
+            ("skel", "conf_version", "parse"), ("skel", "check_netns", "netns_check"),
+            ("plugin", "_setup", "parse"), ("plugin", "prev_result", "parse"),
+            ("k8s", "get_pod", "get_pod"), ("kubeconfig", "load", "kubeconfig"),
+            ("transport", "lean_tls_context", "tls_context"), ("transport", "connect", "connect"),
+            ("decide", "decide", "decide"), ("redirect", "redirect_from_pod", "decide"),
+            ("rules.builder", "build", "decide"), ("netfilter.routes", "netns_addresses", "addresses"),
+            ("netfilter", "apply", "commit"), ("agent_client", "try_agent", "agent")):
+        if "istio_cni." + _mod in _M:
+            _wrap(_M["istio_cni." + _mod], _attr, _label)
+    if "istio_cni.transport" in _M:
+        _wrap(_M["istio_cni.transport"].TLSConn, "__init__", "handshake")
+    _skel = _M["istio_cni.skel"]
+    _write = _skel._write
+
+    def _final(stream, obj):
+        _marks["result"] = _now()
+        sys.stderr.write("PHASES " + repr({"marks": _marks, "acc": _acc, "calls": _calls}) + "\n")
+        sys.stderr.flush()
+        return _write(stream, obj)
+
+    _skel._write = _final
+else:  # the listing run: which modules does this ADD import?
+    import istio_cni.skel as _skel
+
+    _write = _skel._write
+
+    def _final(stream, obj):
+        mods = sorted(n for n, m in sys.modules.items()
+                      if n not in _base and type(m) is type(sys) and getattr(m, "__spec__", None) is not None)
+        ext = [n for n in mods if str(getattr(sys.modules[n], "__file__", "")).endswith(".so")]
+        sys.stderr.write("PHASES " + repr({"modules": mods, "extensions": ext}) + "\n")
+        return _write(stream, obj)
+
+    _skel._write = _final
+
+from istio_cni.__main__ import main  # noqa: E402
+
+if _env.get(b"ISTIO_CNI_PHASE_NORMAL_EXIT"):  # the exit lever's "before": full finalisation
+    sys.modules["istio_cni.__main__"]._exit_now = sys.exit
+main()
