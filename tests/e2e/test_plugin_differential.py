@@ -6,7 +6,8 @@ every skip rung, a few invalid values) and a pod network (IPv4, IPv6-only, or du
 then each plugin gets its own fresh netns holding the same addresses and the same netfilter
 flavour, and an ADD with the same netconf. Compared: exit status, the printed result (or that
 both print a CNI error), the normalised x_tables rules (legacy and nf_tables, both families),
-the native nftables ruleset, ``ip rule``, every route table and every address.
+the native nftables ruleset, ``ip rule``, every route table and every address; cniVersion
+0.3.1 to 1.1.0.
 
 Flavours (the one upstream picks, and ours forced to the backend under test):
 
@@ -188,6 +189,7 @@ def pods(draw):
     via = r.choice(["direct", "agent"]) if flavour != "nft-restore" else "direct"
     return {
         "flavour": flavour, "via": via, "network": r.choice(sorted(NETWORKS)),
+        "cni_version": r.choice(["1.0.0", "1.0.0", "1.1.0", "0.4.0", "0.3.1"]),
         "pod": {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": f"d-{uuid.uuid4().hex[:12]}", "annotations": ann, "labels": labels},
                 "spec": spec},
@@ -312,15 +314,21 @@ def diff(theirs, ours) -> str:
 
 
 def typed(result: dict) -> dict:
-    """Our result as libcni's Go types re-marshal it: an empty ``dns`` object is dropped.
-    We hand prevResult on verbatim (docs/rules.md); upstream decodes and re-encodes it."""
+    """Our result as libcni's Go types re-marshal it: the 1.x types drop an empty ``dns``
+    object (the 0.x ones keep it). We hand prevResult on verbatim (docs/rules.md); upstream
+    decodes and re-encodes it."""
+    if not str(result.get("cniVersion", "")).startswith("1."):
+        return result
     return {k: v for k, v in result.items() if not (k == "dns" and v == {})}
 
 
-def prev_result(network: str) -> dict:
+def prev_result(network: str, version: str = "1.0.0") -> dict:
     ips = [{"interface": 0, "address": a,
             "gateway": "192.0.2.1" if ":" not in a else "fd00:15::1"} for a in NETWORKS[network]]
-    return {"cniVersion": "1.0.0",
+    if not version.startswith("1."):  # 0.3.x / 0.4.0 results name each address' family
+        for ip in ips:
+            ip["version"] = "6" if ":" in ip["address"] else "4"
+    return {"cniVersion": version,
             "interfaces": [{"name": "eth0", "mac": "02:00:00:00:15:0a", "sandbox": "/var/run/netns/pod"}],
             "ips": ips, "routes": [{"dst": "0.0.0.0/0"}], "dns": {}}
 
@@ -383,10 +391,11 @@ def test_plugin_matches_upstream(setup, case):
     pod, network, flavour, via = case["pod"], case["network"], case["flavour"], case["via"]
     setup["cp"].create_pod({**pod, "metadata": {**pod["metadata"], "namespace": setup["namespace"]}})
     setup["count"] += 1
-    netconf = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "istio-cni",
+    version = case["cni_version"]
+    netconf = {"cniVersion": version, "name": "k8s-pod-network", "type": "istio-cni",
                "plugin_log_level": "debug", "cni_agent_run_dir": str(setup["run_dir"]),
                "exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system",
-               "native_nftables": flavour == "native-nft", "prevResult": prev_result(network)}
+               "native_nftables": flavour == "native-nft", "prevResult": prev_result(network, version)}
     ours_conf = dict(netconf, netfilter_backend="restore") if flavour == "legacy-restore" else dict(netconf)
     ours_env = {"ISTIO_CNI_NETFILTER_BACKEND": "restore-nft"} if flavour == "nft-restore" else {}
     if via == "agent":
