@@ -85,14 +85,21 @@ def input_hash(name: str, base_hash: str = "") -> str:
                  *(part for f in files for part in (f, (ROOT / f).read_bytes())))
 
 
+def private_namespace(argv: list[str]) -> list[str]:
+    """``argv`` in a private mount namespace with its own /run: the mounts buildah and debootstrap
+    make die with the namespace, and runc's state (/run/runc) never lands on the machine's /run."""
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+            'mount -t tmpfs -o mode=755 image-build-run /run && exec "$@"', "sh", *argv]
+
+
 class Builder:
     def __init__(self, log) -> None:
         self.log = log
 
     def run(self, step: str, argv: list[str], *, private_mounts: bool = False, **kw) -> str:
         """Run one command of a build, its output into the log; BuildFailed names the step."""
-        if private_mounts:  # mounts made by buildah/debootstrap die with this namespace
-            argv = ["unshare", "--mount", "--propagation", "private", "--", *argv]
+        if private_mounts:
+            argv = private_namespace(argv)
         self.log.write(f"# step {step}: {' '.join(argv)}\n")
         self.log.flush()
         try:
@@ -112,9 +119,8 @@ class Builder:
                                "--storage-driver", "overlay", *args], private_mounts=True)
 
     def has_image(self, ref: str) -> bool:
-        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "buildah",
-                               "--root", str(STORE), "--runroot", str(RUNROOT), "--storage-driver",
-                               "overlay", "inspect", "--type", "image", ref],
+        proc = subprocess.run(private_namespace(["buildah", "--root", str(STORE), "--runroot", str(RUNROOT),
+                                                 "--storage-driver", "overlay", "inspect", "--type", "image", ref]),
                               capture_output=True, timeout=120)
         return proc.returncode == 0
 
@@ -143,8 +149,8 @@ class Builder:
                          "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash", c)
             self.buildah("commit", "commit", "--rm", c, ref)
         except BaseException:
-            subprocess.run(["unshare", "-m", "--propagation", "private", "buildah", "--root", str(STORE),
-                            "--runroot", str(RUNROOT), "rm", c], capture_output=True, timeout=120)
+            subprocess.run(private_namespace(["buildah", "--root", str(STORE), "--runroot", str(RUNROOT), "rm", c]),
+                           capture_output=True, timeout=120)
             raise
 
     def pause(self, ref: str, work: Path) -> None:
