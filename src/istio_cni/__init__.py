@@ -4,3 +4,9 @@ No import-time side effects: the plugin's per-exec import graph is kept minimal.
 """
 
 __version__ = "0.1.0"
+
+# Set by the plugin's entry point (``__main__``): this process is a one-shot plugin exec, so
+# ``transport`` may install its lean IDNA shortcut process-wide. Long-lived processes leave it
+# off. Here rather than in ``transport`` so that setting it imports nothing (the agent path
+# never loads ``transport``).
+ONE_SHOT_PROCESS = False

@@ -31,13 +31,12 @@ def main() -> None:
 
         sys.exit(validate_main(sys.argv[2:]))
     try:
-        from . import transport
         from .plugin import FUNCS
         from .skel import plugin_main
     except Exception as e:
         sys.exit(_broken_install(e))
 
-    transport.ONE_SHOT_PROCESS = True  # lets TLS skip encodings.idna (transport._ascii_idna)
+    sys.modules[__package__].ONE_SHOT_PROCESS = True  # lets TLS skip encodings.idna (transport._ascii_idna)
 
     code = plugin_main(FUNCS)
     if addtiming.agent_socket:  # set by a direct-path ADD that wanted the agent

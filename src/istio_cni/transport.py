@@ -124,11 +124,6 @@ def ssl_context(cluster):
     return _configure(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cluster)
 
 
-# Set by the plugin's entry point: this process is a one-shot plugin exec, so the lean
-# IDNA shortcut below may be installed process-wide. Long-lived processes leave it off.
-ONE_SHOT_PROCESS = False
-
-
 def _ascii_idna() -> None:
     """Serve the ``idna`` codec for ASCII host names without importing ``encodings.idna``.
 
@@ -139,6 +134,8 @@ def _ascii_idna() -> None:
     is first looked up (the codec registry then caches it).
     """
     import sys
+
+    from . import ONE_SHOT_PROCESS  # the package's flag, set by the plugin's entry point
 
     if not ONE_SHOT_PROCESS or "encodings.idna" in sys.modules:
         return
