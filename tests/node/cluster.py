@@ -208,11 +208,12 @@ class Node:
         """Processes this node started that are still alive: anything in the node's mount
         namespace (containerd shims) and anything in the node's pod cgroups (containers)."""
         pids = set(self.holder.members())
-        for procs in Path("/sys/fs/cgroup/pids", self.cgroup_root.lstrip("/")).rglob("cgroup.procs"):
-            try:
-                pids.update(int(p) for p in procs.read_text().split())
-            except OSError:
-                continue
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            for procs in (hierarchy / self.cgroup_root.lstrip("/")).rglob("cgroup.procs"):
+                try:
+                    pids.update(int(p) for p in procs.read_text().split())
+                except OSError:
+                    continue
         pids.discard(self.holder.pid)
         return sorted(pids)
 

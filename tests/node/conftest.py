@@ -1,4 +1,5 @@
-"""Fixtures of the node tier (pytest -m node): one real node for the whole session.
+"""Fixtures of the node tier (pytest -m node): one real node for the tier (package scope: it is
+stopped after the tier's last test, so it never runs beside the rest of the suite).
 
 ``node_images``  the images from tools/images/build.py (cached by content; a failed build fails
                  the tests naming the step and its log)
@@ -38,7 +39,7 @@ def _images_module():
     return mod
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node_images() -> dict[str, tuple[str, Path]]:
     if os.geteuid() != 0:
         pytest.fail("the node tier runs as root (make test)")
@@ -57,7 +58,7 @@ def node_images() -> dict[str, tuple[str, Path]]:
     return built
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node(node_images):
     bins = {n: tool_path(n) for n in NODE_TOOLS}
     before = HostState.capture()
@@ -86,12 +87,12 @@ def node(node_images):
         assert not problems, "\n".join(problems) + f"\n(node dir kept: {workdir})"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pods(node) -> Pods:
     return Pods(node)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def release(node, pods, node_images) -> Release:
     r = Release(node, pods, tool_path("helm"), node_images["node"][0])
     yield r

@@ -222,8 +222,9 @@ def ensure_all(names=NAMES) -> dict[str, tuple[str, Path]]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         out: dict[str, tuple[str, Path]] = {}
         base_hash = input_hash("base")
+        need_base = bool(set(names) & {"node", "workload"})
         for name in NAMES:
-            if name not in names and not (name == "base" and set(names) & {"node", "workload"}):
+            if name not in names and not (name == "base" and need_base):
                 continue
             try:
                 if name == "base":
@@ -232,10 +233,10 @@ def ensure_all(names=NAMES) -> dict[str, tuple[str, Path]]:
                 else:
                     out[name] = ensure(name, base_hash if name in ("node", "workload") else "")
             except BuildFailed:
-                if name == "base":
+                if name == "base":  # node and workload build FROM it: they fail with it
                     for dep in ("node", "workload"):
                         (IMAGES / f"{dep}.status").write_text(f"failed base-image {input_hash(dep, base_hash)}\n")
-                    break
+                    names = tuple(n for n in names if n not in ("node", "workload"))
         return out
 
 
