@@ -8,9 +8,10 @@ Compared in one run (ratios are checked by benchmarks/check_budgets.py):
 * ``add-upstream-go``: upstream's Go istio-cni, same netconf, pod, API server and netns shape.
 * ``concurrent-64`` (and ``concurrent-64-upstream-go``): 64 ADDs at once on distinct
   namespaces (all must succeed); per-ADD p50/p99 in ``extra_info``.
-* ``paired-add``: the budget figures. Every variant above (plus both baselines, and upstream's
-  ADD of the pod without a sidecar, ``add-skip-upstream-go``) once per round in rotating order,
-  so all see the same machine load; per-variant medians in ``extra_info``.
+* ``paired-add``: the budget figures. Every variant above (plus both baselines, upstream's
+  ADD of the pod without a sidecar, ``add-skip-upstream-go``, and our ADD through a live node
+  agent, ``add-agent``) once per round in rotating order, so all see the same machine load;
+  per-variant medians in ``extra_info``.
 * ``rss-direct`` / ``rss-upstream-go``: peak RSS of one plugin exec (redirected and skipped
   pods; max over rounds) under ``/usr/bin/time -f %M``, apart from the timed benchmarks so the
   wrapper never inflates a compared time.
@@ -213,6 +214,15 @@ def _paired_variants(request, our_plugin, pod_ruleset, script_dir):
                                        redirected("upstream Go"))
         variants["add-skip-upstream-go"] = (lambda ns: upstream.add(ns, PLAIN_POD, _container_id()),
                                             lambda ns: harness.assert_nothing_committed(ns, "upstream Go, skipped pod"))
+    agent, _api = request.getfixturevalue("paired_agent_plugin")
+
+    def via_agent(ns):
+        r = agent.add(ns, REDIRECT_POD, _container_id())
+        if b"falling back" in r.stderr:  # a direct-path ADD must not count as an agent ADD
+            raise AssertionError(f"paired agent ADD fell back: {r.stderr[-800:]!r}")
+        return r
+
+    variants["add-agent"] = (via_agent, redirected("ours via the node agent"))
     return variants, note
 
 

@@ -19,8 +19,9 @@ and the agent path, each phase next to its floor.
 Benchmarks are found by ``extra_info["role"]`` (benchmarks/conftest.py ``record``); a budget
 whose figure is missing counts as failed ("not measured" is not "within budget"). Ratios come
 from the ``paired-add`` benchmark when it measured both sides (variants interleaved round by
-round, so both saw the same machine load); the agent's is chained: its own same-run
-agent/direct ratio (bench_agent.py) times the paired direct/reference ratio. Otherwise the
+round, so both saw the same machine load; the agent ADD is one of them since issue 18); a run
+without a paired agent figure chains the agent's: its own same-run agent/direct ratio
+(bench_agent.py) times the paired direct/reference ratio. Otherwise the
 separate benchmarks' medians are compared, and the detail column says which was used.
 Exit status: 0 all budgets met, 1 a budget missed or not measured, 2 unusable input.
 """

@@ -188,6 +188,15 @@ def pod_ruleset():
     return build(redirect_from_pod(harness.sidecar_pod(REDIRECT_POD), (ns_address,)))
 
 
+@pytest.fixture(scope="module")
+def paired_agent_plugin(tmp_path_factory, bench_api, our_plugin):
+    """Our plugin whose run dir holds a live node agent's socket (bench_agent's node), for the
+    paired benchmark: the agent ADD then sees the same load as the figures it is compared with."""
+    from bench_agent import _agent_node
+
+    yield from _agent_node(tmp_path_factory.mktemp("paired-agent-node"), bench_api, our_plugin, 0)
+
+
 @pytest.fixture
 def netns_pool(request):
     """Fresh pod namespaces for benchmark rounds; everything left is deleted at teardown."""

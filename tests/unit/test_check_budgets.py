@@ -240,3 +240,12 @@ def test_phase_table_puts_each_phase_next_to_its_floor(tmp_path, capsys):
     assert "Phases of the direct path (20 interleaved rounds" in text
     assert "imports floor: 3 compiled modules" in text
     assert "phases_direct_ms" not in text  # the dicts are tables, not info-cell noise
+
+
+def test_paired_agent_figure_wins_over_the_chained_one(tmp_path, capsys):
+    # The chained ratio would be 0.4 x 0.3 = 0.12 (pass); the paired agent ADD says 8 / 40.
+    benchmarks = replace(healthy(), "add-agent", median_vs_direct_same_run=0.4)
+    benchmarks.append(paired({"add-direct": 12.0, "add-skip": 10.0, "add-upstream-go": 40.0, "add-agent": 8.0}))
+    rc, out = run(tmp_path, benchmarks, capsys)
+    assert status(out, "agent-path ADD median") == "FAIL", out
+    assert "ratio 0.20 (paired, 25 interleaved rounds)" in out
