@@ -84,7 +84,10 @@ def node(node_images):
             problems.append(f"the node tier changed the machine's own namespaces:\n{changed}")
         if not problems:
             shutil.rmtree(workdir, ignore_errors=True)
-        assert not problems, "\n".join(problems) + f"\n(node dir kept: {workdir})"
+        else:  # keep the logs for the post-mortem, not the runtime's gigabyte of state
+            for big in ("containerd", "kubelet", "control-plane/etcd-data"):
+                shutil.rmtree(workdir / big, ignore_errors=True)
+        assert not problems, "\n".join(problems) + f"\n(logs kept in {workdir})"
 
 
 @pytest.fixture(scope="package")

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,7 +98,7 @@ class Builder:
     def __init__(self, log) -> None:
         self.log = log
 
-    def run(self, step: str, argv: list[str], *, private_mounts: bool = False, **kw) -> str:
+    def run(self, step: str, argv: list[str], *, private_mounts: bool = False, check: bool = True, **kw) -> str:
         """Run one command of a build, its output into the log; BuildFailed names the step."""
         if private_mounts:
             argv = private_namespace(argv)
@@ -110,7 +112,7 @@ class Builder:
         except FileNotFoundError as e:
             raise BuildFailed(step, f"({e.filename} not installed: tools/setup-apt.sh)") from None
         self.log.write(proc.stdout)
-        if proc.returncode != 0:
+        if proc.returncode != 0 and check:
             raise BuildFailed(step, f"(exit {proc.returncode})")
         return proc.stdout.strip()
 
@@ -123,6 +125,38 @@ class Builder:
                                                  "--storage-driver", "overlay", "inspect", "--type", "image", ref]),
                               capture_output=True, timeout=120)
         return proc.returncode == 0
+
+    def prune(self, ref: str, used: set[str], *, layer_cache: bool) -> None:
+        """Keep buildah's storage bounded: drop older tags of ``ref``'s repository and every
+        untagged layer-cache image that nothing kept builds on (so the apt steps of the node image
+        stay cached while each source change's pip/bundle layers go). ``used``: ID prefixes of the
+        images this build made or took from its cache (its ``--> <id>`` lines): kept. ``layer_cache``:
+        this build ran ``bud --layers`` (only then are untagged images looked at: the chain of a
+        multi-stage build's first stage hangs off no tagged image, only off this build's images)."""
+        repo = ref.rsplit(":", 1)[0]
+        try:
+            images = json.loads((STORE / "overlay-images" / "images.json").read_text())
+            layers = json.loads((STORE / "overlay-layers" / "layers.json").read_text())
+        except (OSError, ValueError) as e:
+            self.log.write(f"# prune skipped: storage index unreadable ({e})\n")
+            return
+        parent = {lay["id"]: lay.get("parent") for lay in layers}
+        old_tags = [n for img in images for n in img.get("names") or []
+                    if n.rsplit(":", 1)[0] == repo and n != ref]
+        kept = [img for img in images if [n for n in img.get("names") or [] if n not in old_tags]
+                or any(img["id"].startswith(u) for u in used)]
+        ancestors: set[str] = set()
+        for img in kept:
+            layer = img.get("layer")
+            while layer and layer not in ancestors:
+                ancestors.add(layer)
+                layer = parent.get(layer)
+        kept_ids = {img["id"] for img in kept}
+        garbage = [img["id"] for img in images if layer_cache and img["id"] not in kept_ids and not (
+            img.get("names") or []) and img.get("layer") not in ancestors]
+        for victim in old_tags + garbage:  # a failed removal costs disk, never the build
+            self.run("prune", ["buildah", "--root", str(STORE), "--runroot", str(RUNROOT), "--storage-driver",
+                               "overlay", "rmi", "--force", victim], private_mounts=True, check=False)
 
     def export(self, ref: str, archive: Path) -> None:
         tmp = archive.with_name(archive.name + ".tmp")
@@ -202,6 +236,10 @@ def ensure(name: str, base_hash: str = "", *, force: bool = False) -> tuple[str,
                     extra = [base_ref]
                 getattr(b, name)(ref, Path(work), *extra)
             b.export(ref, archive)
+            if name in ("node", "workload"):  # rebuilt on every change of their inputs
+                log.flush()
+                used = set(re.findall(r"^--> ([0-9a-f]{11,64})\s*$", logfile.read_text(errors="replace"), re.M))
+                b.prune(ref, used, layer_cache=name == "node")
         except BuildFailed as e:
             status.write_text(f"failed {e.step} {h}\n")
             print(f"images: {name}: FAILED at step {e.step} (see {logfile})", file=sys.stderr, flush=True)
