@@ -17,8 +17,9 @@ from istio_cni.log import log
 from .atomic import remove_atomic, write_atomic
 
 
-class KubeconfigError(RuntimeError):
-    pass
+class KubeconfigWriteError(RuntimeError):
+    """The plugin's kubeconfig cannot be written (no CA, empty token, no API host). Not the
+    plugin's ``istio_cni.kubeconfig.KubeconfigError``, which is a code-7 error on reading it."""
 
 
 def server_url(protocol: str, host: str, port: int) -> str:
@@ -39,7 +40,7 @@ def render(server: str, token: str, ca_pem: bytes | None, skip_tls_verify: bool)
     elif ca_pem:
         tls = {"certificate-authority-data": base64.b64encode(ca_pem).decode()}
     else:
-        raise KubeconfigError("no CA certificate and SKIP_TLS_VERIFY is false")
+        raise KubeconfigWriteError("no CA certificate and SKIP_TLS_VERIFY is false")
     doc = {
         "apiVersion": "v1",
         "clusters": [{"cluster": {**tls, "server": server}, "name": "local"}],
@@ -64,9 +65,9 @@ class Kubeconfig:
         except FileNotFoundError:
             return None
         if not token:
-            raise KubeconfigError(f"{token_file} is empty")
+            raise KubeconfigWriteError(f"{token_file} is empty")
         if not self.s.k8s_service_host:
-            raise KubeconfigError("KUBERNETES_SERVICE_HOST is not set but a service-account "
+            raise KubeconfigWriteError("KUBERNETES_SERVICE_HOST is not set but a service-account "
                                   "token exists: cannot tell the plugin where the API server is")
         ca = None
         if not self.s.skip_tls_verify:
@@ -74,7 +75,7 @@ class Kubeconfig:
             try:
                 ca = ca_file.read_bytes()
             except OSError as e:
-                raise KubeconfigError(f"KUBE_CA_FILE {ca_file}: {e.strerror}") from None
+                raise KubeconfigWriteError(f"KUBE_CA_FILE {ca_file}: {e.strerror}") from None
         url = server_url(self.s.k8s_service_protocol, self.s.k8s_service_host, self.s.k8s_service_port)
         return render(url, token, ca, self.s.skip_tls_verify)
 

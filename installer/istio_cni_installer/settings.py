@@ -11,6 +11,7 @@ import argparse
 import os
 import socket
 
+from istio_cni import backends
 from istio_cni.value import Value
 
 from .k8ssyntax import field_selector as _field_selector
@@ -206,7 +207,7 @@ SPECS = (
     ("native_nftables", "--native-nftables", ("NATIVE_NFTABLES",), "false",
      _bool, "entry field native_nftables"),
     ("netfilter_backend", "--netfilter-backend", ("NETFILTER_BACKEND",), "auto",
-     _choice("auto", "iptc", "nft", "restore", "dry-run"), "entry field netfilter_backend"),
+     _choice(*backends.CHOICES), "entry field netfilter_backend"),
     ("lookup_deadline_seconds", "--lookup-deadline-seconds", ("LOOKUP_DEADLINE_SECONDS",), "",
      _seconds, "entry field: how long the plugin retries the pod lookup (omitted when unset)"),
     ("lookup_retry_interval_seconds", "--lookup-retry-interval-seconds",

@@ -20,14 +20,14 @@ from istio_cni.log import log
 from .nodematch import mismatch
 
 
-class ApiError(Exception):
-    pass
+class ApiUnreachable(Exception):
+    """The API server could not be asked (connection, TLS, timeout); an HTTP status is an answer."""
 
 
 class ApiClient:
     """GET-only view of the node agent's ``KubeClient`` (same TLS, token and URL handling):
     answers ``(status, object)`` instead of raising on 4xx/5xx, because the shutdown decision
-    reads 403/404 as answers; only an unreachable API raises ``ApiError``. Never logs the token."""
+    reads 403/404 as answers; only an unreachable API raises ``ApiUnreachable``. Never logs the token."""
 
     def __init__(self, client) -> None:  # agent.kubeclient.KubeClient
         self.client = client
@@ -43,16 +43,16 @@ class ApiClient:
                                          s.skip_tls_verify, s.k8s_service_protocol, timeout=timeout))
 
     def get(self, path: str) -> tuple[int, dict | None]:
-        from .agent.kubeclient import ApiError as _StatusError
+        from .agent.kubeclient import ApiError
 
         try:
             return 200, self.client.request("GET", path)
-        except _StatusError as e:
+        except ApiError as e:
             return e.status, None
         except ValueError:  # a 2xx whose body is not JSON: callers treat it as a failed lookup
             return 200, None
         except (OSError, KubernetesLookupError) as e:  # ssl.SSLError is an OSError
-            raise ApiError(f"GET {path}: {e}") from None
+            raise ApiUnreachable(f"GET {path}: {e}") from None
 
 
 def _daemonset_name(s, api: ApiClient) -> str | None:
@@ -102,6 +102,6 @@ def decide(s, api_factory) -> tuple[bool, str]:
         if why:
             return False, f"DaemonSet {name} no longer targets this node: {why}"
         return True, f"DaemonSet {name} still targets node {s.node_name}: upgrade or restart"
-    except ApiError as e:
+    except ApiUnreachable as e:
         log.warning("API unreachable during shutdown", error=str(e))
         return True, "API server unreachable: keeping the plugin to be safe"

@@ -16,13 +16,13 @@ wrong type is a code-7 error naming the key.
 from __future__ import annotations
 
 from . import errors
+from .backends import CHOICES as BACKENDS
 from .value import Value
 from .versions import SUPPORTED_VERSIONS
 
 DEFAULT_RUN_DIR = "/var/run/istio-cni"
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
 AGENT_SOCKET_NAME = "agent.sock"
-BACKENDS = ("auto", "iptc", "nft", "restore", "dry-run")
 # Upstream: 30 attempts, 1 s apart (cni/pkg/plugin/plugin.go podRetrievalMaxRetries).
 DEFAULT_LOOKUP_ATTEMPTS = 30
 DEFAULT_RETRY_INTERVAL = 1.0

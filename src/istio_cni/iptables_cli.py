@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 
+from .decide import parse_go_bool
 from .rules.config import ConfigError, RedirectConfig
 
 # (long flag, short flag, RedirectConfig field or None, help). String-valued.
@@ -76,9 +77,6 @@ ENV_ONLY = {
 NO_ENV = {"envoy-port"}  # upstream binds no environment variable to -p
 DEFAULT_PROXY_UID = "1337"
 
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
-
 
 class UsageError(Exception):
     """Bad flag or environment value: exit 2 with this message."""
@@ -90,10 +88,9 @@ def env_name(flag: str) -> str:
 
 def parse_bool(text: str, what: str) -> bool:
     """Go's strconv.ParseBool, which is what upstream's flags accept."""
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
+    value = parse_go_bool(text)
+    if value is not None:
+        return value
     raise UsageError(f"{what}: invalid boolean {text!r} (use true or false)")
 
 

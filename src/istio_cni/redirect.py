@@ -2,7 +2,8 @@
 
 Sources, as upstream's ``cni/pkg/plugin/sidecar_redirect.go`` reads them today:
 
-* pod annotations (``ANNOTATIONS`` below: key, default when absent, validator);
+* pod annotations (``ANNOTATIONS`` below: key, default when absent, validator from
+  ``rules.checks``, the ``RedirectConfig`` field it fills);
 * the ``istio-proxy`` container's env: ``ISTIO_META_DNS_CAPTURE`` (DNS redirect *and*
   capture-all port 53, since the plugin cannot read the pod's resolv.conf before the
   containers exist), ``ISTIO_DUAL_STACK``, ``INVALID_DROP``;
@@ -22,11 +23,12 @@ actually carries CIDRs.
 
 from __future__ import annotations
 
-from .decide import parse_go_bool, proxy_container, proxy_env
+from .decide import (GO_FALSE, GO_TRUE, INJECT_KEY, PROXY_CONTAINER, STATUS_KEY, parse_go_bool,
+                     proxy_container, proxy_env)
 from .errors import InvalidAnnotation, InvalidNetNS
+from .rules import checks
 from .value import Value
 
-PROXY_CONTAINER = "istio-proxy"
 FIXED_INBOUND_EXCLUDES = ("15020", "15021", "15090")  # status, health, Envoy prometheus
 DEFAULT_PROXY_ID = "1337"
 
@@ -35,131 +37,53 @@ ENV_DUAL_STACK = "ISTIO_DUAL_STACK"
 ENV_INVALID_DROP = "INVALID_DROP"
 
 
-class _Invalid(ValueError):
-    """A validator's complaint; turned into ``InvalidAnnotation`` with the key attached."""
-
-
-def _any(value: str) -> str:
-    return value
-
-
-def _mode(value: str) -> str:
-    if value not in ("REDIRECT", "TPROXY"):
-        raise _Invalid("expected REDIRECT or TPROXY")
-    return value
-
-
-def _port_list(value: str, wildcard: bool = False) -> tuple:
-    """Upstream's parsePorts: the whole value trimmed, empty is valid, every comma-separated
-    item a base-10 port 0-65535 (whitespace around items tolerated, empty items are not).
-    The wildcard is the exact value ``*`` (upstream compares before trimming)."""
-    if wildcard and value == "*":
-        return ("*",)
-    text = value.strip()
-    if not text:
-        return ()
-    ports = []
-    for item in text.split(","):
-        item = item.strip()
-        if not (item.isdigit() and item.isascii()) or int(item) > 65535:
-            raise _Invalid(f"{item!r} is not a port number (0-65535)")
-        ports.append(str(int(item)))
-    return tuple(ports)
-
-
-def _port_list_or_wildcard(value: str) -> tuple:
-    return _port_list(value, wildcard=True)
-
-
-def _cidr_list(value: str, wildcard: bool = False) -> tuple:
-    """Upstream's netip.ParsePrefix per item: no whitespace, a /prefix is required."""
-    if wildcard and value == "*":
-        return ("*",)
-    if not value:
-        return ()
-    import ipaddress  # lazily: most pods carry no CIDR annotations
-
-    cidrs = []
-    for item in value.split(","):
-        addr, slash, bits = item.partition("/")
-        if not slash or not bits.isdigit() or not bits.isascii() or (bits[0] == "0" and bits != "0"):
-            raise _Invalid(f"{item!r} is not a CIDR (address/prefix-length)")
-        try:
-            ipaddress.ip_network(f"{addr}/{bits}", strict=False)
-        except ValueError as exc:
-            raise _Invalid(f"{item!r} is not a CIDR: {exc}") from None
-        cidrs.append(item)
-    return tuple(cidrs)
-
-
-def _cidr_list_or_wildcard(value: str) -> tuple:
-    return _cidr_list(value, wildcard=True)
-
-
-_IFNAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_IFNAME_REST = _IFNAME_FIRST | frozenset("0123456789_.-")
-
-
-def _interfaces(value: str) -> tuple:
-    """Upstream's ValidateInterfaceNames: every comma-separated item, trimmed, non-empty, at
-    most 15 characters and matching ``^[a-zA-Z][a-zA-Z0-9_.-]*$``."""
-    if not value:
-        return ()
-    names = []
-    for item in value.split(","):
-        name = item.strip()
-        if not name:
-            raise _Invalid("empty interface name")
-        if len(name) > 15:
-            raise _Invalid(f"interface name {name!r} too long (max 15 chars)")
-        if name[0] not in _IFNAME_FIRST or not all(c in _IFNAME_REST for c in name):
-            raise _Invalid(f"interface name {name!r} contains invalid characters")
-        names.append(name)
-    return tuple(names)
-
-
 class Annotation(Value):
-    """One pod annotation the plugin reads: its key, the value used when it is absent, and
-    the validator that turns the text into what the rule config takes (or raises)."""
+    """One pod annotation the plugin reads: its key, the value used when it is absent, the
+    validator that turns the text into what the rule config takes (or raises), and the
+    ``RedirectConfig`` field it fills as is (None: read by ``decide``, or combined in
+    ``redirect_from_pod``). A new annotation that maps to one field is one row here."""
 
     # key: str
     # default: str
-    # parse: callable(str) -> object
-    __slots__ = ("key", "default", "parse")
+    # parse: callable(str) -> object (rules.checks.annotation_*)
+    # field: str | None
+    __slots__ = ("key", "default", "parse", "field")
+    _defaults = {"field": None}
 
 
 # Every annotation upstream's plugin reads, in the order it reads them. ``inject`` and
 # ``status`` decide *whether* to redirect (istio_cni.decide). Upstream's registry also lists
 # ``status.sidecar.istio.io/port`` but never reads it (the injector already folds the status
 # port into excludeInboundPorts), so it is neither read nor validated here either.
+_T = "traffic.sidecar.istio.io/"
 ANNOTATIONS = {
-    "inject": Annotation("sidecar.istio.io/inject", "", _any),
-    "status": Annotation("sidecar.istio.io/status", "", _any),
-    "redirectMode": Annotation("sidecar.istio.io/interceptionMode", "REDIRECT", _mode),
-    "includeIPCidrs": Annotation(
-        "traffic.sidecar.istio.io/includeOutboundIPRanges", "*", _cidr_list_or_wildcard),
-    "excludeIPCidrs": Annotation("traffic.sidecar.istio.io/excludeOutboundIPRanges", "", _cidr_list),
-    "excludeInboundPorts": Annotation(
-        "traffic.sidecar.istio.io/excludeInboundPorts", "15020", _port_list_or_wildcard),
-    "includeInboundPorts": Annotation(
-        "traffic.sidecar.istio.io/includeInboundPorts", "*", _port_list_or_wildcard),
-    "excludeOutboundPorts": Annotation(
-        "traffic.sidecar.istio.io/excludeOutboundPorts", "15020", _port_list),
-    "includeOutboundPorts": Annotation("traffic.sidecar.istio.io/includeOutboundPorts", "", _port_list),
-    "excludeInterfaces": Annotation("traffic.sidecar.istio.io/excludeInterfaces", "", _interfaces),
+    "inject": Annotation(INJECT_KEY, "", checks.annotation_text),
+    "status": Annotation(STATUS_KEY, "", checks.annotation_text),
+    "redirectMode": Annotation("sidecar.istio.io/interceptionMode", "REDIRECT",
+                               checks.annotation_mode, "interception_mode"),
+    "includeIPCidrs": Annotation(_T + "includeOutboundIPRanges", "*",
+                                 checks.annotation_cidrs_or_wildcard, "outbound_ip_ranges_include"),
+    "excludeIPCidrs": Annotation(_T + "excludeOutboundIPRanges", "",
+                                 checks.annotation_cidrs, "outbound_ip_ranges_exclude"),
+    "excludeInboundPorts": Annotation(_T + "excludeInboundPorts", "15020",
+                                      checks.annotation_ports_or_wildcard, "inbound_ports_exclude"),
+    "includeInboundPorts": Annotation(_T + "includeInboundPorts", "*",
+                                      checks.annotation_ports_or_wildcard, "inbound_ports_include"),
+    "excludeOutboundPorts": Annotation(_T + "excludeOutboundPorts", "15020",
+                                       checks.annotation_ports, "outbound_ports_exclude"),
+    "includeOutboundPorts": Annotation(_T + "includeOutboundPorts", "",
+                                       checks.annotation_ports, "outbound_ports_include"),
+    "excludeInterfaces": Annotation(_T + "excludeInterfaces", "",
+                                    checks.annotation_interfaces, "exclude_interfaces"),
     # The preferred key wins when both are present; the 2019 one is still honoured.
-    "rerouteVirtualInterfaces": Annotation("istio.io/reroute-virtual-interfaces", "", _interfaces),
-    "kubevirtInterfaces": Annotation("traffic.sidecar.istio.io/kubevirtInterfaces", "", _interfaces),
+    "rerouteVirtualInterfaces": Annotation("istio.io/reroute-virtual-interfaces", "",
+                                           checks.annotation_interfaces),
+    "kubevirtInterfaces": Annotation(_T + "kubevirtInterfaces", "", checks.annotation_interfaces),
 }
 
-# RedirectConfig field -> where its value came from, to name the culprit if the rule config
+# RedirectConfig field -> the annotation it came from, to name the culprit if the rule config
 # still refuses a value the annotation layer let through.
-_SOURCE = {
-    "interception_mode": "redirectMode", "outbound_ip_ranges_include": "includeIPCidrs",
-    "outbound_ip_ranges_exclude": "excludeIPCidrs", "inbound_ports_exclude": "excludeInboundPorts",
-    "inbound_ports_include": "includeInboundPorts", "outbound_ports_exclude": "excludeOutboundPorts",
-    "outbound_ports_include": "includeOutboundPorts", "exclude_interfaces": "excludeInterfaces",
-}
+_SOURCE = {a.field: a.key for a in ANNOTATIONS.values() if a.field}
 
 
 def read_annotation(name: str, annotations: dict):
@@ -171,7 +95,7 @@ def read_annotation(name: str, annotations: dict):
         raise InvalidAnnotation(f"annotation {spec.key}={raw!r} is invalid: not a string")
     try:
         return spec.parse(raw)
-    except _Invalid as exc:
+    except checks.AnnotationSyntaxError as exc:
         raise InvalidAnnotation(f"annotation {spec.key}={raw!r} is invalid: {exc}") from None
 
 
@@ -194,7 +118,7 @@ def _env_flag(env: dict, name: str) -> bool:
     if value is None:
         raise InvalidAnnotation(
             f"{PROXY_CONTAINER} env {name}={raw!r} is invalid: expected one of "
-            "1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False")
+            + ", ".join(GO_TRUE + GO_FALSE))
     return value
 
 
@@ -291,26 +215,20 @@ def redirect_from_pod(pod: dict, addresses=None):
     security = _mapping(proxy.get("securityContext"), "istio-proxy securityContext")
     dns = _env_flag(env, ENV_DNS_CAPTURE)
     dual_stack = _env_flag(env, ENV_DUAL_STACK)
-    fields = {
-        "interception_mode": values["redirectMode"],
+    fields = {a.field: values[name] for name, a in ANNOTATIONS.items() if a.field}
+    fields.update({
         "proxy_uids": (_proxy_id(security, "runAsUser"),),
         "proxy_gids": (_proxy_id(security, "runAsGroup"),),
-        "outbound_ip_ranges_include": values["includeIPCidrs"],
-        "outbound_ip_ranges_exclude": values["excludeIPCidrs"],
-        "inbound_ports_include": values["includeInboundPorts"],
         "inbound_ports_exclude": _with_fixed_excludes(exclude_inbound),
-        "outbound_ports_include": values["includeOutboundPorts"],
-        "outbound_ports_exclude": values["excludeOutboundPorts"],
-        "exclude_interfaces": values["excludeInterfaces"],
         "reroute_virtual_interfaces": reroute,
         "redirect_dns": dns,
         "capture_all_dns": dns,
         "drop_invalid": _env_flag(env, ENV_INVALID_DROP),
         "dual_stack": dual_stack,
         "enable_ipv6": False if addresses is None else ipv6_enabled(addresses, dual_stack),
-    }
+    })
     try:
         return RedirectConfig(**fields)
     except ConfigError as exc:
-        source = ANNOTATIONS[_SOURCE[exc.field]].key if exc.field in _SOURCE else exc.field
+        source = _SOURCE.get(exc.field, exc.field)
         raise InvalidAnnotation(f"{source}: {exc}") from None

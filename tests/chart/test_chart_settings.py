@@ -7,7 +7,9 @@ so a renamed setting or a value it would refuse fails here, not on a node.
 from __future__ import annotations
 
 import pytest
+from chartlib import chart_schema
 
+from istio_cni import backends
 from istio_cni_installer import settings as installer_settings
 
 DOWNWARD = {"spec.nodeName": "node-a", "metadata.name": "istio-cni-node-x7k2p",
@@ -93,6 +95,17 @@ def test_shutdown_budget_stays_inside_the_grace_period(render, grace):
 def test_netfilter_backend_maps_to_the_plugin_netconf_value(render, backend, plugin_value, native):
     s = installer_view(render({"netfilterBackend": backend}))
     assert (s.netfilter_backend, s.native_nftables) == (plugin_value, native)
+
+
+def test_chart_backend_enum_is_the_plugin_vocabulary_through_its_aliases(render):
+    # The chart cannot import istio_cni.backends: its enum and its alias mapping (configmap
+    # template) are held to the module here, value by value.
+    enum = chart_schema()["properties"]["netfilterBackend"]["enum"]
+    assert tuple(enum) == backends.CHART_CHOICES
+    for value in enum:
+        mapped = backends.from_chart(value)
+        assert mapped in backends.CHOICES
+        assert installer_view(render({"netfilterBackend": value})).netfilter_backend == mapped
 
 
 def test_plugin_settings_reach_the_installer(render):

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from istio_cni_installer.kubeconfig import Kubeconfig, KubeconfigError, render, server_url
+from istio_cni_installer.kubeconfig import Kubeconfig, KubeconfigWriteError, render, server_url
 from istio_cni_installer.settings import parse
 from istio_cni_installer.testing import project_token
 
@@ -74,11 +74,11 @@ def test_written_0600_into_run_dir_and_rewritten_on_rotation(host_layout, confor
 
 def test_missing_service_host_is_named(host_layout):
     kc = Kubeconfig(_settings(host_layout, KUBERNETES_SERVICE_HOST=""))
-    with pytest.raises(KubeconfigError, match="KUBERNETES_SERVICE_HOST"):
+    with pytest.raises(KubeconfigWriteError, match="KUBERNETES_SERVICE_HOST"):
         kc.ensure()
 
 
 def test_missing_ca_names_the_file(host_layout):
     kc = Kubeconfig(_settings(host_layout, KUBE_CA_FILE=str(host_layout.root / "nope.crt")))
-    with pytest.raises(KubeconfigError, match="KUBE_CA_FILE .*nope.crt"):
+    with pytest.raises(KubeconfigWriteError, match="KUBE_CA_FILE .*nope.crt"):
         kc.ensure()

@@ -39,12 +39,12 @@ thread, so other threads keep working in their own namespaces meanwhile.
 
 from __future__ import annotations
 
+from ..backends import NAMES, RESTORE_VARIANTS
 from ..errors import NetfilterError
 from ..log import log
 
 DEFAULT = "iptc"
 ENV = "ISTIO_CNI_NETFILTER_BACKEND"
-NAMES = ("auto", "iptc", "nft", "restore", "restore-legacy", "restore-nft", "dry-run")
 
 
 def make_backend(name: str, sink=None, long_lived: bool = False):
@@ -58,7 +58,7 @@ def make_backend(name: str, sink=None, long_lived: bool = False):
         from .nft import NftBackend
 
         return NftBackend(defer_close=long_lived)
-    if name in ("restore", "restore-legacy", "restore-nft"):
+    if name == "restore" or name in RESTORE_VARIANTS:
         from .restore import RestoreBackend
 
         return RestoreBackend("nft" if name == "restore-nft" else "legacy")
@@ -279,8 +279,8 @@ def usable(preferred: str = "auto") -> str:
         problems.append(f"{want} not on PATH")
         return False
 
-    checks = {"iptc": iptc_ok, "nft": nft_ok, "restore": restore_ok, "restore-legacy": restore_ok,
-              "restore-nft": restore_ok, "dry-run": lambda: True}
+    checks = {"iptc": iptc_ok, "nft": nft_ok, "restore": restore_ok, "dry-run": lambda: True}
+    checks.update(dict.fromkeys(RESTORE_VARIANTS, restore_ok))
     if name == "auto":
         ok = iptc_ok() or nft_ok()
     elif name in checks:

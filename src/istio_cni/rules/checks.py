@@ -220,3 +220,94 @@ def parse_mode(field: str, value: object) -> str:
     if mode not in ("REDIRECT", "TPROXY"):
         raise ConfigError(field, value, "expected REDIRECT or TPROXY")
     return mode
+
+
+# --- Annotation syntax -------------------------------------------------------------------------
+# Upstream's plugin parses each pod annotation before it builds its config (parsePorts,
+# netip.ParsePrefix, ValidateInterfaceNames), stricter than the field checks above: empty list
+# items, a CIDR without a prefix or with a zero-padded one, an interface name outside
+# ``^[a-zA-Z][a-zA-Z0-9_.-]*$`` are refused there. ``istio_cni.redirect``'s registry names one
+# of these per annotation; its result then goes through the field checks as any other value.
+
+class AnnotationSyntaxError(ValueError):
+    """An annotation value upstream's parser refuses; the reader (``istio_cni.redirect``) attaches
+    the key and turns it into ``InvalidAnnotation``."""
+
+
+def annotation_text(value: str) -> str:
+    return value
+
+
+def annotation_mode(value: str) -> str:
+    if value not in ("REDIRECT", "TPROXY"):
+        raise AnnotationSyntaxError("expected REDIRECT or TPROXY")
+    return value
+
+
+def annotation_ports(value: str, wildcard: bool = False) -> tuple:
+    """Upstream's parsePorts: the whole value trimmed, empty is valid, every comma-separated
+    item a base-10 port 0-65535 (whitespace around items tolerated, empty items are not).
+    The wildcard is the exact value ``*`` (upstream compares before trimming)."""
+    if wildcard and value == "*":
+        return ("*",)
+    text = value.strip()
+    if not text:
+        return ()
+    ports = []
+    for item in text.split(","):
+        try:
+            ports.append(parse_port("", item.strip()))
+        except ConfigError:
+            raise AnnotationSyntaxError(f"{item.strip()!r} is not a port number (0-65535)") from None
+    return tuple(ports)
+
+
+def annotation_ports_or_wildcard(value: str) -> tuple:
+    return annotation_ports(value, wildcard=True)
+
+
+def annotation_cidrs(value: str, wildcard: bool = False) -> tuple:
+    """Upstream's netip.ParsePrefix per item: no whitespace, a /prefix is required."""
+    if wildcard and value == "*":
+        return ("*",)
+    if not value:
+        return ()
+    import ipaddress  # lazily: most pods carry no CIDR annotations
+
+    cidrs = []
+    for item in value.split(","):
+        addr, slash, bits = item.partition("/")
+        if not slash or not bits.isdigit() or not bits.isascii() or (bits[0] == "0" and bits != "0"):
+            raise AnnotationSyntaxError(f"{item!r} is not a CIDR (address/prefix-length)")
+        try:
+            ipaddress.ip_network(f"{addr}/{bits}", strict=False)
+        except ValueError as exc:
+            raise AnnotationSyntaxError(f"{item!r} is not a CIDR: {exc}") from None
+        cidrs.append(item)
+    return tuple(cidrs)
+
+
+def annotation_cidrs_or_wildcard(value: str) -> tuple:
+    return annotation_cidrs(value, wildcard=True)
+
+
+_IFNAME_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_IFNAME_REST = _IFNAME_FIRST | frozenset("0123456789_.-")
+
+
+def annotation_interfaces(value: str) -> tuple:
+    """Upstream's ValidateInterfaceNames: every comma-separated item, trimmed, non-empty, at
+    most 15 characters and matching ``^[a-zA-Z][a-zA-Z0-9_.-]*$``."""
+    if not value:
+        return ()
+    names = []
+    for item in value.split(","):
+        name = item.strip()
+        if not name:
+            raise AnnotationSyntaxError("empty interface name")
+        if len(name) > 15:
+            raise AnnotationSyntaxError(f"interface name {name!r} too long (max 15 chars)")
+        if name[0] not in _IFNAME_FIRST or not all(c in _IFNAME_REST for c in name):
+            raise AnnotationSyntaxError(f"interface name {name!r} contains invalid characters")
+        names.append(name)
+    return tuple(names)
