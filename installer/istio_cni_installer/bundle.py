@@ -40,7 +40,8 @@ STDLIB_SKIP_PREFIXES = ("config-",)  # static libpython.a and Makefile
 DYNLOAD_SKIP_PREFIXES = ("_tkinter", "_test", "xxlimited", "_ctypes_test", "_xxtestfuzz",
                          "xxsubtype", "_xxsubinterpreters", "nis.", "_curses", "readline.",
                          "_sqlite3", "_dbm", "_gdbm", "spwd.", "_crypt.")
-PACKAGE_SKIP_SUFFIXES = (".c", ".pyx", ".cffi.py", ".pyc", ".o")
+# Build inputs and type stubs (.pyi: for type checkers, the wheel ships them) stay out.
+PACKAGE_SKIP_SUFFIXES = (".c", ".pyx", ".cffi.py", ".pyc", ".o", ".pyi")
 PACKAGE_SKIP_DIRS = {"__pycache__", "devtools"}  # devtools is test tooling, never on the ADD path
 # glibc's own libraries: present on every host and must match its ld.so, so never bundled.
 GLIBC = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libpthread.so", "libdl.so", "librt.so",

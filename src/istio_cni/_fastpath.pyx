@@ -20,6 +20,10 @@ Hazards this module absorbs (see the CNI plugins' ``pkg/ns`` README for the Go s
 from libc.errno cimport errno, EINVAL, ENOTDIR
 from libc.string cimport strerror
 
+# Defined with the other error types (errors.py is loaded on every exec anyway); imported
+# here so ``_fastpath.NotANetns`` stays the same class.
+from istio_cni.errors import NetnsRestoreFailed, NotANetns
+
 cdef extern from "<fcntl.h>" nogil:
     int open(const char *path, int flags)
     enum:
@@ -52,14 +56,6 @@ cdef enum:
     NSFS_MAGIC = 0x6e736673
     PROC_SUPER_MAGIC = 0x9fa0
     NS_GET_NSTYPE = 0xb703  # _IO(0xb7, 0x3)
-
-
-class NotANetns(OSError):
-    """The path exists but is not a network namespace (plain file, other ns type)."""
-
-
-class NetnsRestoreFailed(BaseException):
-    """setns back to the original namespace failed: the thread is in the wrong netns."""
 
 
 cdef object _oserror(int err, object path):

@@ -152,6 +152,20 @@ class RulesMismatch(CNIError):
     code, msg = 103, "redirect rules missing or different"
 
 
+# ---- network namespaces: raised by the compiled ``_fastpath`` (and its test twin) -------------
+
+
+class NotANetns(OSError):
+    """The path exists but is not a network namespace (plain file, other ns type). An
+    ``OSError``, not a CNI error: callers decide what it means (``skel.check_netns``: code 8)."""
+
+
+class NetnsRestoreFailed(BaseException):
+    """setns back to the original namespace failed: the thread is in the wrong netns. A
+    ``BaseException`` so that ordinary ``except Exception`` handlers do not swallow it: the
+    plugin reports it and exits, the node agent ends its process."""
+
+
 # ---- internal errors: where it broke, never the values it broke on ---------------------------
 
 

@@ -150,11 +150,9 @@ def cmd_del(args) -> None:
         log.debug("netns gone, nothing to remove", netns=args.netns)
         return None
     from . import netfilter
-    from ._fastpath import NotANetns
-
     try:
         netfilter.remove(args.netns, preferred=conf.netfilter_backend)
-    except (FileNotFoundError, NotANetns):  # torn down between the check and the open
+    except (FileNotFoundError, errors.NotANetns):  # torn down between the check and the open
         return None
     return None
 

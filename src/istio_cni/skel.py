@@ -121,11 +121,11 @@ def check_env(command: str, env) -> None:
 
 def check_netns(path: str) -> None:
     """``path`` must be a network namespace and not our own (code 8)."""
-    from ._fastpath import NotANetns, close_fd, current_netns, netns_id, open_netns
+    from ._fastpath import close_fd, current_netns, netns_id, open_netns
 
     try:
         fd = open_netns(path)
-    except NotANetns as e:
+    except errors.NotANetns as e:
         raise errors.InvalidNetNS(f"{path} is not a network namespace", str(e)) from None
     except OSError as e:
         raise errors.InvalidNetNS(f"failed to open netns {path}", e.strerror or str(e)) from None

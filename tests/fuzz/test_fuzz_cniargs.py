@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from istio_cni import _fastpath, _fastpath_py, errors
+from istio_cni import _fastpath, errors
 from istio_cni.config import parse_k8s_args
+from support import fastpath_py as _fastpath_py
 
 FUZZ = settings.get_profile("fuzz")
 KNOWN = ("K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID")

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from istio_cni import _fastpath, _fastpath_py
+from istio_cni import _fastpath
+from support import fastpath_py as _fastpath_py
 
 FUZZ = settings.get_profile("fuzz")
 

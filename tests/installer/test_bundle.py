@@ -45,6 +45,9 @@ def test_bundle_is_pruned(plugin_bundle):
     assert not list(stdlib.glob("config-*"))
     assert not (root / "site-packages" / "istio_cni" / "devtools").exists()
     assert not list((root / "site-packages").rglob("*.pyx"))
+    # Test-only and type-checker-only files stay out of the runtime bundle.
+    assert not list((root / "site-packages").rglob("*fastpath_py*"))
+    assert not list((root / "site-packages" / "istio_cni").rglob("*.pyi"))
     assert read_manifest(root)["size_bytes"] == plugin_bundle.size_bytes
 
 

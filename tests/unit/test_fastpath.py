@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from istio_cni import _fastpath, _fastpath_py
+from istio_cni import _fastpath
+from support import fastpath_py as _fastpath_py
 from support.emulator import require_syscall
 
 

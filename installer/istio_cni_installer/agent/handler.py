@@ -166,13 +166,12 @@ class Handler:
         """The pod netns' own addresses, read only for a pod that redirects: they decide
         IPv6 as on the plugin's direct path (and as upstream)."""
         def addresses() -> list:
-            from istio_cni._fastpath import NetnsRestoreFailed
             from istio_cni.netfilter.routes import netns_addresses
 
             self._check_netns(path)
             try:
                 return netns_addresses(path)
-            except NetnsRestoreFailed as e:  # as in _commit: never serve from a pod's netns
+            except errors.NetnsRestoreFailed as e:  # as in _commit: never serve from a pod's netns
                 log.error("could not restore the agent's own netns; exiting", error=repr(e))
                 os._exit(RESTORE_FAILED_EXIT)
         return addresses
@@ -189,11 +188,9 @@ class Handler:
         check_netns(path)
 
     def _commit(self, netns: str, ruleset, preferred: str) -> str:
-        from istio_cni._fastpath import NetnsRestoreFailed
-
         try:
             return self.apply(netns, ruleset, preferred)
-        except NetnsRestoreFailed as e:
+        except errors.NetnsRestoreFailed as e:
             # This thread may now live in a pod's netns: serving on would commit the next
             # pod's rules (or talk to the API) from the wrong namespace. Die; kubelet restarts us.
             log.error("could not restore the agent's own netns; exiting", error=repr(e))

@@ -1,7 +1,8 @@
-"""Pure-Python twin of ``_fastpath`` (the reference the compiled module is tested against).
-
-Not on the plugin's import path: ``netns`` imports the compiled module and a build that
-lacks it is a failure. The twin uses ``os.setns`` (3.12+) or ``ctypes`` (3.11).
+"""Pure-Python twin of ``istio_cni._fastpath`` (the reference the compiled module is tested
+against). Test-only, so it lives here and ships in neither the wheel nor the host bundle:
+the plugin imports the compiled module and a build that lacks it is a failure. The netns
+exception types are ``istio_cni.errors``', as in the compiled module. The twin uses
+``os.setns`` (3.12+) or ``ctypes`` (3.11).
 """
 
 from __future__ import annotations
@@ -9,18 +10,12 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from istio_cni.errors import NetnsRestoreFailed, NotANetns
+
 NSFS_MAGIC = 0x6E736673
 PROC_SUPER_MAGIC = 0x9FA0
 NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
-
-
-class NotANetns(OSError):
-    """The path exists but is not a network namespace."""
-
-
-class NetnsRestoreFailed(BaseException):
-    """setns back to the original namespace failed."""
 
 
 def _libc():
