@@ -6,10 +6,12 @@ import sys
 
 from istio_cni.log import log
 
+from .agent.services import node_services
+from .app import App
+from .settings import SettingError, parse
+
 
 def main(argv: list[str] | None = None) -> int:
-    from .settings import SettingError, parse
-
     try:
         settings = parse(argv)
     except SettingError as e:
@@ -18,12 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"install-cni: {e}", file=sys.stderr)
         return 2
     log.set_level(settings.log_level)
-    from .app import App
 
     try:
         app = App(settings)
-        from .agent.services import node_services  # node agent + repair controller
-
         app.extra = node_services(settings, app.metrics)
         return app.run_until_signal()
     except (OSError, ValueError) as e:

@@ -16,6 +16,7 @@ from istio_cni.log import log
 
 from .health import HealthServer, Metrics
 from .installer import Installer
+from .settings import parse
 from .upgrade import ApiClient, decide
 
 
@@ -103,8 +104,6 @@ def install_into(net_dir: str, bin_dir: str, run_dir: str, bundle_dir: str = "",
     ``make demo``: inserts our entry into the conflist in ``net_dir``, deploys the bundle
     launcher into ``bin_dir`` and (when a service-account dir with a token is given through
     ``SERVICE_ACCOUNT_DIR``) the kubeconfig into ``run_dir``. Extra settings as env names."""
-    from .settings import parse
-
     base = {"MOUNTED_CNI_NET_DIR": net_dir, "CNI_NET_DIR": net_dir, "MOUNTED_CNI_BIN_DIR": bin_dir,
             "CNI_BIN_DIR": bin_dir, "CNI_AGENT_RUN_DIR": run_dir, "PLUGIN_BUNDLE_DIR": bundle_dir,
             "MOUNTED_SECONDARY_BIN_DIR": "", "SERVICE_ACCOUNT_DIR": env.pop("SERVICE_ACCOUNT_DIR",

@@ -14,6 +14,7 @@ is touched.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import shutil
@@ -53,8 +54,6 @@ def launcher_text(host_bundle: str, manifest: dict) -> str:
 def _syncfs(d: Path) -> None:
     """Flush the whole filesystem holding ``d`` in one call: far cheaper than an fsync per file
     for a bundle of ~1000 files, with the same guarantee before the rename that publishes it."""
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -19,9 +19,11 @@ copies DIR to the host (``binaries.py``). Tests build it once per session from t
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
 import os
+import py_compile
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,10 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+import _cffi_backend
+import yaml
+
+import istio_cni
 from istio_cni.value import Value
 
 # Directories of the stdlib the plugin never imports (and that make up most of its size).
@@ -132,19 +138,11 @@ def _content_id(root: Path) -> tuple[str, int, int]:
 def _copy_yaml(site: Path) -> None:
     """PyYAML (with its libyaml extension ``yaml._yaml``): the plugin parses YAML kubeconfigs
     with it, importing it only for them (JSON ones take the fast path)."""
-    import yaml
-
     shutil.copytree(Path(yaml.__file__).parent, site / "yaml", ignore=_ignore_package)
 
 
 def build(output: Path | str) -> BundleInfo:
     """Build the bundle into ``output`` (replaced if present) and return its description."""
-    import compileall
-    import py_compile
-
-    import _cffi_backend
-    import istio_cni
-
     output = Path(output).resolve()
     ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     stdlib = Path(sysconfig.get_paths()["stdlib"])

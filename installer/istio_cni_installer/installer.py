@@ -21,6 +21,7 @@ from istio_cni.log import log
 
 from .atomic import remove_stale_temps
 from .binaries import Binaries
+from .bundle import build
 from .conflist import ConfList, Waiting
 from .health import Metrics
 from .kubeconfig import Kubeconfig
@@ -108,7 +109,6 @@ class Installer:
             return
         bundle = self.s.plugin_bundle_dir
         if not bundle:
-            from .bundle import build
             self._built_bundle = tempfile.mkdtemp(prefix="istio-cni-bundle-")
             info = build(Path(self._built_bundle) / "bundle")
             bundle = info.path

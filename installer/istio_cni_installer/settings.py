@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import textwrap
 
 from istio_cni import backends
+from istio_cni.log import log
 from istio_cni.value import Value
+
+from .cniconfig import load_template
 
 from .k8ssyntax import field_selector as _field_selector
 from .k8ssyntax import label_key as _label_key
@@ -296,8 +300,6 @@ def _resolve_repair(values: dict, source: dict) -> None:
             values["repair_mode"] = on[0][1]
         elif values["repair_enabled"] and all(values[f] is False for f, _ in _MODE_SWITCHES):
             # Upstream's controller does nothing with all three off; say so instead of idling.
-            from istio_cni.log import log
-
             log.warning("REPAIR_REPAIR_PODS, REPAIR_LABEL_PODS and REPAIR_DELETE_PODS are all false: "
                         "repair controller off (set one, or REPAIR_MODE)")
             values["repair_enabled"] = False
@@ -365,8 +367,6 @@ class _HelpFormatter(argparse.HelpFormatter):
     """Never wraps inside a hyphenated name (REPAIR_LABEL-PODS must stay greppable)."""
 
     def _split_lines(self, text, width):
-        import textwrap
-
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
@@ -405,14 +405,12 @@ def parse(argv: list[str] | None = None, env: dict | None = None) -> Settings:
             raise SettingError(name, raw, str(e)) from None
         source[field] = name
         if name in DEPRECATED:
-            from istio_cni.log import log
-
             log.warning("deprecated setting name", name=name, use=DEPRECATED[name])
     _resolve_repair(values, source)
     if not values["node_name"]:
         values["node_name"] = socket.gethostname()
     if values["cni_network_config"] or values["cni_network_config_file"]:
-        from .cniconfig import load_template  # validated here so a bad template stops start-up
+        # validated here so a bad template stops start-up
         try:
             load_template(values["cni_network_config"], values["cni_network_config_file"])
         except ValueError as e:

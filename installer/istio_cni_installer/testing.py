@@ -8,13 +8,22 @@ per session and deploys it with the real installer code into a temp bin dir, so 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from istio_cni.value import Value
+
+from .binaries import Binaries
+from .bundle import build
 
 
 class PluginBundle(Value):
@@ -23,9 +32,6 @@ class PluginBundle(Value):
 
 @pytest.fixture(scope="session")
 def plugin_bundle(tmp_path_factory) -> PluginBundle:
-    from .binaries import Binaries
-    from .bundle import build
-
     root = tmp_path_factory.mktemp("plugin-bundle")
     info = build(root / "bundle")
     bin_dir = root / "bin"
@@ -75,8 +81,6 @@ def project_token(sa_dir: Path, files: dict[str, bytes]) -> None:
     ``name -> ..data/name``; the previous timestamped directory is then deleted."""
     sa_dir.mkdir(parents=True, exist_ok=True)
     old = os.readlink(sa_dir / "..data") if (sa_dir / "..data").is_symlink() else None
-    import time
-
     ts = sa_dir / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
     ts.mkdir()
     for name, data in files.items():
@@ -113,12 +117,6 @@ class InstallerProcess:
     the record or fails the test with the log tail)."""
 
     def __init__(self, env: dict, args: tuple = ()) -> None:
-        import json
-        import subprocess
-        import sys
-        import threading
-
-        self._json = json
         self.records: list[dict] = []
         self.raw: list[str] = []
         self._cond = threading.Condition()
@@ -131,7 +129,7 @@ class InstallerProcess:
     def _read(self) -> None:
         for line in self.proc.stdout:
             try:
-                rec = self._json.loads(line)
+                rec = json.loads(line)
             except ValueError:
                 rec = {"msg": line.rstrip()}
             with self._cond:
@@ -142,8 +140,6 @@ class InstallerProcess:
             self._cond.notify_all()
 
     def wait_for(self, pred, timeout: float = 30.0, start: int = 0) -> dict:
-        import time
-
         end = time.monotonic() + timeout
         i = start
         with self._cond:
@@ -166,8 +162,6 @@ class InstallerProcess:
         return self.wait_for(lambda r: r.get("msg") == "serving" and r.get("service") == service)["port"]
 
     def terminate(self, timeout: float = 30.0) -> int:
-        import signal
-
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         rc = self.proc.wait(timeout)

@@ -17,6 +17,7 @@ from pathlib import Path
 from istio_cni.errors import KubernetesLookupError
 from istio_cni.log import log
 
+from .kube.client import ApiError, KubeClient
 from .nodematch import mismatch
 
 
@@ -29,13 +30,11 @@ class ApiClient:
     answers ``(status, object)`` instead of raising on 4xx/5xx, because the shutdown decision
     reads 403/404 as answers; only an unreachable API raises ``ApiUnreachable``. Never logs the token."""
 
-    def __init__(self, client) -> None:  # agent.kubeclient.KubeClient
+    def __init__(self, client) -> None:  # kube.client.KubeClient
         self.client = client
 
     @classmethod
     def from_settings(cls, s, timeout: float = 3.0) -> "ApiClient | None":
-        from .agent.kubeclient import KubeClient  # lazily: an installer without the agent skips it
-
         sa = Path(s.service_account_dir)
         if not os.access(sa / "token", os.R_OK) or not s.k8s_service_host:
             return None
@@ -43,8 +42,6 @@ class ApiClient:
                                          s.skip_tls_verify, s.k8s_service_protocol, timeout=timeout))
 
     def get(self, path: str) -> tuple[int, dict | None]:
-        from .agent.kubeclient import ApiError
-
         try:
             return 200, self.client.request("GET", path)
         except ApiError as e:

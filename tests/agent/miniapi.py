@@ -1,6 +1,6 @@
 """A small in-process pod API with list + watch, for the agent's and repair's fast tier.
 
-Serves what the node agent's API client (agent/kubeclient.py) sends for pods: list and watch (chunked stream,
+Serves what the node agent's API client (kube/client.py) sends for pods: list and watch (chunked stream,
 resourceVersion, bookmarks-free, ``ERROR`` 410 for a compacted version), get, merge PATCH
 (pod and ``/status``), DELETE (with UID/resourceVersion preconditions) and event POSTs.
 ``compact()`` forgets history (the next watch from an old version gets 410, as after etcd

@@ -14,8 +14,8 @@ from istio_cni.log import log
 
 from .addreports import SpoolDrainer
 from .handler import Handler, warm_up
-from .kubeclient import ApiError, KubeClient
-from .podcache import PodCache
+from ..kube.client import ApiError, KubeClient
+from ..kube.podcache import PodCache
 from .server import AgentServer
 
 SOCKET_NAME = "agent.sock"  # istio_cni.config.AGENT_SOCKET_NAME: the plugin derives the same path

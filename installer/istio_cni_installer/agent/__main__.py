@@ -13,6 +13,8 @@ import signal
 import sys
 import threading
 
+from ..health import HealthServer, Metrics
+from ..repair import RepairController, RepairSettings
 from . import NodeAgent, make_api_client
 
 
@@ -33,16 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     api = make_api_client(a.kubeconfig)
     metrics = monitoring = None
     if a.monitoring_port >= 0:
-        from istio_cni_installer.health import HealthServer, Metrics
-
         metrics = Metrics()
         monitoring = HealthServer(metrics, "127.0.0.1", a.monitoring_port, "monitoring")
         monitoring.start()
     agent = NodeAgent(a.run_dir, a.node_name, api, metrics=metrics)
     repair = None
     if a.repair_mode != "off":
-        from istio_cni_installer.repair import RepairController, RepairSettings
-
         repair = RepairController(api, agent.cache, RepairSettings(mode=a.repair_mode, node_name=a.node_name))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,9 +17,13 @@ import os
 import threading
 import time
 
-from istio_cni import errors
+from istio_cni import errors, netfilter
 from istio_cni.agent_client import MAX_TIMEOUT
+from istio_cni.config import parse_conf, parse_k8s_args
 from istio_cni.log import log
+from istio_cni.netfilter.routes import netns_addresses
+from istio_cni.plugin import plan, prev_result
+from istio_cni.skel import check_netns, decode_netconf
 
 from .addreports import observe_agent_add
 
@@ -34,25 +38,19 @@ class Fallback(Exception):
 
 
 def _default_apply(netns: str, ruleset, preferred: str) -> str:
-    from istio_cni import netfilter
-
     return netfilter.apply(netns, ruleset, preferred=preferred)
 
 
 def _default_plan(conf, k8s, netconf, get_pod, addresses=None):
-    from istio_cni.plugin import plan
-
     return plan(conf, k8s, netconf, get_pod=get_pod, addresses=addresses)
 
 
 def warm_up() -> None:
-    """Import the decision/rule/netfilter modules now, so the first ADD pays no import."""
+    """Import the modules the plugin code loads lazily (its per-exec import budget), so the
+    agent's first ADD pays no import."""
     import istio_cni.decide  # noqa: F401
-    import istio_cni.netfilter  # noqa: F401
-    import istio_cni.plugin  # noqa: F401
     import istio_cni.redirect  # noqa: F401
     import istio_cni.rules.builder  # noqa: F401
-    import istio_cni.skel  # noqa: F401
 
 
 class Handler:
@@ -118,10 +116,6 @@ class Handler:
         return answer
 
     def _handle(self, req: dict, started: float) -> dict:
-        from istio_cni.config import parse_conf, parse_k8s_args
-        from istio_cni.plugin import prev_result
-        from istio_cni.skel import decode_netconf
-
         command = req.get("command")
         if command != "ADD":
             raise errors.InvalidEnvironmentVariables(f"the agent serves ADD only, not {command!r}")
@@ -166,8 +160,6 @@ class Handler:
         """The pod netns' own addresses, read only for a pod that redirects: they decide
         IPv6 as on the plugin's direct path (and as upstream)."""
         def addresses() -> list:
-            from istio_cni.netfilter.routes import netns_addresses
-
             self._check_netns(path)
             try:
                 return netns_addresses(path)
@@ -181,8 +173,6 @@ class Handler:
         """The plugin already checked the path in the host's mount namespace; if *we* cannot
         open it (no /var/run/netns mount, no hostPID for /proc/<pid>/ns/net), that is our
         deployment's blind spot, not a bad netns: let the plugin commit directly."""
-        from istio_cni.skel import check_netns
-
         if not os.path.exists(path):
             raise Fallback(f"netns {path} is not visible to the agent (mount the host's netns dir into it)")
         check_netns(path)

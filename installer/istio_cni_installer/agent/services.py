@@ -15,12 +15,16 @@ import time
 
 from istio_cni.log import log
 
+from ..kube.client import KubeClient
+from ..kube.podcache import PodCache
+from ..repair import RepairController, RepairSettings, cache_serves, pod_cache_for
+from . import NodeAgent
+from .handler import Handler
+
 
 def api_client_from_settings(s):
     """The agent's API client: ``AGENT_KUBECONFIG`` if set, else the service account the
     installer itself uses (token re-read per request, so rotation needs nothing)."""
-    from .kubeclient import KubeClient
-
     if getattr(s, "agent_kubeconfig", ""):
         return KubeClient.from_kubeconfig(s.agent_kubeconfig)
     sa = s.service_account_dir.rstrip("/")
@@ -64,8 +68,6 @@ class RepairService:
 
 def repair_settings(s, node: str):
     """The repair controller's settings from the installer's (upstream's REPAIR_* names)."""
-    from istio_cni_installer.repair import RepairSettings
-
     return RepairSettings(
         mode=s.repair_mode, node_name=s.repair_node_name or node, check_netns=s.repair_check_netns,
         proc_root=s.host_proc_dir, netfilter_backend=s.netfilter_backend,
@@ -81,9 +83,6 @@ def node_services(s, metrics=None) -> list:
     repair_on = getattr(s, "repair_enabled", False)
     if not (agent_on or repair_on):
         return []
-    from . import NodeAgent, PodCache
-    from .handler import Handler
-
     node = s.node_name or os.uname().nodename
     try:
         api = api_client_from_settings(s)
@@ -96,8 +95,6 @@ def node_services(s, metrics=None) -> list:
         agent = NodeAgent(s.run_dir, node, cache=cache, handler=Handler(cache, metrics=metrics))
         services.append(AgentService(agent))
     if repair_on:
-        from istio_cni_installer.repair import RepairController, cache_serves, pod_cache_for
-
         rs = repair_settings(s, node)
         if agent_on and cache_serves(cache, rs):
             services.append(RepairService(RepairController(api, cache, rs, metrics=metrics), cache, own_cache=False))

@@ -26,7 +26,12 @@ import queue
 import threading
 from datetime import datetime, timezone
 
+from istio_cni import netfilter
+from istio_cni.config import K8sArgs, parse_conf
 from istio_cni.log import log
+from istio_cni.plugin import plan
+
+from ..kube.podcache import PodCache
 
 from .detect import RepairSettings, name_of, pod_ips, uid_of, validation_failure
 from .netns import find_netns
@@ -47,9 +52,6 @@ def _netconf_for(pod: dict, backend: str) -> dict:
 
 def _default_plan(pod: dict, settings: RepairSettings):
     """(RuleSet | None, reason) for ``pod`` through the plugin's own decision and rule code."""
-    from istio_cni.config import K8sArgs, parse_conf
-    from istio_cni.plugin import plan
-
     netconf = _netconf_for(pod, settings.netfilter_backend)
     meta = pod.get("metadata") or {}
     k8s = K8sArgs(pod_namespace=meta.get("namespace", ""), pod_name=meta.get("name", ""),
@@ -59,8 +61,6 @@ def _default_plan(pod: dict, settings: RepairSettings):
 
 def pod_cache_for(api_client, settings: RepairSettings, **kw):
     """A pod cache watching exactly the pods ``settings`` select (node + selectors)."""
-    from istio_cni_installer.agent.podcache import PodCache
-
     return PodCache(api_client, settings.node_name, label_selector=settings.label_selectors,
                     field_selector=settings.field_selectors, **kw)
 
@@ -81,7 +81,7 @@ class RepairController:
                 f"{getattr(cache, 'label_selector', '')!r} and field selector {getattr(cache, 'field_selector', '')!r}, "
                 f"but repair is set up for node {settings.node_name!r}, label selector {settings.label_selectors!r}, "
                 f"field selector {settings.field_selectors!r}: build the cache with pod_cache_for(api, settings)")
-        self.api = api_client  # agent.kubeclient.KubeClient (shared with the pod cache)
+        self.api = api_client  # kube.client.KubeClient (shared with the pod cache)
         self.cache = cache
         self.settings = settings
         self.plan = plan
@@ -100,8 +100,6 @@ class RepairController:
     @property
     def netfilter(self):
         if self._netfilter is None:
-            from istio_cni import netfilter
-
             self._netfilter = netfilter
         return self._netfilter
 

@@ -2,7 +2,7 @@
 
 Pods are kept as the plain JSON dicts the API returns (what ``decide``/``redirect`` read),
 minus ``metadata.managedFields`` (often half the object, never read by us). The API client
-is ``kubeclient.KubeClient`` (no model classes: dicts in, dicts out).
+is ``client.KubeClient`` (no model classes: dicts in, dicts out).
 
 Watch protocol: list (resourceVersion R) -> watch from R with bookmarks; each event moves
 R on; a server-side timeout re-watches from R; "410 Gone" (R compacted away) or any error
@@ -16,6 +16,8 @@ import threading
 import time
 
 from istio_cni.log import log
+
+from .client import ApiError
 
 WATCH_SECONDS = 290  # server-side watch timeout; the client read timeout sits above it
 RELIST_BACKOFF = 1.0
@@ -162,8 +164,6 @@ class PodCache:
                  resource_version=self.resource_version)
 
     def _watch(self) -> None:
-        from .kubeclient import ApiError
-
         path = self.api.pods_path(fieldSelector=self._selector(), labelSelector=self.label_selector,
                                   watch="true", allowWatchBookmarks="true",
                                   resourceVersion=self.resource_version, timeoutSeconds=str(self.watch_seconds))
