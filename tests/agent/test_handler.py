@@ -176,7 +176,7 @@ def test_commits_are_serialised(ns_path):
 
 
 def test_failed_netns_restore_ends_the_process(ns_path, monkeypatch):
-    from istio_cni._fastpath import NetnsRestoreFailed
+    from istio_cni.errors import NetnsRestoreFailed
 
     exits = []
 
