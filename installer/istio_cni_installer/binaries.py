@@ -10,6 +10,11 @@ fsynced, and only then is the launcher swapped, so kubelet execs either the old 
 bundle or the new complete one. The previous bundle is kept (an exec that started just before
 the swap may still be importing from it); older ones are deleted. Nothing else in the bin dir
 is touched.
+
+Uninstall renames the DEL-only stand-in (``standin.py``) over the launcher instead of deleting
+it, so a runtime that DELs from its cached config still finds an ``istio-cni``; a later install
+recognises the stand-in by its mark and renames the launcher over it. Every change of
+``<bin>/istio-cni`` is a rename over the old file: it never is absent in between.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from istio_cni.log import log
 
 from .atomic import TMP_MARK, fsync_dir, remove_atomic, remove_stale_temps, write_atomic
 from .bundle import read_manifest
+from .standin import is_standin, standin_text
 
 PLUGIN = "istio-cni"
 BUNDLE_DIR = "istio-cni.d"
@@ -98,6 +104,8 @@ class Binaries:
             have = self.launcher.read_text()
         except (FileNotFoundError, UnicodeDecodeError):
             return [f"{self.launcher} missing"]
+        if is_standin(have):
+            return [f"{self.launcher} is the DEL-only stand-in left by an uninstall"]
         if not self.update:
             return []
         if have != self.text:
@@ -115,7 +123,7 @@ class Binaries:
         """Install or repair; True when something was written."""
         if not self.check():
             return False
-        if self.launcher.exists() and not self.update:
+        if not self.update and self.launcher.exists() and not self._is_standin():
             log.info("UPDATE_CNI_BINARIES=false: keeping the existing plugin", path=str(self.launcher))
             return False
         parent = self.dir / BUNDLE_DIR
@@ -142,9 +150,22 @@ class Binaries:
         for old in others[1:]:  # keep the newest previous bundle for in-flight execs
             shutil.rmtree(old, ignore_errors=True)
 
-    def remove(self) -> bool:
-        """Delete the launcher and our bundle dir; nothing else in the bin dir."""
-        removed = remove_atomic(self.launcher)
+    def _is_standin(self) -> bool:
+        try:
+            return is_standin(self.launcher.read_text())
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    def remove(self, leave_standin: bool = False) -> bool:
+        """Uninstall: the DEL-only stand-in replaces the launcher (``leave_standin``, when an
+        ``istio-cni`` is there), or the launcher is deleted; then our bundle dir goes. Nothing
+        else in the bin dir is touched."""
+        if leave_standin and os.path.lexists(self.launcher):
+            removed = not self._is_standin()
+            if removed:  # the rename replaces the launcher: no moment without an istio-cni
+                write_atomic(self.launcher, standin_text(), 0o755, sync_dir=True)
+        else:
+            removed = remove_atomic(self.launcher)
         parent = self.dir / BUNDLE_DIR
         if parent.is_dir():
             shutil.rmtree(parent, ignore_errors=True)

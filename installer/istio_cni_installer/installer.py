@@ -151,8 +151,9 @@ class Installer:
         if self.kubeconfig.remove():
             log.info("plugin kubeconfig removed", path=str(self.kubeconfig.path))
         for b in self.binaries:
-            if b.remove():
-                log.info("plugin removed", dir=str(b.dir))
+            if b.remove(leave_standin=self.s.del_standin_on_uninstall):
+                log.info("plugin removed", dir=str(b.dir),
+                         del_standin=self.s.del_standin_on_uninstall)
 
     # --- loop -------------------------------------------------------------------------------
 

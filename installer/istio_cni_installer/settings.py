@@ -171,6 +171,10 @@ SPECS = (
      _csv, "comma list of binaries not to install (istio-cni)"),
     ("update_cni_binaries", "--update-cni-binaries", ("UPDATE_CNI_BINARIES",), "true",
      _bool, "replace binaries already present (false: keep an existing istio-cni)"),
+    ("del_standin_on_uninstall", "--del-standin-on-uninstall", ("DEL_STANDIN_ON_UNINSTALL",), "true",
+     _bool, "on uninstall, leave a DEL-only istio-cni stand-in in the bin dir(s) so pods set up "
+     "with the plugin can still be deleted by runtimes that DEL from their cached config (false: "
+     "remove istio-cni entirely)"),
     ("plugin_bundle_dir", "--plugin-bundle-dir", ("PLUGIN_BUNDLE_DIR",), "",
      _abs_path, "prebuilt plugin bundle (python -m istio_cni_installer.bundle); default: "
      "built from this interpreter at start"),

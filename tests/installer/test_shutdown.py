@@ -11,6 +11,7 @@ import pytest
 
 from istio_cni_installer.nodematch import mismatch
 from istio_cni_installer.settings import parse
+from istio_cni_installer.standin import is_standin
 from istio_cni_installer.testing import InstallerProcess, project_token
 from istio_cni_installer.upgrade import ApiClient, decide
 
@@ -163,7 +164,7 @@ def test_sigterm_after_daemonset_deleted_uninstalls(plugin_bundle, host_layout, 
     assert p.terminate() == 0
     conf = json.loads((host_layout.net_dir / "10-calico.conflist").read_text())
     assert [x["type"] for x in conf["plugins"]] == ["calico"]
-    assert not (host_layout.bin_dir / "istio-cni").exists()
+    assert is_standin((host_layout.bin_dir / "istio-cni").read_text())  # DEL-only stand-in
     assert not (host_layout.run_dir / "istio-cni-kubeconfig").exists()
 
 
@@ -269,7 +270,7 @@ def test_extra_services_start_after_and_stop_before_the_installer_cleans_up(plug
         app.shutdown()
     # services stop before the shutdown policy removes the plugin
     assert events == [("start", None), ("stop", True)]
-    assert not (host_layout.bin_dir / "istio-cni").exists()  # then uninstalled
+    assert is_standin((host_layout.bin_dir / "istio-cni").read_text())  # then uninstalled: the DEL-only stand-in stays
 
 
 @pytest.mark.peers
@@ -298,7 +299,7 @@ def test_real_control_plane_sigterm_keeps_then_uninstalls(control_plane, plugin_
         q.wait_ready()
         assert q.terminate() == 0
         assert any(r.get("msg") == "uninstalling the plugin" for r in q.records)
-        assert not (host_layout.bin_dir / "istio-cni").exists()
+        assert is_standin((host_layout.bin_dir / "istio-cni").read_text())  # DEL-only stand-in
         assert [x["type"] for x in json.loads((host_layout.net_dir / "10-calico.conflist").read_text())["plugins"]] \
             == ["calico"]
     finally:
