@@ -17,6 +17,7 @@ from istio_cni.log import log
 from .health import HealthServer, Metrics
 from .installer import Installer
 from .settings import parse
+from .taint import StartupTaint
 from .upgrade import ApiClient, decide
 
 
@@ -32,6 +33,11 @@ class App:
         self.stopping = threading.Event()
 
     def start(self) -> None:
+        if self.s.startup_taint_key:
+            # Removes this node's startup taint once the installer finds every part in place.
+            taint = StartupTaint(self.s, self.installer.installed_now, self.metrics)
+            self.installer.ready_listeners.append(taint.kick)
+            self.extra.append(taint)
         for make in self.factories:
             self.extra.extend(make(self.s, self.metrics))
         self.services = [

@@ -34,6 +34,7 @@ class Metrics:
         "istio_cni_config_fights_total": "Times a component was detected reverting our config repeatedly.",
         "istio_cni_agent_requests_total": "Plugin requests the node agent answered, by result (ok/error/fallback).",
         "istio_cni_repair_pods_repaired_total": "Repair controller actions on broken pods, by type and result.",
+        "istio_cni_startup_taint_removed_total": "Startup taint removals from this node (0 or 1 per process).",
         "istio_cni_agent_fallbacks_total": "Plugin ADDs that wanted the node agent but took the direct path, "
                                            "by reason (absent/unreachable/declined).",
     }

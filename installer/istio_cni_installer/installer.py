@@ -94,6 +94,7 @@ class Installer:
         self._built_bundle: str | None = None
         self.error: BaseException | None = None
         self.installed_once = False
+        self.ready_listeners: list = []  # called after each pass that found everything in place
 
     # --- parts ------------------------------------------------------------------------------
 
@@ -124,6 +125,10 @@ class Installer:
         out["kubeconfig"] = self.kubeconfig.check()
         out["conflist"] = self.conflist.check()
         return out
+
+    def installed_now(self) -> bool:
+        """Every part (plugin, kubeconfig, conflist entry) in place right now."""
+        return not any(self.check().values())
 
     def install_all(self) -> list[str]:
         """Fix every part that needs it; returns the parts written."""
@@ -188,6 +193,9 @@ class Installer:
         if ready:
             self.installed_once = True
         self.metrics.set_ready(ready, "; ".join(problems))
+        if ready:
+            for notify in self.ready_listeners:
+                notify()
         return ready
 
     def run(self) -> None:

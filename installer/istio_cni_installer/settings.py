@@ -283,6 +283,10 @@ SPECS = (
      "upstream, never all nodes)"),
     ("repair_check_netns", "--repair-check-netns", ("REPAIR_CHECK_NETNS",), "false",
      _bool, "also inspect each running pod's netns for missing rules (not only istio-validation exit 126)"),
+    ("startup_taint_key", "--startup-taint-key", ("STARTUP_TAINT_KEY",), "cni.istio.io/not-ready",
+     lambda s: "" if s.strip() == "" else _label_key(s.strip()),
+     "taint key removed from this node (KUBERNETES_NODE_NAME) once plugin, kubeconfig and conflist "
+     "entry are in place; nodes register with it via kubelet registerWithTaints (empty: off)"),
     ("host_proc_dir", "--host-proc-dir", ("HOST_PROC_DIR",), "/proc",
      _abs_path, "the host's /proc as mounted here (repair finds pod netns through it; hostPID or a mount)"),
 )

@@ -68,6 +68,7 @@ class HostLayout(Value):
             # the installer alone unless a test turns the node agent / repair controller on
             "AGENT_ENABLED": "false",
             "REPAIR_ENABLED": "false",
+            "STARTUP_TAINT_KEY": "",  # no node to untaint behind the unreachable API address above
         }
         if bundle is not None:
             env["PLUGIN_BUNDLE_DIR"] = str(bundle.bundle_dir)
