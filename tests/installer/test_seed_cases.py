@@ -13,6 +13,7 @@ import shutil
 import pytest
 import yaml
 
+from istio_cni_installer.standin import is_standin
 from istio_cni_installer.testing import InstallerProcess, project_token
 
 SNIPPET = json.dumps({"type": "istio-cni", "log_level": "info", "kubernetes": {
@@ -86,7 +87,7 @@ def test_seed_case(case, conformance, plugin_bundle, host_layout):
         assert after.read_bytes() == originals[result]
     else:
         assert after.read_bytes() == (seed / "expected" / clean).read_bytes()
-    assert not (host_layout.bin_dir / "istio-cni").exists()
+    assert is_standin((host_layout.bin_dir / "istio-cni").read_text())  # the DEL-only stand-in stays
     assert not (host_layout.bin_dir / "istio-cni.d").exists()
     assert not (run_dir / "ZZZ-istio-cni-kubeconfig").exists()
     # every other file in the conf dir is untouched
