@@ -4,7 +4,12 @@ told to leave taints alone); on: toleration of the key, get+patch on nodes, the 
 from __future__ import annotations
 
 import pytest
+from peers.kubeapi import write_kubeconfig
+from test_chart_apply import api, applied_rbac, kube_version, namespace  # noqa: F401 (fixtures)
 from test_chart_settings import container_env, installer_view
+
+from istio_cni_installer.kube.client import ApiError, KubeClient
+from istio_cni_installer.taint import remove_taint
 
 NODE_GET = {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}
 NODE_GET_PATCH = {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}
@@ -52,3 +57,33 @@ def test_patch_right_even_without_safe_upgrade_and_none_when_both_off(render):
 def test_bad_taint_key_is_refused_by_the_schema(render_error, key):
     err = render_error({"taint": {"enabled": True, "key": key}})
     assert "taint" in err and "key" in err, err
+
+
+# ---- the rendered RBAC on the real kube-apiserver ---------------------------------------------
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("enabled", [True, False], ids=["taint-on", "taint-off"])
+def test_the_charts_identity_can_remove_the_taint_only_when_enabled(
+        control_plane, namespace, applied_rbac, tmp_path, enabled):  # noqa: F811
+    applied_rbac({"taint": {"enabled": enabled}})
+    kapi = control_plane.api
+    token = kapi.token_for(namespace, "istio-cni")
+    client = KubeClient.from_kubeconfig(str(write_kubeconfig(
+        tmp_path / "kc", control_plane.server, control_plane.ca_file, token,
+        f"system:serviceaccount:{namespace}:istio-cni")))
+    node = f"chart-taint-{namespace}"
+    ours = {"key": "cni.istio.io/not-ready", "effect": "NoSchedule"}
+    kapi.call("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+                                        "spec": {"taints": [ours]}})
+    try:
+        if enabled:
+            assert remove_taint(client, node, "cni.istio.io/not-ready") == "removed"
+            left = kapi.call("GET", f"/api/v1/nodes/{node}")["spec"].get("taints") or []
+            assert all(t["key"] != "cni.istio.io/not-ready" for t in left)
+        else:
+            with pytest.raises(ApiError) as e:
+                remove_taint(client, node, "cni.istio.io/not-ready")
+            assert e.value.status == 403 and e.value.args[0].startswith("PATCH ")  # the read is allowed
+    finally:
+        kapi.call("DELETE", f"/api/v1/nodes/{node}", ok=(200, 202, 404))

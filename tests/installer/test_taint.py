@@ -148,7 +148,8 @@ def test_removed_only_once_plugin_kubeconfig_and_conflist_entry_are_in_place(
         taint = next(s for s in app.services if isinstance(s, StartupTaint))
         # No primary conflist yet: plugin and kubeconfig are written, the entry cannot be.
         wait_for(lambda: (host_layout.run_dir / "istio-cni-kubeconfig").exists()
-                 and (host_layout.bin_dir / "istio-cni").exists() and "no primary CNI config" in app.metrics.not_ready_reason,
+                 and (host_layout.bin_dir / "istio-cni").exists()
+                 and "no primary CNI config" in app.metrics.not_ready_reason,
                  "plugin and kubeconfig installed, conflist entry waiting")
         rv = c.node()["metadata"]["resourceVersion"]
         assert taint.attempt() == "not-installed"  # even when asked directly: nothing is written
