@@ -10,7 +10,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt venv go-tools images demo test test-unit test-integration bench wheel clean
+.PHONY: help setup apt venv go-tools images demo lint test test-unit test-integration bench wheel clean
 
 help:
 	@echo "make demo   - run a pod network namespace through the CNI chain with istio-cni, show redirected traffic"
@@ -50,10 +50,15 @@ demo: setup
 
 # The Go peers (CPU-bound) and the node tier's images (mostly downloads and apt/pip inside the
 # build) are independent: on a cold machine building them side by side saves minutes; warm, both
-# are cache hits.
+# are cache hits. The lint gate runs first: a lint slip fails in a second, not after the builds.
 test: apt venv
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory -j2 go-tools images
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# Rules in pyproject.toml ([tool.ruff]); ruff is pinned in the test extra.
+lint: venv
+	$(PY) -m ruff check src installer
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -146,6 +146,7 @@ def build(output: Path | str) -> BundleInfo:
     import py_compile
 
     import _cffi_backend
+
     import istio_cni
 
     output = Path(output).resolve()

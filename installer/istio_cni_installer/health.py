@@ -127,7 +127,7 @@ class Metrics:
                     continue
                 lab = "".join(f'{k}="{val}",' for k, val in labels)
                 running = 0
-                for le, c in zip(buckets, counts):
+                for le, c in zip(buckets, counts, strict=False):
                     running += c
                     lines.append(f'{name}_bucket{{{lab}le="{le:g}"}} {running}')
                 running += over

@@ -14,9 +14,9 @@ _NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _LABEL_KEY = re.compile(rf"^({_DNS_LABEL}(\.{_DNS_LABEL})*/)?{_NAME}$")
 _LABEL_VALUE = re.compile(rf"^({_NAME})?$")
 _SELECTOR_TERM = re.compile(
-    rf"^\s*(!?\s*(?P<k1>[^\s=!(),]+)"  # key / !key
-    rf"|(?P<k2>[^\s=!(),]+)\s*(==|!=|=)\s*(?P<v>[^\s=!(),]*)"  # key=value, key!=value
-    rf"|(?P<k3>[^\s=!(),]+)\s+(in|notin)\s*\(\s*[^()]*\))\s*$")  # key in (a,b)
+    r"^\s*(!?\s*(?P<k1>[^\s=!(),]+)"  # key / !key
+    r"|(?P<k2>[^\s=!(),]+)\s*(==|!=|=)\s*(?P<v>[^\s=!(),]*)"  # key=value, key!=value
+    r"|(?P<k3>[^\s=!(),]+)\s+(in|notin)\s*\(\s*[^()]*\))\s*$")  # key in (a,b)
 _FIELD_TERM = re.compile(r"^\s*[A-Za-z0-9_.\-]+\s*(==|!=|=)\s*[^,=!]*\s*$")
 
 

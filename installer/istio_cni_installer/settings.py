@@ -17,11 +17,12 @@ from istio_cni.log import log
 from istio_cni.value import Value
 
 from .cniconfig import load_template
-
-from .k8ssyntax import field_selector as _field_selector
-from .k8ssyntax import label_key as _label_key
-from .k8ssyntax import label_selector as _label_selector
-from .k8ssyntax import label_value as _label_value
+from .k8ssyntax import (
+    field_selector as _field_selector,
+    label_key as _label_key,
+    label_selector as _label_selector,
+    label_value as _label_value,
+)
 
 
 class SettingError(ValueError):

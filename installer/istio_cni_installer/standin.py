@@ -71,4 +71,4 @@ case "$CNI_COMMAND" in
   '') echo "istio-cni DEL-only stand-in (plugin uninstalled)" >&2; exit 0 ;;
   *) fail 4 "invalid necessary environment variables" "unknown CNI_COMMAND" ;;
 esac
-"""
+"""  # noqa: E501  (the script's own lines; wrapping them would change the installed file)

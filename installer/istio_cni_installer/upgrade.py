@@ -34,7 +34,7 @@ class ApiClient:
         self.client = client
 
     @classmethod
-    def from_settings(cls, s, timeout: float = 3.0) -> "ApiClient | None":
+    def from_settings(cls, s, timeout: float = 3.0) -> ApiClient | None:
         sa = Path(s.service_account_dir)
         if not os.access(sa / "token", os.R_OK) or not s.k8s_service_host:
             return None

@@ -119,7 +119,7 @@ class Watcher:
                 pass
         self.fd = -1
 
-    def __enter__(self) -> "Watcher":
+    def __enter__(self) -> Watcher:
         return self
 
     def __exit__(self, *exc) -> None:

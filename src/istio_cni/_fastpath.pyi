@@ -6,8 +6,7 @@ library's C engine. The netns exception types are ``istio_cni.errors``' (re-expo
 
 from types import TracebackType
 
-from .errors import NetnsRestoreFailed as NetnsRestoreFailed
-from .errors import NotANetns as NotANetns
+from .errors import NetnsRestoreFailed as NetnsRestoreFailed, NotANetns as NotANetns
 
 def open_netns(path: str) -> int: ...
 def close_fd(fd: int) -> None: ...

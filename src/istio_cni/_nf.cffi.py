@@ -187,7 +187,7 @@ const char *nft_ctx_get_error_buffer(struct nft_ctx *ctx);
 unsigned int nft_ctx_output_get_flags(struct nft_ctx *ctx);
 void nft_ctx_output_set_flags(struct nft_ctx *ctx, unsigned int flags);
 int nft_run_cmd_from_buffer(struct nft_ctx *nft, const char *buf);
-"""
+"""  # noqa: E501  (C prototypes one per line, as in the library headers)
 
 ffibuilder = FFI()
 ffibuilder.cdef(TYPES + FUNCTIONS)

@@ -56,11 +56,10 @@ def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
     """POST ``body`` and return the body of a 200 answer. One deadline bounds the whole
     exchange (connect, send, the whole answer); the answer is read by the same strict,
     size-capped HTTP/1.1 reader as the API's (``http1.read_response``)."""
-    import time
-
     # The C module, not ``socket``: under ``python -I -S`` the wrapper pulls in enum,
     # selectors and collections, ~14 ms here, a fifth of a whole ADD through the agent.
     import _socket
+    import time
 
     from .http1 import ResponseError, read_response
 

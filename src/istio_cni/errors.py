@@ -13,7 +13,7 @@ leaves the process as ``[redacted]``.
 
 from __future__ import annotations
 
-_BY_CODE: dict[int, type["CNIError"]] = {}
+_BY_CODE: dict[int, type[CNIError]] = {}
 
 
 # ---- secrets: registered once where they are read, removed from everything we print -------
@@ -188,7 +188,7 @@ def describe(exc: BaseException) -> str:
     return redact(text)
 
 
-def internal_error(exc: BaseException) -> "InternalError":
+def internal_error(exc: BaseException) -> InternalError:
     """A code-999 error for an exception nobody turned into a ``CNIError``: the types, the
     frames (file, line, function) and safe messages of its chain; no locals, no source
     lines, no reprs."""

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import time
 
-# Bounds of one answer (the agent client passes its own, smaller body cap). The head of a kube-apiserver answer is a few hundred bytes
-# (Content-Type, Date, Audit-Id, X-Kubernetes-Pf-*); 64 KiB leaves room for proxies in
-# between. The body: kube-apiserver refuses request bodies over 3 MiB and etcd objects
-# over 1.5 MiB (--max-request-bytes), so no pod the API can hold renders anywhere near
-# 4 MiB of JSON; a bigger answer is not a pod, and reading it would only cost a root
-# process memory.
+# Bounds of one answer (the agent client passes its own, smaller body cap). The head of a
+# kube-apiserver answer is a few hundred bytes (Content-Type, Date, Audit-Id,
+# X-Kubernetes-Pf-*); 64 KiB leaves room for proxies in between. The body: kube-apiserver
+# refuses request bodies over 3 MiB and etcd objects over 1.5 MiB (--max-request-bytes),
+# so no pod the API can hold renders anywhere near 4 MiB of JSON; a bigger answer is not
+# a pod, and reading it would only cost a root process memory.
 MAX_HEAD = 64 << 10
 MAX_BODY = 4 << 20
 MAX_CHUNK_LINE = 4 << 10  # hex size + chunk extensions; real servers send "1f40\r\n"

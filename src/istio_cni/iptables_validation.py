@@ -7,9 +7,10 @@ crash-loops visibly instead of running without its sidecar.
 
 How it works (same as upstream): listen on 127.0.0.1 (``::1`` for IPv6 pods) at the proxy's
 outbound and inbound capture ports, and as the proxy user dial ``127.0.0.6:<probe port>``
-(``::6``) once a second (the listeners and probe loop are shared with ``istio-cni validate``). ``ISTIO_OUTPUT`` sends proxy-owned traffic to a non-loopback
-address over ``lo`` to the inbound capture port, so with the rules in place the dial lands
-on our listener, whose ``SO_ORIGINAL_DST`` is the probe address.
+(``::6``) once a second (the listeners and probe loop are shared with ``istio-cni validate``).
+``ISTIO_OUTPUT`` sends proxy-owned traffic to a non-loopback address over ``lo`` to the
+inbound capture port, so with the rules in place the dial lands on our listener, whose
+``SO_ORIGINAL_DST`` is the probe address.
 """
 
 from __future__ import annotations
@@ -67,4 +68,4 @@ When using Istio CNI, this can occur if a pod is scheduled before the node is re
 
 If installed with 'cni.repair.deletePods=true', this pod should automatically be deleted and retry.
 Otherwise, this pod will need to be manually removed so that it is scheduled on a node with istio-cni running, allowing iptables rules to be established.
-"""
+"""  # noqa: E501  (upstream's message, verbatim)

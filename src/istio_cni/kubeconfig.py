@@ -161,7 +161,7 @@ class _Fields:
             raise self.fail(key, "is not valid base64 (standard alphabet, padded)")
         return body
 
-    def sub(self, key: str) -> "_Fields":
+    def sub(self, key: str) -> _Fields:
         return _Fields(self.obj.get(key), f"{self.where}{key}.", self.path)
 
     def named(self, key: str) -> dict:

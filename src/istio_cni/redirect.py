@@ -23,8 +23,16 @@ actually carries CIDRs.
 
 from __future__ import annotations
 
-from .decide import (GO_FALSE, GO_TRUE, INJECT_KEY, PROXY_CONTAINER, STATUS_KEY, parse_go_bool,
-                     proxy_container, proxy_env)
+from .decide import (
+    GO_FALSE,
+    GO_TRUE,
+    INJECT_KEY,
+    PROXY_CONTAINER,
+    STATUS_KEY,
+    parse_go_bool,
+    proxy_container,
+    proxy_env,
+)
 from .errors import InvalidAnnotation, InvalidNetNS
 from .rules import checks
 from .value import Value

@@ -27,7 +27,8 @@ class Value:
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__}: too many positional arguments")
         set_ = object.__setattr__
-        for name, val in zip(names, args):
+        # strict=False: fewer args than names is normal, the rest come from kwargs and defaults
+        for name, val in zip(names, args, strict=False):
             if name in kwargs:
                 raise TypeError(f"{type(self).__name__}: {name} given twice")
             set_(self, name, val)

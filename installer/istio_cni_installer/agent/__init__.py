@@ -12,10 +12,10 @@ import threading
 
 from istio_cni.log import log
 
-from .addreports import SpoolDrainer
-from .handler import Handler, warm_up
 from ..kube.client import ApiError, KubeClient
 from ..kube.podcache import PodCache
+from .addreports import SpoolDrainer
+from .handler import Handler, warm_up
 from .server import AgentServer
 
 SOCKET_NAME = "agent.sock"  # istio_cni.config.AGENT_SOCKET_NAME: the plugin derives the same path

@@ -16,9 +16,8 @@ import threading
 from urllib.parse import quote, urlencode
 
 from istio_cni.k8s import bearer_token
-from istio_cni.transport import split_server as _split_server, ssl_context
 from istio_cni.kubeconfig import Cluster, load
-
+from istio_cni.transport import split_server as _split_server, ssl_context
 from istio_cni_installer.kubeconfig import server_url
 
 DEFAULT_TIMEOUT = 10.0

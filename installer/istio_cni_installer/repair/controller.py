@@ -32,7 +32,6 @@ from istio_cni.log import log
 from istio_cni.plugin import plan
 
 from ..kube.podcache import PodCache
-
 from .detect import RepairSettings, name_of, pod_ips, uid_of, validation_failure
 from .netns import find_netns
 
@@ -78,7 +77,8 @@ class RepairController:
         if not cache_serves(cache, settings):
             raise ValueError(
                 f"the pod cache watches node {getattr(cache, 'node_name', None)!r} with label selector "
-                f"{getattr(cache, 'label_selector', '')!r} and field selector {getattr(cache, 'field_selector', '')!r}, "
+                f"{getattr(cache, 'label_selector', '')!r} and field selector "
+                f"{getattr(cache, 'field_selector', '')!r}, "
                 f"but repair is set up for node {settings.node_name!r}, label selector {settings.label_selectors!r}, "
                 f"field selector {settings.field_selectors!r}: build the cache with pod_cache_for(api, settings)")
         self.api = api_client  # kube.client.KubeClient (shared with the pod cache)
@@ -206,7 +206,8 @@ class RepairController:
     def _repair(self, pod: dict) -> str:
         netns = find_netns(pod_ips(pod), self.settings.proc_root)
         if not netns:
-            raise RepairError(f"no network namespace on this node holds pod IP(s) {', '.join(pod_ips(pod)) or '(none)'}")
+            ips = ", ".join(pod_ips(pod)) or "(none)"
+            raise RepairError(f"no network namespace on this node holds pod IP(s) {ips}")
         ruleset, reason = self.plan(pod, self.settings)
         if ruleset is None:
             return f"nothing to commit: {reason}"

@@ -91,20 +91,23 @@ class Chain:
         prev = None
         self.per_plugin = []
         for plugin in self.conflist["plugins"]:
-            prev = exec_plugin(plugin["type"], "ADD", plugin_conf(self.conflist, plugin, prev), **self._kw(plugin["type"]))
+            prev = exec_plugin(plugin["type"], "ADD", plugin_conf(self.conflist, plugin, prev),
+                               **self._kw(plugin["type"]))
             self.per_plugin.append((plugin["type"], prev))
         self.result = prev
         return prev
 
     def check(self) -> None:
         for plugin in self.conflist["plugins"]:
-            exec_plugin(plugin["type"], "CHECK", plugin_conf(self.conflist, plugin, self.result), **self._kw(plugin["type"]))
+            exec_plugin(plugin["type"], "CHECK", plugin_conf(self.conflist, plugin, self.result),
+                        **self._kw(plugin["type"]))
 
     def delete(self) -> None:
         errors = []
         for plugin in reversed(self.conflist["plugins"]):
             try:
-                exec_plugin(plugin["type"], "DEL", plugin_conf(self.conflist, plugin, self.result), **self._kw(plugin["type"]))
+                exec_plugin(plugin["type"], "DEL", plugin_conf(self.conflist, plugin, self.result),
+                            **self._kw(plugin["type"]))
             except PluginFailed as e:  # keep going: DEL is best effort across the chain
                 errors.append(e)
         if errors:

@@ -256,7 +256,7 @@ def _prime(rules: tuple, family: int) -> None:
         return
     if len(_ENCODED) + len(misses) > CACHE_LIMIT:
         _ENCODED.clear()
-    for spec, entry in zip(misses, encode_specs(misses, family)):
+    for spec, entry in zip(misses, encode_specs(misses, family), strict=False):
         if entry is not None:
             _ENCODED[(spec, family)] = [entry, None]  # identity: from the bytes when needed
 

@@ -133,7 +133,7 @@ class RestoreBackend:
                 self._roll_back(done + [attempt])
                 raise
 
-    def _commit_family(self, attempt: "_Attempt", tables) -> None:
+    def _commit_family(self, attempt: _Attempt, tables) -> None:
         family = attempt.family
         for n in range(RETRIES):
             attempt.before = _run([_tool(self.variant, family, "save")])

@@ -134,7 +134,7 @@ def _addr_msg(text: str) -> bytes:
     return hdr + attr + _struct.pack("<HH", 4 + len(packed), IFA_ADDRESS) + packed
 
 
-def add_lo_addresses(nl: "Netlink", addresses) -> None:
+def add_lo_addresses(nl: Netlink, addresses) -> None:
     for text in addresses:
         try:
             nl.request(RTM_NEWADDR, F_ACK | F_CREATE | F_EXCL, _addr_msg(text))
@@ -157,7 +157,7 @@ def program(routes, lo_addresses=()) -> None:
             except OSError as e:
                 if e.errno != EEXIST:
                     raise NetfilterError("policy rule add failed",
-                                         f"fwmark {r.fwmark} lookup {r.table}: {e.strerror}", e.errno)
+                                         f"fwmark {r.fwmark} lookup {r.table}: {e.strerror}", e.errno) from e
             try:
                 nl.request(RTM_NEWROUTE, F_ACK | F_CREATE | F_REPLACE, _route_msg(r))
             except OSError as e:
@@ -177,7 +177,7 @@ def _rules(nl: Netlink, family: int) -> set:
             for _, p in nl.request(RTM_GETRULE, F_DUMP, _dump_body(family)) for a in [_attrs(p, 12)]}
 
 
-def _addresses(nl: "Netlink", family: int = 0) -> list:
+def _addresses(nl: Netlink, family: int = 0) -> list:
     """[(family, packed address, prefix length, ifindex)] in the kernel's dump order."""
     out = []
     body = _struct.pack("<BBBBI", family, 0, 0, 0, 0)
@@ -252,6 +252,6 @@ def remove(routes) -> None:
                     nl.request(kind, F_ACK, body)
                 except OSError as e:
                     if e.errno not in (ENOENT, ESRCH):
-                        raise NetfilterError("policy routing removal failed", e.strerror, e.errno)
+                        raise NetfilterError("policy routing removal failed", e.strerror, e.errno) from e
     finally:
         nl.close()

@@ -40,7 +40,7 @@ from .checks import (  # noqa: F401  (ConfigError, WILDCARD, split_list are part
 )
 
 
-def _normalise(cfg: "RedirectConfig") -> dict:
+def _normalise(cfg: RedirectConfig) -> dict:
     get = cfg.__getattribute__
     out = {
         "proxy_port": parse_port("proxy_port", get("proxy_port")),
