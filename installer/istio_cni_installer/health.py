@@ -8,12 +8,13 @@ looks ready). /healthz fails when the main loop stopped taking heartbeats.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from istio_cni.log import log
+
+from .capped import ConnectionCap
 
 HEARTBEAT_STALE_SECONDS = 120.0
 # A probe or scrape is one small request answered at once; a connection that sends nothing
@@ -169,68 +170,22 @@ def _handler(metrics: Metrics, idle_timeout: float):
     return Handler
 
 
-class BoundedHTTPServer(ThreadingHTTPServer):
+class BoundedHTTPServer(ConnectionCap, ThreadingHTTPServer):
     """A thread per connection, but at most ``max_connections`` of them, each closed after
     ``lifetime`` seconds whatever it does (the serving loop checks every poll interval)."""
 
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128  # a burst of connects waits in the kernel, not in SYN retries
+    busy_reply = BUSY_REPLY
 
     def __init__(self, address: tuple, handler, max_connections: int, lifetime: float) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._lifetime = lifetime
-        self._open: dict = {}  # socket -> monotonic deadline
-        self._open_lock = threading.Lock()
+        self.init_cap(max_connections, lifetime)
         super().__init__(address, handler)
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            self._refuse(request)
-            return
-        with self._open_lock:
-            self._open[request] = time.monotonic() + self._lifetime
-        super().process_request(request, client_address)  # the thread; on failure the base
-        # class calls shutdown_request, which gives the slot back
-
-    def shutdown_request(self, request) -> None:
-        # Forgotten under the lock before it is closed, so service_actions never shuts down a
-        # closed socket whose descriptor number a new connection already reuses.
-        with self._open_lock:
-            tracked = self._open.pop(request, None) is not None
-        super().shutdown_request(request)
-        if tracked:
-            self._slots.release()
-
-    def _refuse(self, request) -> None:
-        try:
-            request.setblocking(False)
-            request.send(BUSY_REPLY)
-        except OSError:
-            pass
-        self.shutdown_request(request)
-
-    def service_actions(self) -> None:
-        """Cut connections past their lifetime: shutdown() wakes the handler's blocked read,
-        which then ends and closes the socket in its own thread."""
-        self._cut(time.monotonic())
 
     def server_close(self) -> None:
         super().server_close()
-        self._cut(float("inf"))  # no handler thread outlives the server by an idle timeout
-
-    def _cut(self, now: float) -> None:
-        with self._open_lock:
-            for request, deadline in self._open.items():
-                if deadline <= now:
-                    try:
-                        request.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-    def open_connections(self) -> int:
-        with self._open_lock:
-            return len(self._open)
+        self.cut_connections(float("inf"))  # no handler thread outlives the server by an idle timeout
 
 
 class HealthServer:

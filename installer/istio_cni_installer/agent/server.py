@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler
 
 from istio_cni.log import log
 
+from ..capped import ConnectionCap
 from .addreports import is_report, observe_report
 
 MAX_BODY = 1 << 20
@@ -134,12 +135,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._reply(404, b'{"message":"not found"}')
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _Server(ConnectionCap, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
     # A node starting many pods at once connects in bursts; the default backlog of 5 makes
     # the plugins' connect() fail with EAGAIN and fall back to the slow path.
     request_queue_size = 1024
+    busy_reply = BUSY_REPLY
     agent_handler = None
     log_stream = None
     max_connections = MAX_CONNECTIONS
@@ -147,33 +149,11 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def server_activate(self) -> None:
         super().server_activate()
-        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self.init_cap(self.max_connections)  # no lifetime cut: the request read has its deadline
         self._busy_refused = 0
         self._busy_logged = 0.0
 
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            self._refuse(request)
-            return
-        try:
-            super().process_request(request, client_address)  # starts the thread
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def _refuse(self, request) -> None:
-        try:
-            request.setblocking(False)
-            request.send(BUSY_REPLY)
-        except OSError:
-            pass
-        self.shutdown_request(request)
+    def refused(self) -> None:
         self._busy_refused += 1
         now = time.monotonic()
         if now - self._busy_logged >= BUSY_LOG_INTERVAL:  # one line per burst, not per plugin
