@@ -26,8 +26,7 @@ from urllib.parse import quote
 
 from istio_cni.log import log
 
-from .agent.services import api_client_from_settings
-from .kube.client import ApiError
+from .kube.client import ApiError, api_client_from_settings
 
 DEFAULT_KEY = "cni.istio.io/not-ready"
 CONFLICT_RETRIES = 5  # re-reads after a concurrent change to the taints, per attempt

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from istio_cni.log import log
-from istio_cni_installer.agent.services import api_client_from_settings
+from istio_cni_installer.kube.client import api_client_from_settings
 from istio_cni_installer.app import App
 from istio_cni_installer.settings import SettingError, parse
 from istio_cni_installer.taint import DEFAULT_KEY, StartupTaint, has_taint, removal_patch

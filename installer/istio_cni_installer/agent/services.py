@@ -15,24 +15,11 @@ import time
 
 from istio_cni.log import log
 
-from ..kube.client import KubeClient
+from ..kube.client import api_client_from_settings
 from ..kube.podcache import PodCache
 from ..repair import RepairController, RepairSettings, cache_serves, pod_cache_for
 from . import NodeAgent
 from .handler import Handler
-
-
-def api_client_from_settings(s):
-    """The agent's API client: ``AGENT_KUBECONFIG`` if set, else the service account the
-    installer itself uses (token re-read per request, so rotation needs nothing)."""
-    if getattr(s, "agent_kubeconfig", ""):
-        return KubeClient.from_kubeconfig(s.agent_kubeconfig)
-    sa = s.service_account_dir.rstrip("/")
-    token = f"{sa}/token"
-    if not os.access(token, os.R_OK):
-        raise ValueError(f"service-account token {token} not readable")
-    return KubeClient.in_cluster(s.k8s_service_host, s.k8s_service_port, sa, s.kube_ca_file,
-                                 s.skip_tls_verify, s.k8s_service_protocol)
 
 
 class AgentService:

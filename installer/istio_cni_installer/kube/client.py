@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import threading
 from urllib.parse import quote, urlencode
@@ -156,3 +157,17 @@ class KubeClient:
 
     def create_event(self, namespace: str, event: dict) -> dict:
         return self.request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", event)
+
+
+def api_client_from_settings(s):
+    """The node program's API client (agent, repair, startup taint): ``AGENT_KUBECONFIG`` if
+    set, else the service account the installer itself uses (token re-read per request, so
+    rotation needs nothing)."""
+    if getattr(s, "agent_kubeconfig", ""):
+        return KubeClient.from_kubeconfig(s.agent_kubeconfig)
+    sa = s.service_account_dir.rstrip("/")
+    token = f"{sa}/token"
+    if not os.access(token, os.R_OK):
+        raise ValueError(f"service-account token {token} not readable")
+    return KubeClient.in_cluster(s.k8s_service_host, s.k8s_service_port, sa, s.kube_ca_file,
+                                 s.skip_tls_verify, s.k8s_service_protocol)
