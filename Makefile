@@ -59,6 +59,7 @@ test: apt venv
 # Rules in pyproject.toml ([tool.ruff]); ruff is pinned in the test extra.
 lint: venv
 	$(PY) -m ruff check src installer
+	$(PY) -m ruff format --check src installer
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

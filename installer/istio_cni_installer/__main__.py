@@ -15,8 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = parse(argv)
     except SettingError as e:
-        log.error("bad setting, not starting", setting=e.setting, value=str(e.value)[:200],
-                  reason=e.reason)
+        log.error("bad setting, not starting", setting=e.setting, value=str(e.value)[:200], reason=e.reason)
         print(f"install-cni: {e}", file=sys.stderr)
         return 2
     log.set_level(settings.log_level)

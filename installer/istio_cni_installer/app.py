@@ -22,8 +22,7 @@ from .upgrade import ApiClient, decide
 
 
 class App:
-    def __init__(self, settings, extra_services: list | None = None,
-                 service_factories: tuple | list = ()) -> None:
+    def __init__(self, settings, extra_services: list | None = None, service_factories: tuple | list = ()) -> None:
         self.s = settings
         self.metrics = Metrics()
         self.installer = Installer(settings, self.metrics)
@@ -110,10 +109,16 @@ def install_into(net_dir: str, bin_dir: str, run_dir: str, bundle_dir: str = "",
     ``make demo``: inserts our entry into the conflist in ``net_dir``, deploys the bundle
     launcher into ``bin_dir`` and (when a service-account dir with a token is given through
     ``SERVICE_ACCOUNT_DIR``) the kubeconfig into ``run_dir``. Extra settings as env names."""
-    base = {"MOUNTED_CNI_NET_DIR": net_dir, "CNI_NET_DIR": net_dir, "MOUNTED_CNI_BIN_DIR": bin_dir,
-            "CNI_BIN_DIR": bin_dir, "CNI_AGENT_RUN_DIR": run_dir, "PLUGIN_BUNDLE_DIR": bundle_dir,
-            "MOUNTED_SECONDARY_BIN_DIR": "", "SERVICE_ACCOUNT_DIR": env.pop("SERVICE_ACCOUNT_DIR",
-                                                                            f"{run_dir}/no-service-account"),
-            "KUBERNETES_NODE_NAME": env.pop("KUBERNETES_NODE_NAME", "demo-node")}
+    base = {
+        "MOUNTED_CNI_NET_DIR": net_dir,
+        "CNI_NET_DIR": net_dir,
+        "MOUNTED_CNI_BIN_DIR": bin_dir,
+        "CNI_BIN_DIR": bin_dir,
+        "CNI_AGENT_RUN_DIR": run_dir,
+        "PLUGIN_BUNDLE_DIR": bundle_dir,
+        "MOUNTED_SECONDARY_BIN_DIR": "",
+        "SERVICE_ACCOUNT_DIR": env.pop("SERVICE_ACCOUNT_DIR", f"{run_dir}/no-service-account"),
+        "KUBERNETES_NODE_NAME": env.pop("KUBERNETES_NODE_NAME", "demo-node"),
+    }
     base.update(env)
     return install_once(parse([], base))

@@ -52,8 +52,7 @@ def fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644,
-                 sync_dir: bool = False) -> None:
+def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644, sync_dir: bool = False) -> None:
     """Replace ``path`` with ``data``; the file has ``mode`` from its first byte on.
 
     The data is fsynced before the rename, so even a power cut never leaves an empty or partial
@@ -69,7 +68,7 @@ def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644,
         os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; the caller's mode is exact
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -107,7 +106,7 @@ def remove_stale_temps(d: Path | str, names: tuple[str, ...] | None = None) -> l
         n = e.name
         if not (n.startswith(".") and TMP_MARK in n):
             continue
-        base = n[1:n.rindex(TMP_MARK)]
+        base = n[1 : n.rindex(TMP_MARK)]
         if names is not None and base not in names:
             continue
         if e.is_dir(follow_symlinks=False):

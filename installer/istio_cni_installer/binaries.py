@@ -44,8 +44,10 @@ def launcher_text(host_bundle: str, manifest: dict) -> str:
     site = f"{host_bundle}/{manifest['site']}"
     # LD_LIBRARY_PATH is read by ld.so at exec and again by every later dlopen, so it is dropped
     # from the environment right away: programs the plugin runs must not see our libraries.
-    code = (f"import os,sys;os.environ.pop('LD_LIBRARY_PATH',None);sys.path.insert(0,{site!r});"
-            "from istio_cni.__main__ import main;main()")
+    code = (
+        f"import os,sys;os.environ.pop('LD_LIBRARY_PATH',None);sys.path.insert(0,{site!r});"
+        "from istio_cni.__main__ import main;main()"
+    )
     return (
         "#!/bin/sh\n"
         f"# istio-cni plugin launcher written by install-cni (bundle {manifest['id']}).\n"
@@ -53,7 +55,7 @@ def launcher_text(host_bundle: str, manifest: dict) -> str:
         "# the bundle on sys.path.\n"
         f"LD_LIBRARY_PATH={shlex.quote(lib)}\n"
         "export LD_LIBRARY_PATH\n"
-        f"exec {shlex.quote(py)} -I -S -c {shlex.quote(code)} \"$@\"\n"
+        f'exec {shlex.quote(py)} -I -S -c {shlex.quote(code)} "$@"\n'
     )
 
 
@@ -144,8 +146,7 @@ class Binaries:
         return True
 
     def _prune(self, parent: Path) -> None:
-        others = [p for p in parent.iterdir() if p.is_dir() and p.name != self.bundle_id
-                  and not p.name.startswith(".")]
+        others = [p for p in parent.iterdir() if p.is_dir() and p.name != self.bundle_id and not p.name.startswith(".")]
         others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         for old in others[1:]:  # keep the newest previous bundle for in-flight execs
             shutil.rmtree(old, ignore_errors=True)

@@ -32,20 +32,60 @@ from pathlib import Path
 from istio_cni.value import Value
 
 # Directories of the stdlib the plugin never imports (and that make up most of its size).
-STDLIB_SKIP_DIRS = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
-                    "distutils", "pydoc_data", "site-packages", "dist-packages", "venv", "curses",
-                    "sqlite3"}
+STDLIB_SKIP_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "distutils",
+    "pydoc_data",
+    "site-packages",
+    "dist-packages",
+    "venv",
+    "curses",
+    "sqlite3",
+}
 STDLIB_SKIP_PREFIXES = ("config-",)  # static libpython.a and Makefile
 # Extension modules the plugin never loads; several drag in kerberos/ncurses/sqlite libraries.
-DYNLOAD_SKIP_PREFIXES = ("_tkinter", "_test", "xxlimited", "_ctypes_test", "_xxtestfuzz",
-                         "xxsubtype", "_xxsubinterpreters", "nis.", "_curses", "readline.",
-                         "_sqlite3", "_dbm", "_gdbm", "spwd.", "_crypt.")
+DYNLOAD_SKIP_PREFIXES = (
+    "_tkinter",
+    "_test",
+    "xxlimited",
+    "_ctypes_test",
+    "_xxtestfuzz",
+    "xxsubtype",
+    "_xxsubinterpreters",
+    "nis.",
+    "_curses",
+    "readline.",
+    "_sqlite3",
+    "_dbm",
+    "_gdbm",
+    "spwd.",
+    "_crypt.",
+)
 # Build inputs and type stubs (.pyi: for type checkers, the wheel ships them) stay out.
 PACKAGE_SKIP_SUFFIXES = (".c", ".pyx", ".cffi.py", ".pyc", ".o", ".pyi")
 PACKAGE_SKIP_DIRS = {"__pycache__", "devtools"}  # devtools is test tooling, never on the ADD path
 # glibc's own libraries: present on every host and must match its ld.so, so never bundled.
-GLIBC = ("linux-vdso", "ld-linux", "libc.so", "libm.so", "libpthread.so", "libdl.so", "librt.so",
-         "libutil.so", "libresolv.so", "libnsl.so", "libanl.so", "libmvec.so", "libBrokenLocale")
+GLIBC = (
+    "linux-vdso",
+    "ld-linux",
+    "libc.so",
+    "libm.so",
+    "libpthread.so",
+    "libdl.so",
+    "librt.so",
+    "libutil.so",
+    "libresolv.so",
+    "libnsl.so",
+    "libanl.so",
+    "libmvec.so",
+    "libBrokenLocale",
+)
 
 
 class BundleInfo(Value):
@@ -98,8 +138,7 @@ def _strip_elves(root: Path) -> None:
         return
     elves = [str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink() and _is_elf(p)]
     for i in range(0, len(elves), 100):
-        subprocess.run([strip, "--strip-unneeded", *elves[i:i + 100]], capture_output=True,
-                       timeout=120, check=False)
+        subprocess.run([strip, "--strip-unneeded", *elves[i : i + 100]], capture_output=True, timeout=120, check=False)
 
 
 # Part of the bundle id: bump when the way the bundle is made changes but its hashed inputs
@@ -172,8 +211,7 @@ def build(output: Path | str) -> BundleInfo:
     _copy_yaml(site)
 
     # Shared libraries: the transitive non-glibc closure of every ELF file in the bundle.
-    todo = [p for p in stage.rglob("*") if p.is_file() and (p.suffix == ".so" or p.name == ver)
-            and _is_elf(p)]
+    todo = [p for p in stage.rglob("*") if p.is_file() and (p.suffix == ".so" or p.name == ver) and _is_elf(p)]
     seen: set[str] = set()
     while todo:
         for dep in _elf_deps(todo.pop()):
@@ -188,12 +226,23 @@ def build(output: Path | str) -> BundleInfo:
     # The bundle is immutable and content-addressed: unchecked-hash .pyc files never consult
     # the sources' mtimes, and ``ddir`` keeps the temporary build path out of them (the import
     # system points co_filename at the real source path when it loads them).
-    compileall.compile_dir(str(site), quiet=1, workers=1, ddir="site-packages",
-                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    compileall.compile_dir(
+        str(site),
+        quiet=1,
+        workers=1,
+        ddir="site-packages",
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
     bundle_id, size, files = _content_id(stage)
-    manifest = {"id": bundle_id, "python": f"bin/{ver}", "site": "site-packages", "lib": "lib",
-                "size_bytes": size, "files": files,
-                "python_version": sys.version.split()[0]}
+    manifest = {
+        "id": bundle_id,
+        "python": f"bin/{ver}",
+        "site": "site-packages",
+        "lib": "lib",
+        "size_bytes": size,
+        "files": files,
+        "python_version": sys.version.split()[0],
+    }
     (stage / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
     old = output.with_name(f".{output.name}.old.{os.getpid()}")
@@ -201,8 +250,7 @@ def build(output: Path | str) -> BundleInfo:
         os.rename(output, old)
     os.rename(stage, output)
     shutil.rmtree(old, ignore_errors=True)
-    return BundleInfo(path=str(output), bundle_id=bundle_id, python=f"bin/{ver}",
-                      size_bytes=size, files=files)
+    return BundleInfo(path=str(output), bundle_id=bundle_id, python=f"bin/{ver}", size_bytes=size, files=files)
 
 
 def read_manifest(bundle_dir: Path | str) -> dict:
@@ -218,14 +266,25 @@ def read_manifest(bundle_dir: Path | str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m istio_cni_installer.bundle",
-                                description="Build the self-contained istio-cni plugin bundle "
-                                "(interpreter + pruned stdlib + istio_cni + shared libraries).")
+    p = argparse.ArgumentParser(
+        prog="python -m istio_cni_installer.bundle",
+        description="Build the self-contained istio-cni plugin bundle "
+        "(interpreter + pruned stdlib + istio_cni + shared libraries).",
+    )
     p.add_argument("--output", required=True, help="directory to create (replaced if present)")
     args = p.parse_args(argv)
     info = build(args.output)
-    print(json.dumps({"path": info.path, "id": info.bundle_id, "size_bytes": info.size_bytes,
-                      "size_mib": round(info.size_bytes / 2**20, 1), "files": info.files}))
+    print(
+        json.dumps(
+            {
+                "path": info.path,
+                "id": info.bundle_id,
+                "size_bytes": info.size_bytes,
+                "size_mib": round(info.size_bytes / 2**20, 1),
+                "files": info.files,
+            }
+        )
+    )
     return 0
 
 

@@ -40,6 +40,7 @@ class ConfigFileError(ValueError):
 
 # --- reading --------------------------------------------------------------------------------
 
+
 def parse_bytes(data: bytes, name: str) -> dict:
     """Parse and validate one config file body; raises ConfigFileError naming ``name``."""
     try:
@@ -126,11 +127,11 @@ def is_list(conf: dict) -> bool:
 
 
 def our_entries(conf: dict) -> list[int]:
-    return [i for i, p in enumerate(conf.get("plugins", ())) if isinstance(p, dict)
-            and p.get("type") == PLUGIN_TYPE]
+    return [i for i, p in enumerate(conf.get("plugins", ())) if isinstance(p, dict) and p.get("type") == PLUGIN_TYPE]
 
 
 # --- splicing -------------------------------------------------------------------------------
+
 
 def wrap(conf: dict, style: str) -> dict:
     """A single-plugin ``.conf`` as a one-element list (the list keeps the version)."""
@@ -139,8 +140,7 @@ def wrap(conf: dict, style: str) -> dict:
         return {"plugins": [inner], "name": WRAP_NAME, "cniVersion": "0.3.0"}
     if style == "upstream":
         return {"cniVersion": "0.3.1", "name": WRAP_NAME, "plugins": [inner]}
-    return {"cniVersion": conf.get("cniVersion", "0.3.1"), "name": conf.get("name") or WRAP_NAME,
-            "plugins": [inner]}
+    return {"cniVersion": conf.get("cniVersion", "0.3.1"), "name": conf.get("name") or WRAP_NAME, "plugins": [inner]}
 
 
 def insert(existing: dict, entry: dict, style: str = "preserve") -> dict:
@@ -153,8 +153,7 @@ def insert(existing: dict, entry: dict, style: str = "preserve") -> dict:
         if not isinstance(existing["plugins"], list):
             raise ConfigFileError("existing config's 'plugins' is not a list")
         out = dict(existing)
-        plugins = [p for p in existing["plugins"]
-                   if not (isinstance(p, dict) and p.get("type") == PLUGIN_TYPE)]
+        plugins = [p for p in existing["plugins"] if not (isinstance(p, dict) and p.get("type") == PLUGIN_TYPE)]
     elif "type" in existing:
         out = wrap(existing, style)
         plugins = out["plugins"]
@@ -170,8 +169,7 @@ def remove(existing: dict) -> dict:
     if not is_list(existing):
         return existing
     out = dict(existing)
-    out["plugins"] = [p for p in existing["plugins"]
-                      if not (isinstance(p, dict) and p.get("type") == PLUGIN_TYPE)]
+    out["plugins"] = [p for p in existing["plugins"] if not (isinstance(p, dict) and p.get("type") == PLUGIN_TYPE)]
     return out
 
 
@@ -198,6 +196,7 @@ def listed_name(name: str) -> str:
 
 # --- our entry ------------------------------------------------------------------------------
 
+
 def load_template(text: str, path: str = "") -> str:
     """The raw template (file wins over inline text), checked to be a JSON object once filled."""
     if path:
@@ -206,8 +205,10 @@ def load_template(text: str, path: str = "") -> str:
         except OSError as e:
             raise ValueError(f"cannot read template {path}: {e.strerror}") from None
     if "__SERVICEACCOUNT_TOKEN__" in text:
-        raise ValueError("templates may not embed __SERVICEACCOUNT_TOKEN__: the token goes into "
-                         "the private kubeconfig only, never into the shared CNI config dir")
+        raise ValueError(
+            "templates may not embed __SERVICEACCOUNT_TOKEN__: the token goes into "
+            "the private kubeconfig only, never into the shared CNI config dir"
+        )
     filled = fill_template(text, {})
     try:
         obj = json.loads(filled)
@@ -219,9 +220,18 @@ def load_template(text: str, path: str = "") -> str:
 
 
 def fill_template(text: str, values: dict) -> str:
-    for key in ("KUBECONFIG_FILEPATH", "KUBECONFIG_FILENAME", "KUBERNETES_SERVICE_HOST",
-                "KUBERNETES_SERVICE_PORT", "KUBERNETES_NODE_NAME", "LOG_LEVEL", "CNI_NET_DIR",
-                "CNI_AGENT_RUN_DIR", "CNI_BIN_DIR", "POD_NAMESPACE"):
+    for key in (
+        "KUBECONFIG_FILEPATH",
+        "KUBECONFIG_FILENAME",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+        "KUBERNETES_NODE_NAME",
+        "LOG_LEVEL",
+        "CNI_NET_DIR",
+        "CNI_AGENT_RUN_DIR",
+        "CNI_BIN_DIR",
+        "POD_NAMESPACE",
+    ):
         text = text.replace(f"__{key}__", str(values.get(key, "0")))
     return text
 
@@ -230,18 +240,23 @@ def entry_for(s) -> dict:
     """The plugin netconf entry for ``Settings`` ``s`` (template when given, else generated)."""
     if s.cni_network_config or s.cni_network_config_file:
         text = load_template(s.cni_network_config, s.cni_network_config_file)
-        return json.loads(fill_template(text, {
-            "KUBECONFIG_FILEPATH": s.kubeconfig_host_path,
-            "KUBECONFIG_FILENAME": s.kubecfg_file_name,
-            "KUBERNETES_SERVICE_HOST": s.k8s_service_host,
-            "KUBERNETES_SERVICE_PORT": s.k8s_service_port,
-            "KUBERNETES_NODE_NAME": s.node_name,
-            "LOG_LEVEL": s.effective_plugin_log_level,
-            "CNI_NET_DIR": s.cni_net_dir,
-            "CNI_AGENT_RUN_DIR": s.cni_agent_run_dir,
-            "CNI_BIN_DIR": s.cni_bin_dir,
-            "POD_NAMESPACE": s.pod_namespace,
-        }))
+        return json.loads(
+            fill_template(
+                text,
+                {
+                    "KUBECONFIG_FILEPATH": s.kubeconfig_host_path,
+                    "KUBECONFIG_FILENAME": s.kubecfg_file_name,
+                    "KUBERNETES_SERVICE_HOST": s.k8s_service_host,
+                    "KUBERNETES_SERVICE_PORT": s.k8s_service_port,
+                    "KUBERNETES_NODE_NAME": s.node_name,
+                    "LOG_LEVEL": s.effective_plugin_log_level,
+                    "CNI_NET_DIR": s.cni_net_dir,
+                    "CNI_AGENT_RUN_DIR": s.cni_agent_run_dir,
+                    "CNI_BIN_DIR": s.cni_bin_dir,
+                    "POD_NAMESPACE": s.pod_namespace,
+                },
+            )
+        )
     level = s.effective_plugin_log_level
     entry = {
         "name": "istio-cni",

@@ -78,8 +78,11 @@ class ConfList:
                 self._reported_invalid[e.file] = e.fingerprint
                 log.warning("skipping invalid CNI config file", file=e.file, reason=str(e))
         current = {e.file for e in errors}
-        for name in [n for n in self._reported_invalid  # forget files that are gone
-                     if n not in current and not os.path.lexists(self.dir / n)]:
+        for name in [
+            n
+            for n in self._reported_invalid  # forget files that are gone
+            if n not in current and not os.path.lexists(self.dir / n)
+        ]:
             del self._reported_invalid[name]
 
     def plan(self) -> Plan:
@@ -99,12 +102,18 @@ class ConfList:
         conf = cc.read_conf(path)
         desired = cc.insert(conf, self.entry, self.style)
         if self.s.istio_owned_config:
-            return Plan(source=name, dest=self.s.istio_owned_config_filename, desired=desired,
-                        mode=NEW_FILE_MODE, source_sig=sig)
+            return Plan(
+                source=name,
+                dest=self.s.istio_owned_config_filename,
+                desired=desired,
+                mode=NEW_FILE_MODE,
+                source_sig=sig,
+            )
         dest = name if cc.is_list(conf) else cc.listed_name(name)
         mode = os.stat(path).st_mode & 0o7777
-        return Plan(source=name, dest=dest, desired=desired, mode=mode,
-                    remove=name if dest != name else None, source_sig=sig)
+        return Plan(
+            source=name, dest=dest, desired=desired, mode=mode, remove=name if dest != name else None, source_sig=sig
+        )
 
     # --- checking ---------------------------------------------------------------------------
 
@@ -128,11 +137,13 @@ class ConfList:
         else:
             if current != plan.desired:
                 problems.append(f"{plan.dest} does not hold our istio-cni entry as the last plugin")
-        if self.s.istio_owned_config and plan.source and plan.source < plan.dest \
-                and not self._warned_order:
+        if self.s.istio_owned_config and plan.source and plan.source < plan.dest and not self._warned_order:
             self._warned_order = True
-            log.warning("the Istio-owned conflist sorts after the primary's: kubelet will not use it",
-                        owned=plan.dest, primary=plan.source)
+            log.warning(
+                "the Istio-owned conflist sorts after the primary's: kubelet will not use it",
+                owned=plan.dest,
+                primary=plan.source,
+            )
         return problems
 
     # --- writing ----------------------------------------------------------------------------
@@ -148,8 +159,7 @@ class ConfList:
             write_atomic(self.dir / plan.dest, cc.render(plan.desired, self.style), plan.mode)
             if plan.remove:
                 remove_atomic(self.dir / plan.remove)
-            log.info("CNI config written", file=plan.dest, source=plan.source or "",
-                     converted=plan.remove or "")
+            log.info("CNI config written", file=plan.dest, source=plan.source or "", converted=plan.remove or "")
             return plan.dest
         raise cc.ConfigFileError(f"{plan.source} kept changing while we were reading it")
 

@@ -24,8 +24,10 @@ HEARTBEAT_STALE_SECONDS = 120.0
 IDLE_TIMEOUT_SECONDS = 5.0
 CONNECTION_LIFETIME_SECONDS = 10.0
 MAX_CONNECTIONS = 16
-BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-              b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n")
+BUSY_REPLY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
 
 
 class Metrics:
@@ -37,14 +39,15 @@ class Metrics:
         "istio_cni_repair_pods_repaired_total": "Repair controller actions on broken pods, by type and result.",
         "istio_cni_startup_taint_removed_total": "Startup taint removals from this node (0 or 1 per process).",
         "istio_cni_agent_fallbacks_total": "Plugin ADDs that wanted the node agent but took the direct path, "
-                                           "by reason (absent/unreachable/declined).",
+        "by reason (absent/unreachable/declined).",
     }
     # Pod-start cost as the plugin processes measure it (exec to result), reported to the agent
     # (``agent.addreports``). Buckets span a warm agent-path ADD (a few ms) to a retried lookup.
     HISTOGRAMS = {
         "istio_cni_add_duration_seconds": (
             "Wall time of a plugin ADD from exec to its result, by path (agent/direct) and result (ok/error).",
-            (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)),
+            (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        ),
     }
 
     def __init__(self) -> None:
@@ -191,16 +194,23 @@ class BoundedHTTPServer(ConnectionCap, ThreadingHTTPServer):
 class HealthServer:
     """A service: ``start()`` binds and serves in a thread, ``stop()`` shuts down."""
 
-    def __init__(self, metrics: Metrics, address: str, port: int, name: str = "health", *,
-                 idle_timeout: float = IDLE_TIMEOUT_SECONDS,
-                 lifetime: float = CONNECTION_LIFETIME_SECONDS,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        address: str,
+        port: int,
+        name: str = "health",
+        *,
+        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+        lifetime: float = CONNECTION_LIFETIME_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.name = name
-        self.server = BoundedHTTPServer((address, port), _handler(metrics, idle_timeout),
-                                        max_connections, lifetime)
+        self.server = BoundedHTTPServer((address, port), _handler(metrics, idle_timeout), max_connections, lifetime)
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.5}, name=name, daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()

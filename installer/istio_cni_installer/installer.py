@@ -52,8 +52,9 @@ class TokenBucket:
 class FightDetector:
     """Counts repairs per file; warns once per window when one keeps being reverted."""
 
-    def __init__(self, metrics: Metrics, window: float = FIGHT_WINDOW_SECONDS,
-                 threshold: int = FIGHT_THRESHOLD) -> None:
+    def __init__(
+        self, metrics: Metrics, window: float = FIGHT_WINDOW_SECONDS, threshold: int = FIGHT_THRESHOLD
+    ) -> None:
         self.metrics, self.window, self.threshold = metrics, window, threshold
         self.repairs: dict[str, deque] = {}
         self.warned_at: dict[str, float] = {}
@@ -67,9 +68,13 @@ class FightDetector:
         if len(q) >= self.threshold and now - self.warned_at.get(what, -1e9) > self.window:
             self.warned_at[what] = now
             self.metrics.inc("istio_cni_config_fights_total")
-            log.warning("another component keeps reverting our config", file=what,
-                        reverts=len(q), window_seconds=self.window,
-                        hint="check the primary CNI's settings (e.g. Cilium cni.exclusive=false)")
+            log.warning(
+                "another component keeps reverting our config",
+                file=what,
+                reverts=len(q),
+                window_seconds=self.window,
+                hint="check the primary CNI's settings (e.g. Cilium cni.exclusive=false)",
+            )
             return True
         return False
 
@@ -138,8 +143,7 @@ class Installer:
                 if b.ensure():
                     written.append(f"binaries:{b.dir}")
             except OSError as e:
-                hint = " (read-only host path? set the bin dir for your platform)" \
-                    if e.errno == 30 else ""
+                hint = " (read-only host path? set the bin dir for your platform)" if e.errno == 30 else ""
                 raise OSError(e.errno, f"installing the plugin into {b.dir}: {e.strerror}{hint}") from None
         if self.kubeconfig.ensure():
             written.append("kubeconfig")
@@ -157,8 +161,7 @@ class Installer:
             log.info("plugin kubeconfig removed", path=str(self.kubeconfig.path))
         for b in self.binaries:
             if b.remove(leave_standin=self.s.del_standin_on_uninstall):
-                log.info("plugin removed", dir=str(b.dir),
-                         del_standin=self.s.del_standin_on_uninstall)
+                log.info("plugin removed", dir=str(b.dir), del_standin=self.s.del_standin_on_uninstall)
 
     # --- loop -------------------------------------------------------------------------------
 

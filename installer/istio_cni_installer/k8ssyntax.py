@@ -16,7 +16,8 @@ _LABEL_VALUE = re.compile(rf"^({_NAME})?$")
 _SELECTOR_TERM = re.compile(
     r"^\s*(!?\s*(?P<k1>[^\s=!(),]+)"  # key / !key
     r"|(?P<k2>[^\s=!(),]+)\s*(==|!=|=)\s*(?P<v>[^\s=!(),]*)"  # key=value, key!=value
-    r"|(?P<k3>[^\s=!(),]+)\s+(in|notin)\s*\(\s*[^()]*\))\s*$")  # key in (a,b)
+    r"|(?P<k3>[^\s=!(),]+)\s+(in|notin)\s*\(\s*[^()]*\))\s*$"
+)  # key in (a,b)
 _FIELD_TERM = re.compile(r"^\s*[A-Za-z0-9_.\-]+\s*(==|!=|=)\s*[^,=!]*\s*$")
 
 

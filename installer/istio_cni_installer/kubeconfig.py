@@ -67,8 +67,10 @@ class Kubeconfig:
         if not token:
             raise KubeconfigWriteError(f"{token_file} is empty")
         if not self.s.k8s_service_host:
-            raise KubeconfigWriteError("KUBERNETES_SERVICE_HOST is not set but a service-account "
-                                  "token exists: cannot tell the plugin where the API server is")
+            raise KubeconfigWriteError(
+                "KUBERNETES_SERVICE_HOST is not set but a service-account "
+                "token exists: cannot tell the plugin where the API server is"
+            )
         ca = None
         if not self.s.skip_tls_verify:
             ca_file = Path(self.s.kube_ca_file or self.sa_dir / "ca.crt")
@@ -102,8 +104,7 @@ class Kubeconfig:
         want = self._desired()
         if want is None:
             if not getattr(self, "_warned", False):
-                log.warning("no service-account token: plugin kubeconfig not written",
-                            token_dir=str(self.sa_dir))
+                log.warning("no service-account token: plugin kubeconfig not written", token_dir=str(self.sa_dir))
                 self._warned = True
             return False
         if not self._problems(want):  # the token and CA were just read: not again

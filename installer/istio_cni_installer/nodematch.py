@@ -57,8 +57,9 @@ def mismatch(daemonset: dict, node: dict) -> str | None:
     for k, v in (spec.get("nodeSelector") or {}).items():
         if labels.get(k) != v:
             return f"nodeSelector {k}={v} does not match node label {k}={labels.get(k)!r}"
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
     terms = required.get("nodeSelectorTerms")
     if terms is not None and not any(_term_ok(t, labels, fields) for t in terms):
         return "required node affinity no longer matches this node"

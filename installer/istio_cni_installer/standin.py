@@ -36,8 +36,7 @@ STDIN_READS, STDIN_BLOCK = 16, 65536
 
 def version_document() -> str:
     """The VERSION answer, the same document the plugin prints (skel.plugin_main)."""
-    return json.dumps({"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)},
-                      separators=(",", ":"))
+    return json.dumps({"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}, separators=(",", ":"))
 
 
 def is_standin(text: str) -> bool:

@@ -32,8 +32,9 @@ DEFAULT_KEY = "cni.istio.io/not-ready"
 CONFLICT_RETRIES = 5  # re-reads after a concurrent change to the taints, per attempt
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 STOP_WAIT_SECONDS = 1.0
-FORBIDDEN_HINT = ("the node program's service account needs get and patch on nodes "
-                  "(chart: taint.enabled=true grants them)")
+FORBIDDEN_HINT = (
+    "the node program's service account needs get and patch on nodes (chart: taint.enabled=true grants them)"
+)
 
 
 def has_taint(node: dict, key: str) -> bool:
@@ -49,8 +50,10 @@ def removal_patch(node: dict, key: str) -> list[dict] | None:
     keep = [t for t in taints if t.get("key") != key]
     if len(keep) == len(taints):
         return None
-    return [{"op": "test", "path": "/spec/taints", "value": taints},
-            {"op": "replace", "path": "/spec/taints", "value": keep}]
+    return [
+        {"op": "test", "path": "/spec/taints", "value": taints},
+        {"op": "replace", "path": "/spec/taints", "value": keep},
+    ]
 
 
 class Conflict(Exception):
@@ -75,8 +78,9 @@ def remove_taint(client, node_name: str, key: str, installed=lambda: True) -> st
             # 422: our test op failed (the taints changed); 409: a resourceVersion conflict.
             if e.status not in (409, 422):
                 raise
-            log.info("node taints changed while removing the startup taint; reading again",
-                     node=node_name, status=e.status)
+            log.info(
+                "node taints changed while removing the startup taint; reading again", node=node_name, status=e.status
+            )
     raise Conflict(f"node {node_name}: taints changed {CONFLICT_RETRIES} times in a row")
 
 
@@ -114,8 +118,11 @@ class StartupTaint:
             return self._failed(str(e), "")
         self.last_error = ""
         if result == "removed":
-            log.info("startup taint removed: pods can be scheduled on this node", node=self.node,
-                     taint=f"{self.key}:NoSchedule")
+            log.info(
+                "startup taint removed: pods can be scheduled on this node",
+                node=self.node,
+                taint=f"{self.key}:NoSchedule",
+            )
             if self.metrics is not None:
                 self.metrics.inc("istio_cni_startup_taint_removed_total")
         elif result == "absent":
@@ -124,8 +131,13 @@ class StartupTaint:
 
     def _failed(self, error: str, hint: str) -> str:
         if error != self.last_error:  # once per distinct error, not once per retry
-            log.error("cannot remove the startup taint; will retry", node=self.node, taint=self.key,
-                      error=error, **({"hint": hint} if hint else {}))
+            log.error(
+                "cannot remove the startup taint; will retry",
+                node=self.node,
+                taint=self.key,
+                error=error,
+                **({"hint": hint} if hint else {}),
+            )
         self.last_error = error
         return "error"
 

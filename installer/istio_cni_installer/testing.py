@@ -38,8 +38,13 @@ def plugin_bundle(tmp_path_factory) -> PluginBundle:
     bin_dir.mkdir()
     b = Binaries(info.path, str(bin_dir), str(bin_dir))
     b.ensure()
-    return PluginBundle(bundle_dir=Path(info.path), bin_dir=bin_dir, launcher=bin_dir / "istio-cni",
-                        bundle_id=info.bundle_id, size_bytes=info.size_bytes)
+    return PluginBundle(
+        bundle_dir=Path(info.path),
+        bin_dir=bin_dir,
+        launcher=bin_dir / "istio-cni",
+        bundle_id=info.bundle_id,
+        size_bytes=info.size_bytes,
+    )
 
 
 class HostLayout(Value):
@@ -102,12 +107,23 @@ def project_token(sa_dir: Path, files: dict[str, bytes]) -> None:
 @pytest.fixture
 def host_layout(tmp_path) -> HostLayout:
     root = tmp_path / "host"
-    lay = HostLayout(root=root, net_dir=root / "etc/cni/net.d", bin_dir=root / "opt/cni/bin",
-                     run_dir=root / "var/run/istio-cni", sa_dir=root / "sa")
+    lay = HostLayout(
+        root=root,
+        net_dir=root / "etc/cni/net.d",
+        bin_dir=root / "opt/cni/bin",
+        run_dir=root / "var/run/istio-cni",
+        sa_dir=root / "sa",
+    )
     for d in (lay.net_dir, lay.bin_dir):
         d.mkdir(parents=True)
-    project_token(lay.sa_dir, {"token": b"token-one", "ca.crt": b"-----BEGIN CERTIFICATE-----\nMIIC\n"
-                               b"-----END CERTIFICATE-----\n", "namespace": b"istio-system"})
+    project_token(
+        lay.sa_dir,
+        {
+            "token": b"token-one",
+            "ca.crt": b"-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n",
+            "namespace": b"istio-system",
+        },
+    )
     return lay
 
 
@@ -121,9 +137,14 @@ class InstallerProcess:
         self.records: list[dict] = []
         self.raw: list[str] = []
         self._cond = threading.Condition()
-        self.proc = subprocess.Popen([sys.executable, "-m", "istio_cni_installer", *args], env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "istio_cni_installer", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -151,13 +172,11 @@ class InstallerProcess:
                     i += 1
                 left = end - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    pytest.fail("install-cni never logged the expected record; log tail:\n"
-                                + "".join(self.raw[-30:]))
+                    pytest.fail("install-cni never logged the expected record; log tail:\n" + "".join(self.raw[-30:]))
                 self._cond.wait(min(left, 0.5))
 
     def wait_ready(self, timeout: float = 60.0) -> dict:
-        return self.wait_for(lambda r: r.get("msg") == "readiness changed" and r.get("ready") is True,
-                             timeout)
+        return self.wait_for(lambda r: r.get("msg") == "readiness changed" and r.get("ready") is True, timeout)
 
     def port(self, service: str) -> int:
         return self.wait_for(lambda r: r.get("msg") == "serving" and r.get("service") == service)["port"]

@@ -38,8 +38,17 @@ class ApiClient:
         sa = Path(s.service_account_dir)
         if not os.access(sa / "token", os.R_OK) or not s.k8s_service_host:
             return None
-        return cls(KubeClient.in_cluster(s.k8s_service_host, s.k8s_service_port, str(sa), s.kube_ca_file,
-                                         s.skip_tls_verify, s.k8s_service_protocol, timeout=timeout))
+        return cls(
+            KubeClient.in_cluster(
+                s.k8s_service_host,
+                s.k8s_service_port,
+                str(sa),
+                s.kube_ca_file,
+                s.skip_tls_verify,
+                s.k8s_service_protocol,
+                timeout=timeout,
+            )
+        )
 
     def get(self, path: str) -> tuple[int, dict | None]:
         try:

@@ -30,8 +30,17 @@ IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 
-DIR_EVENTS = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
-              | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF)
+DIR_EVENTS = (
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+)
 _HEADER = struct.Struct("iIII")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -104,7 +113,7 @@ class Watcher:
             while off < len(buf):
                 wd, mask, _cookie, length = _HEADER.unpack_from(buf, off)
                 off += _HEADER.size
-                name = buf[off:off + length].rstrip(b"\0").decode(errors="replace")
+                name = buf[off : off + length].rstrip(b"\0").decode(errors="replace")
                 off += length
                 if mask & IN_IGNORED:
                     self.paths.pop(wd, None)  # the directory went away; the caller re-adds

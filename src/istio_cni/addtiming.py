@@ -65,8 +65,12 @@ def elapsed() -> float:
 def report_line(result: str) -> str:
     from ._fastpath import json_dumps
 
-    return json_dumps({"report": REPORT, "path": "direct", "result": result,
-                       "seconds": round(elapsed(), 6), "fallback": fallback}) + "\n"
+    return (
+        json_dumps(
+            {"report": REPORT, "path": "direct", "result": result, "seconds": round(elapsed(), 6), "fallback": fallback}
+        )
+        + "\n"
+    )
 
 
 def finish(exit_code: int) -> None:
@@ -89,8 +93,11 @@ def _spool(line: str) -> None:
     if not run_dir or not os.path.isdir(run_dir):
         return
     try:
-        fd = os.open(os.path.join(run_dir, SPOOL_NAME),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            os.path.join(run_dir, SPOOL_NAME),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+            0o600,
+        )
     except OSError:
         return
     try:

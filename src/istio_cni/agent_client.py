@@ -70,8 +70,10 @@ def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
     try:
         s.settimeout(timeout)
         s.connect(sock_path)
-        head = (f"POST {path} HTTP/1.1\r\nHost: istio-cni-agent\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: istio-cni-agent\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("agent exchange deadline passed")
@@ -107,16 +109,24 @@ def _request_body(args, timeout: float) -> bytes:
     from ._fastpath import json_dumps
 
     stdin = args.stdin.decode("utf-8") if isinstance(args.stdin, (bytes, bytearray)) else str(args.stdin)
-    return json_dumps({
-        "command": args.command, "container_id": args.container_id, "netns": args.netns,
-        "ifname": args.ifname, "args": args.args, "path": args.path, "stdin": stdin,
-        # The agent leaves itself a margin under this so its answer arrives before we give up;
-        # "expires" (wall clock, same host) also covers time spent queued in the agent's backlog.
-        "deadline": timeout, "expires": time.time() + timeout,
-        # Seconds since this process was exec-ed: the agent adds its own time and observes
-        # the sum in istio_cni_add_duration_seconds{path="agent"} (no extra exchange).
-        "elapsed": round(addtiming.elapsed(), 6),
-    }).encode()
+    return json_dumps(
+        {
+            "command": args.command,
+            "container_id": args.container_id,
+            "netns": args.netns,
+            "ifname": args.ifname,
+            "args": args.args,
+            "path": args.path,
+            "stdin": stdin,
+            # The agent leaves itself a margin under this so its answer arrives before we give up;
+            # "expires" (wall clock, same host) also covers time spent queued in the agent's backlog.
+            "deadline": timeout,
+            "expires": time.time() + timeout,
+            # Seconds since this process was exec-ed: the agent adds its own time and observes
+            # the sum in istio_cni_add_duration_seconds{path="agent"} (no extra exchange).
+            "elapsed": round(addtiming.elapsed(), 6),
+        }
+    ).encode()
 
 
 def interpret(answer: bytes, expected: dict | None = None) -> dict:
@@ -148,8 +158,10 @@ def interpret(answer: bytes, expected: dict | None = None) -> dict:
         if cls is errors.InternalError:  # an agent-side bug says nothing about the pod
             raise AgentUnavailable(f"agent internal error: {_short(err.get('msg'))}")
         msg, details = err.get("msg"), err.get("details")
-        raise cls(_short(msg, MAX_ERROR_TEXT) if isinstance(msg, str) and msg else cls.msg,
-                  _short(details, MAX_ERROR_TEXT) if isinstance(details, str) else "")
+        raise cls(
+            _short(msg, MAX_ERROR_TEXT) if isinstance(msg, str) and msg else cls.msg,
+            _short(details, MAX_ERROR_TEXT) if isinstance(details, str) else "",
+        )
     result = doc.get("result")
     if not isinstance(result, dict):
         raise AgentUnavailable("agent answer has neither result, error nor fallback")

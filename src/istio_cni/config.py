@@ -33,9 +33,21 @@ class PluginConf(Value):
     """The plugin's typed configuration (raw netconf kept for prevResult handling)."""
 
     __slots__ = (
-        "cni_version", "name", "log_level", "kubeconfig", "run_dir", "exclude_namespaces",
-        "pod_namespace", "netfilter_backend", "lookup_attempts", "retry_interval",
-        "agent_timeout", "agent_socket", "node_name", "k8s_api_root", "raw",
+        "cni_version",
+        "name",
+        "log_level",
+        "kubeconfig",
+        "run_dir",
+        "exclude_namespaces",
+        "pod_namespace",
+        "netfilter_backend",
+        "lookup_attempts",
+        "retry_interval",
+        "agent_timeout",
+        "agent_socket",
+        "node_name",
+        "k8s_api_root",
+        "raw",
     )
 
 
@@ -47,9 +59,7 @@ def _get(conf: dict, key: str, kind, default, where: str = ""):
         val = float(val)
     if not isinstance(val, kind) or (kind is not bool and isinstance(val, bool)):
         name = f"{where}{key}"
-        raise errors.InvalidNetworkConfig(
-            f"network config key {name!r} has the wrong type", f"{name}={val!r}"
-        )
+        raise errors.InvalidNetworkConfig(f"network config key {name!r} has the wrong type", f"{name}={val!r}")
     return val
 
 
@@ -107,8 +117,10 @@ def _prev_result_problem(prev) -> str:
         if block.get("ip") is not None and not isinstance(block["ip"], str):
             return f"prevResult.{key}.ip must be a string"
         routes = block.get("routes")
-        if routes and not (isinstance(routes, list) and all(
-                isinstance(r, dict) and (r.get("dst") is None or isinstance(r["dst"], str)) for r in routes)):
+        if routes and not (
+            isinstance(routes, list)
+            and all(isinstance(r, dict) and (r.get("dst") is None or isinstance(r["dst"], str)) for r in routes)
+        ):
             return f"prevResult.{key}.routes must be a list of objects with string dst"
     return ""
 
@@ -203,18 +215,14 @@ def parse_k8s_args(raw: str) -> K8sArgs:
         if key == "IgnoreUnknown":
             ignore = _ARG_BOOLS.get(value.lower())
             if ignore is None:
-                raise errors.InvalidNetworkConfig(
-                    "invalid CNI_ARGS", "IgnoreUnknown must be 1, true, 0 or false"
-                )
+                raise errors.InvalidNetworkConfig("invalid CNI_ARGS", "IgnoreUnknown must be 1, true, 0 or false")
         elif key in _K8S_KEYS:
             values[key] = value
         elif key not in unknown:
             unknown.append(key)
     if unknown and not ignore:
         shown = ", ".join(k if len(k) <= 64 else k[:64] + "..." for k in sorted(unknown)[:10])
-        raise errors.InvalidNetworkConfig(
-            "unknown keys in CNI_ARGS (set IgnoreUnknown=1 to allow them)", shown
-        )
+        raise errors.InvalidNetworkConfig("unknown keys in CNI_ARGS (set IgnoreUnknown=1 to allow them)", shown)
     return K8sArgs(
         pod_namespace=values.get("K8S_POD_NAMESPACE", ""),
         pod_name=values.get("K8S_POD_NAME", ""),

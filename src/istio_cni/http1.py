@@ -68,8 +68,14 @@ def parse_head(head: bytes) -> tuple[int, str, dict]:
     status_line = lines[0]
     version, sp, rest = status_line.partition(b" ")
     code, _, reason = rest.partition(b" ")
-    if (not sp or version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3
-            or not code.isdigit() or not _TEXT.issuperset(reason) or b"\n" in status_line):
+    if (
+        not sp
+        or version not in (b"HTTP/1.1", b"HTTP/1.0")
+        or len(code) != 3
+        or not code.isdigit()
+        or not _TEXT.issuperset(reason)
+        or b"\n" in status_line
+    ):
         raise ResponseError(f"malformed status line {status_line[:80]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -109,7 +115,7 @@ class _Stream:
             self.eof = True
             return False
         if self.pos > _RECV and self.pos * 2 > len(self.buf):
-            del self.buf[:self.pos]
+            del self.buf[: self.pos]
             self.pos = 0
         self.buf += data
         return True
@@ -122,7 +128,7 @@ class _Stream:
             if i >= 0:
                 if i - self.pos > limit:
                     break
-                line = bytes(self.buf[self.pos:i])
+                line = bytes(self.buf[self.pos : i])
                 self.pos = i + len(sep)
                 return line
             if len(self.buf) - self.pos > limit + len(sep):
@@ -138,7 +144,7 @@ class _Stream:
             if self.pos == len(self.buf) and not self.fill():
                 raise ResponseError(f"connection closed in the {what}")
             piece = min(n, len(self.buf) - self.pos)
-            out += memoryview(self.buf)[self.pos:self.pos + piece]
+            out += memoryview(self.buf)[self.pos : self.pos + piece]
             self.pos += piece
             n -= piece
 
@@ -151,7 +157,7 @@ class _Stream:
     def rest(self, out: bytearray, limit: int) -> None:
         """Everything until EOF (a body without framing headers, HTTP/1.0 style)."""
         while True:
-            out += memoryview(self.buf)[self.pos:]
+            out += memoryview(self.buf)[self.pos :]
             self.pos = len(self.buf)
             if len(out) > limit:
                 raise ResponseError(f"response body larger than {limit} bytes")
@@ -171,8 +177,7 @@ def _read_chunked(stream: _Stream, out: bytearray, limit: int) -> None:
     while True:
         line = stream.until(b"\r\n", MAX_CHUNK_LINE, "chunk size line")
         size_hex, semi, ext = line.partition(b";")
-        if (not size_hex or len(size_hex) > 16 or not _HEX.issuperset(size_hex)
-                or (semi and not _TEXT.issuperset(ext))):
+        if not size_hex or len(size_hex) > 16 or not _HEX.issuperset(size_hex) or (semi and not _TEXT.issuperset(ext)):
             raise ResponseError(f"malformed chunk size line {line[:40]!r}")
         size = int(size_hex, 16)
         if size == 0:
@@ -190,7 +195,6 @@ def _read_chunked(stream: _Stream, out: bytearray, limit: int) -> None:
             return
         _field(line)
         budget -= len(line) + 2
-
 
 
 def read_response(sock, deadline: float | None = None, max_body: int = MAX_BODY) -> tuple[int, str, bytes]:

@@ -105,9 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, short, _field, _env in BOOL_FLAGS:
         names = [f"--{flag}"] + ([f"-{short}"] if short else [])
         # pflag booleans: `--flag` means true, `--flag=false` is allowed.
-        parser.add_argument(*names, dest=flag, nargs="?", const="true", default=None,
-                            metavar="BOOL", help=argparse.SUPPRESS if flag.startswith("log_")
-                            else f"(env {_env or env_name(flag)})")
+        parser.add_argument(
+            *names,
+            dest=flag,
+            nargs="?",
+            const="true",
+            default=None,
+            metavar="BOOL",
+            help=argparse.SUPPRESS if flag.startswith("log_") else f"(env {_env or env_name(flag)})",
+        )
     return parser
 
 
@@ -182,8 +188,9 @@ def local_addresses() -> list:
 
     out = []
     for family in ("-4", "-6"):
-        res = subprocess.run(["ip", "-o", family, "addr", "show"], capture_output=True,
-                             text=True, timeout=10, check=True)
+        res = subprocess.run(
+            ["ip", "-o", family, "addr", "show"], capture_output=True, text=True, timeout=10, check=True
+        )
         for line in res.stdout.splitlines():
             words = line.split()
             if "inet" in words or "inet6" in words:
@@ -229,8 +236,7 @@ def config_from_options(opts: Options, enable_ipv6: bool, dns_servers: tuple) ->
     mode = kwargs.get("interception_mode", "")
     if mode not in ("", "REDIRECT", "TPROXY"):
         # Upstream silently redirects for any value but TPROXY; a typo deserves an error.
-        raise UsageError(f"--istio-inbound-interception-mode: expected REDIRECT or TPROXY "
-                         f"(got {mode!r})")
+        raise UsageError(f"--istio-inbound-interception-mode: expected REDIRECT or TPROXY (got {mode!r})")
     kwargs["interception_mode"] = mode or "REDIRECT"
     kwargs["enable_ipv6"] = enable_ipv6
     kwargs["dns_servers_v4"], kwargs["dns_servers_v6"] = dns_servers
@@ -297,8 +303,7 @@ def run(opts: Options, out=sys.stdout) -> int:
             dns = resolv_conf_servers(fh.read())
     cfg = config_from_options(opts, enable_ipv6, dns)
     if cfg.redirect_dns and not cfg.dns_capture_active:
-        log.warning("redirect-dns is set but no DNS servers are known and capture-all-dns is "
-                    "off: DNS capture disabled")
+        log.warning("redirect-dns is set but no DNS servers are known and capture-all-dns is off: DNS capture disabled")
     if opts.flag("cleanup-only"):
         # Like upstream, the flags describe what was installed: the rule set tells the
         # backends which jumps in built-in chains and which policy routes are ours.

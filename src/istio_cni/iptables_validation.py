@@ -43,8 +43,9 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def validate(proxy_port: str, capture_port: str, probe_port: int, ipv6: bool,
-             timeout: float, interval: float = 1.0) -> bool:
+def validate(
+    proxy_port: str, capture_port: str, probe_port: int, ipv6: bool, timeout: float, interval: float = 1.0
+) -> bool:
     """True once a probe dial arrives redirected; False when ``timeout`` passes first.
 
     The listeners and the probe loop are ``istio-cni validate``'s (``validate.py``); this

@@ -45,12 +45,14 @@ def check_pod_ref(namespace: str, name: str) -> None:
         raise errors.InvalidNetworkConfig(
             "invalid K8S_POD_NAMESPACE in CNI_ARGS",
             f"{namespace[:80]!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters)")
+            "starting and ending with a letter or digit, at most 63 characters)",
+        )
     if not is_dns1123_subdomain(name):
         raise errors.InvalidNetworkConfig(
             "invalid K8S_POD_NAME in CNI_ARGS",
             f"{name[:80]!r} is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', "
-            "each dot-separated part starting and ending with a letter or digit, at most 253 characters)")
+            "each dot-separated part starting and ending with a letter or digit, at most 253 characters)",
+        )
 
 
 def pod_path(namespace: str, name: str) -> str:
@@ -78,7 +80,8 @@ def bearer_token(cluster) -> str:
             ) from None
         if len(raw) > _MAX_TOKEN:
             raise errors.KubernetesLookupError(
-                f"the service-account token file {cluster.token_file} is larger than {_MAX_TOKEN} bytes")
+                f"the service-account token file {cluster.token_file} is larger than {_MAX_TOKEN} bytes"
+            )
         token = raw.decode("latin-1")
         errors.register_secret(token)  # no error or log line may carry it, whatever the path
         where = f"the service-account token file {cluster.token_file}"
@@ -86,7 +89,8 @@ def bearer_token(cluster) -> str:
         where = "the kubeconfig user's token"
     if token and (not token.isascii() or any(c < " " or c == "\x7f" for c in token)):
         raise errors.KubernetesLookupError(
-            f"{where} contains bytes not allowed in an HTTP header (non-ASCII or control characters)")
+            f"{where} contains bytes not allowed in an HTTP header (non-ASCII or control characters)"
+        )
     return token or ""
 
 
@@ -113,8 +117,13 @@ class Client:
         try:
             if self._ctx is not None:
                 sock = TLSConn(self._ctx, sock, self.host, deadline)
-            req = [f"GET {self.prefix}{path} HTTP/1.1", f"Host: {host_header(self.host, self.port)}",
-                   "Accept: application/json", "User-Agent: istio-cni-python", "Connection: close"]
+            req = [
+                f"GET {self.prefix}{path} HTTP/1.1",
+                f"Host: {host_header(self.host, self.port)}",
+                "Accept: application/json",
+                "User-Agent: istio-cni-python",
+                "Connection: close",
+            ]
             if self._token:
                 req.append(f"Authorization: Bearer {self._token}")
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -184,8 +193,7 @@ def get_pod(conf, namespace: str, name: str, sleep=time.sleep, client=None) -> d
         except (OSError, ValueError, RecursionError) as e:
             # refused, reset, timeout, TLS failure, malformed/oversized answer, bad JSON
             last = f"{type(e).__name__}: {str(e)[:300]}"
-        log.warning("pod lookup failed, retrying", attempt=attempt,
-                    attempts=conf.lookup_attempts, cause=last)
+        log.warning("pod lookup failed, retrying", attempt=attempt, attempts=conf.lookup_attempts, cause=last)
         if attempt >= conf.lookup_attempts or time.monotonic() + conf.retry_interval >= lookup_end:
             break
         sleep(conf.retry_interval)

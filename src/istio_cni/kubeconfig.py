@@ -39,9 +39,19 @@ class KubeconfigError(errors.InvalidNetworkConfig, ValueError):
 class Cluster(Value):
     """What the plugin needs to talk to the API server (from the current context)."""
 
-    __slots__ = ("server", "ca_file", "ca_data", "insecure", "token", "token_file",
-                 "client_cert_file", "client_cert_data", "client_key_file", "client_key_data",
-                 "namespace")
+    __slots__ = (
+        "server",
+        "ca_file",
+        "ca_data",
+        "insecure",
+        "token",
+        "token_file",
+        "client_cert_file",
+        "client_cert_data",
+        "client_key_file",
+        "client_key_data",
+        "namespace",
+    )
 
     def __repr__(self) -> str:
         def show(name):
@@ -190,19 +200,29 @@ def _utf8(s: str) -> bool:
 
 
 def _cluster_fields(c: _Fields) -> dict:
-    return {"server": c.string("server"), "ca_file": c.string("certificate-authority"),
-            "ca_data": c.b64("certificate-authority-data"),
-            "insecure": c.boolean("insecure-skip-tls-verify"),
-            "tls_server_name": c.string("tls-server-name"), "proxy_url": c.string("proxy-url"),
-            "disable_compression": c.boolean("disable-compression")}
+    return {
+        "server": c.string("server"),
+        "ca_file": c.string("certificate-authority"),
+        "ca_data": c.b64("certificate-authority-data"),
+        "insecure": c.boolean("insecure-skip-tls-verify"),
+        "tls_server_name": c.string("tls-server-name"),
+        "proxy_url": c.string("proxy-url"),
+        "disable_compression": c.boolean("disable-compression"),
+    }
 
 
 def _user_fields(u: _Fields) -> dict:
-    out = {"token": u.string("token"), "token_file": u.string("tokenFile"),
-           "client_cert_file": u.string("client-certificate"),
-           "client_cert_data": u.b64("client-certificate-data"),
-           "client_key_file": u.string("client-key"), "client_key_data": u.b64("client-key-data"),
-           "username": u.string("username"), "password": u.string("password"), "as": u.string("as")}
+    out = {
+        "token": u.string("token"),
+        "token_file": u.string("tokenFile"),
+        "client_cert_file": u.string("client-certificate"),
+        "client_cert_data": u.b64("client-certificate-data"),
+        "client_key_file": u.string("client-key"),
+        "client_key_data": u.b64("client-key-data"),
+        "username": u.string("username"),
+        "password": u.string("password"),
+        "as": u.string("as"),
+    }
     for name in _SECRET_FIELDS + ("password",):
         errors.register_secret(out[name])
     return out

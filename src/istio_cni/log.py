@@ -69,8 +69,11 @@ class Logger:
         if lvl < self.level:
             return
         t = time.time()
-        parts = [f'"time":"{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))}.{int(t % 1 * 1e6):06d}Z"',
-                 f'"level":"{name}"', f'"msg":{_esc(msg)}']
+        parts = [
+            f'"time":"{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))}.{int(t % 1 * 1e6):06d}Z"',
+            f'"level":"{name}"',
+            f'"msg":{_esc(msg)}',
+        ]
         for k, v in self.context.items():
             parts.append(f"{_esc(k)}:{_val(v)}")
         for k, v in fields.items():

@@ -89,6 +89,7 @@ def _netns_addresses(netns: str):
         from .netfilter.routes import netns_addresses
 
         return netns_addresses(netns)
+
     return addresses
 
 
@@ -150,6 +151,7 @@ def cmd_del(args) -> None:
         log.debug("netns gone, nothing to remove", netns=args.netns)
         return None
     from . import netfilter
+
     try:
         netfilter.remove(args.netns, preferred=conf.netfilter_backend)
     except (FileNotFoundError, errors.NotANetns):  # torn down between the check and the open

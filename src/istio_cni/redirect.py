@@ -67,25 +67,30 @@ _T = "traffic.sidecar.istio.io/"
 ANNOTATIONS = {
     "inject": Annotation(INJECT_KEY, "", checks.annotation_text),
     "status": Annotation(STATUS_KEY, "", checks.annotation_text),
-    "redirectMode": Annotation("sidecar.istio.io/interceptionMode", "REDIRECT",
-                               checks.annotation_mode, "interception_mode"),
-    "includeIPCidrs": Annotation(_T + "includeOutboundIPRanges", "*",
-                                 checks.annotation_cidrs_or_wildcard, "outbound_ip_ranges_include"),
-    "excludeIPCidrs": Annotation(_T + "excludeOutboundIPRanges", "",
-                                 checks.annotation_cidrs, "outbound_ip_ranges_exclude"),
-    "excludeInboundPorts": Annotation(_T + "excludeInboundPorts", "15020",
-                                      checks.annotation_ports_or_wildcard, "inbound_ports_exclude"),
-    "includeInboundPorts": Annotation(_T + "includeInboundPorts", "*",
-                                      checks.annotation_ports_or_wildcard, "inbound_ports_include"),
-    "excludeOutboundPorts": Annotation(_T + "excludeOutboundPorts", "15020",
-                                       checks.annotation_ports, "outbound_ports_exclude"),
-    "includeOutboundPorts": Annotation(_T + "includeOutboundPorts", "",
-                                       checks.annotation_ports, "outbound_ports_include"),
-    "excludeInterfaces": Annotation(_T + "excludeInterfaces", "",
-                                    checks.annotation_interfaces, "exclude_interfaces"),
+    "redirectMode": Annotation(
+        "sidecar.istio.io/interceptionMode", "REDIRECT", checks.annotation_mode, "interception_mode"
+    ),
+    "includeIPCidrs": Annotation(
+        _T + "includeOutboundIPRanges", "*", checks.annotation_cidrs_or_wildcard, "outbound_ip_ranges_include"
+    ),
+    "excludeIPCidrs": Annotation(
+        _T + "excludeOutboundIPRanges", "", checks.annotation_cidrs, "outbound_ip_ranges_exclude"
+    ),
+    "excludeInboundPorts": Annotation(
+        _T + "excludeInboundPorts", "15020", checks.annotation_ports_or_wildcard, "inbound_ports_exclude"
+    ),
+    "includeInboundPorts": Annotation(
+        _T + "includeInboundPorts", "*", checks.annotation_ports_or_wildcard, "inbound_ports_include"
+    ),
+    "excludeOutboundPorts": Annotation(
+        _T + "excludeOutboundPorts", "15020", checks.annotation_ports, "outbound_ports_exclude"
+    ),
+    "includeOutboundPorts": Annotation(
+        _T + "includeOutboundPorts", "", checks.annotation_ports, "outbound_ports_include"
+    ),
+    "excludeInterfaces": Annotation(_T + "excludeInterfaces", "", checks.annotation_interfaces, "exclude_interfaces"),
     # The preferred key wins when both are present; the 2019 one is still honoured.
-    "rerouteVirtualInterfaces": Annotation("istio.io/reroute-virtual-interfaces", "",
-                                           checks.annotation_interfaces),
+    "rerouteVirtualInterfaces": Annotation("istio.io/reroute-virtual-interfaces", "", checks.annotation_interfaces),
     "kubevirtInterfaces": Annotation(_T + "kubevirtInterfaces", "", checks.annotation_interfaces),
 }
 
@@ -125,8 +130,8 @@ def _env_flag(env: dict, name: str) -> bool:
     value = parse_go_bool(raw)
     if value is None:
         raise InvalidAnnotation(
-            f"{PROXY_CONTAINER} env {name}={raw!r} is invalid: expected one of "
-            + ", ".join(GO_TRUE + GO_FALSE))
+            f"{PROXY_CONTAINER} env {name}={raw!r} is invalid: expected one of " + ", ".join(GO_TRUE + GO_FALSE)
+        )
     return value
 
 
@@ -187,8 +192,10 @@ def ipv6_enabled(addresses, dual_stack: bool) -> bool:
         return True
     if 4 in families:
         return False
-    raise InvalidNetNS("no valid local IP address found in the pod network namespace",
-                       "upstream needs one to decide on IPv6: " + (", ".join(addresses) or "no addresses"))
+    raise InvalidNetNS(
+        "no valid local IP address found in the pod network namespace",
+        "upstream needs one to decide on IPv6: " + (", ".join(addresses) or "no addresses"),
+    )
 
 
 def redirect_from_pod(pod: dict, addresses=None):
@@ -203,19 +210,22 @@ def redirect_from_pod(pod: dict, addresses=None):
     if not isinstance(pod, dict):
         raise InvalidAnnotation(f"pod is not an object: {type(pod).__name__}")
     annotations = _mapping(_mapping(pod.get("metadata"), "metadata").get("annotations"), "annotations")
-    values = {name: read_annotation(name, annotations) for name in ANNOTATIONS if name not in
-              ("rerouteVirtualInterfaces", "kubevirtInterfaces")}
+    values = {
+        name: read_annotation(name, annotations)
+        for name in ANNOTATIONS
+        if name not in ("rerouteVirtualInterfaces", "kubevirtInterfaces")
+    }
     # As upstream: the deprecated key is only read (and validated) when the new one is absent.
     reroute_new = ANNOTATIONS["rerouteVirtualInterfaces"].key in annotations
-    reroute = read_annotation("rerouteVirtualInterfaces" if reroute_new else "kubevirtInterfaces",
-                              annotations)
+    reroute = read_annotation("rerouteVirtualInterfaces" if reroute_new else "kubevirtInterfaces", annotations)
     exclude_inbound = values["excludeInboundPorts"]
     if exclude_inbound == ("*",):
         if values["includeInboundPorts"] == ("*",):
             key = ANNOTATIONS["excludeInboundPorts"].key
             raise InvalidAnnotation(
                 f"annotation {key}='*' is invalid while all inbound ports are captured "
-                "(upstream would write it as a port and fail at commit)")
+                "(upstream would write it as a port and fail at commit)"
+            )
         exclude_inbound = ()  # upstream reads the exclude list only when including '*'
 
     proxy = proxy_container(pod) or {}
@@ -224,17 +234,19 @@ def redirect_from_pod(pod: dict, addresses=None):
     dns = _env_flag(env, ENV_DNS_CAPTURE)
     dual_stack = _env_flag(env, ENV_DUAL_STACK)
     fields = {a.field: values[name] for name, a in ANNOTATIONS.items() if a.field}
-    fields.update({
-        "proxy_uids": (_proxy_id(security, "runAsUser"),),
-        "proxy_gids": (_proxy_id(security, "runAsGroup"),),
-        "inbound_ports_exclude": _with_fixed_excludes(exclude_inbound),
-        "reroute_virtual_interfaces": reroute,
-        "redirect_dns": dns,
-        "capture_all_dns": dns,
-        "drop_invalid": _env_flag(env, ENV_INVALID_DROP),
-        "dual_stack": dual_stack,
-        "enable_ipv6": False if addresses is None else ipv6_enabled(addresses, dual_stack),
-    })
+    fields.update(
+        {
+            "proxy_uids": (_proxy_id(security, "runAsUser"),),
+            "proxy_gids": (_proxy_id(security, "runAsGroup"),),
+            "inbound_ports_exclude": _with_fixed_excludes(exclude_inbound),
+            "reroute_virtual_interfaces": reroute,
+            "redirect_dns": dns,
+            "capture_all_dns": dns,
+            "drop_invalid": _env_flag(env, ENV_INVALID_DROP),
+            "dual_stack": dual_stack,
+            "enable_ipv6": False if addresses is None else ipv6_enabled(addresses, dual_stack),
+        }
+    )
     try:
         return RedirectConfig(**fields)
     except ConfigError as exc:

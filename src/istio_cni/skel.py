@@ -87,9 +87,7 @@ def check_encoding(env) -> None:
             except UnicodeEncodeError:
                 bad.append(name)
     if bad:
-        raise errors.InvalidEnvironmentVariables(
-            f"env variables [{','.join(bad)}] are not valid UTF-8", ""
-        )
+        raise errors.InvalidEnvironmentVariables(f"env variables [{','.join(bad)}] are not valid UTF-8", "")
 
 
 def read_stdin(stdin) -> bytes:
@@ -114,9 +112,7 @@ def read_stdin(stdin) -> bytes:
 def check_env(command: str, env) -> None:
     missing = [v for v, cmds in _REQUIRED.items() if command in cmds and not env.get(v)]
     if missing:
-        raise errors.InvalidEnvironmentVariables(
-            f"required env variables [{','.join(missing)}] missing", ""
-        )
+        raise errors.InvalidEnvironmentVariables(f"required env variables [{','.join(missing)}] missing", "")
 
 
 def check_netns(path: str) -> None:
@@ -201,9 +197,7 @@ def plugin_main(funcs, env=None, stdin=None, stdout=None) -> int:
         version = conf_version(conf)
         need = _MIN_VERSION.get(command)
         if need and vtuple(version) < need:
-            raise errors.IncompatibleCNIVersion(
-                f'config version "{version}" does not allow command {command}'
-            )
+            raise errors.IncompatibleCNIVersion(f'config version "{version}" does not allow command {command}')
         if command in ("ADD", "CHECK"):
             check_netns(env["CNI_NETNS"])
         args = CmdArgs(

@@ -179,7 +179,7 @@ class TLSConn:
     def sendall(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[self.tls.write(view):]
+            view = view[self.tls.write(view) :]
 
     def recv(self, n: int) -> bytes:
         import _ssl

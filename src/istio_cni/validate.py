@@ -23,9 +23,11 @@ import time
 
 FAILURE_EXIT = 126
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
-HINT = ("the istio-cni plugin did not set up traffic redirection for this pod (it probably started "
-        "before the plugin was installed on the node). The istio-cni node agent's repair controller "
-        "fixes such pods (REPAIR_MODE=repair|label|delete); or delete the pod so it is recreated.")
+HINT = (
+    "the istio-cni plugin did not set up traffic redirection for this pod (it probably started "
+    "before the plugin was installed on the node). The istio-cni node agent's repair controller "
+    "fixes such pods (REPAIR_MODE=repair|label|delete); or delete the pod so it is recreated."
+)
 
 
 def original_dst(conn: socket.socket) -> tuple[str, int]:
@@ -104,8 +106,10 @@ def drop_privileges(uid: int, gid: int) -> None:
     if os.geteuid() == uid and os.getegid() == gid:
         return
     if os.geteuid() != 0:
-        raise SystemExit(f"istio-cni validate: running as uid {os.geteuid()}, cannot switch to the "
-                         f"proxy uid {uid}; run the container as uid {uid} (or as root)")
+        raise SystemExit(
+            f"istio-cni validate: running as uid {os.geteuid()}, cannot switch to the "
+            f"proxy uid {uid}; run the container as uid {uid} (or as root)"
+        )
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
@@ -139,7 +143,8 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="istio-cni validate",
         description="Check that this pod's traffic is redirected to the sidecar ports (run by the "
-        "istio-validation init container). Exit 0 when redirection works, 126 when it does not.")
+        "istio-validation init container). Exit 0 when redirection works, 126 when it does not.",
+    )
     p.add_argument("-p", "--outbound-port", type=int, default=15001, help="outbound capture port (15001)")
     p.add_argument("-z", "--inbound-port", type=int, default=15006, help="inbound capture port (15006)")
     p.add_argument("-u", "--proxy-uid", type=int, default=1337, help="uid the proxy runs as (1337)")
@@ -156,8 +161,9 @@ def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     for name in ("outbound_port", "inbound_port", "probe_port"):
         if not 1 <= getattr(a, name) <= 65535:
-            raise SystemExit(f"istio-cni validate: --{name.replace('_', '-')} {getattr(a, name)} "
-                             "is not a port number (1-65535)")
+            raise SystemExit(
+                f"istio-cni validate: --{name.replace('_', '-')} {getattr(a, name)} is not a port number (1-65535)"
+            )
     if a.timeout <= 0 or a.interval <= 0:
         raise SystemExit("istio-cni validate: --timeout and --interval must be positive")
     host = "::1" if a.ipv6 else "127.0.0.1"
@@ -169,8 +175,10 @@ def main(argv: list[str]) -> int:
     finally:
         listeners.close()
     if not cause:
-        sys.stderr.write(f"istio-cni validate: ok, a connection to {dst[0]}:{dst[1]} as uid "
-                         f"{a.proxy_uid} was redirected to the proxy\n")
+        sys.stderr.write(
+            f"istio-cni validate: ok, a connection to {dst[0]}:{dst[1]} as uid "
+            f"{a.proxy_uid} was redirected to the proxy\n"
+        )
         return 0
     sys.stderr.write(f"istio-cni validate: FAILED after {a.timeout:g} s ({cause}): {HINT}\n")
     return FAILURE_EXIT

@@ -32,7 +32,7 @@ class Value:
             if name in kwargs:
                 raise TypeError(f"{type(self).__name__}: {name} given twice")
             set_(self, name, val)
-        for name in names[len(args):]:
+        for name in names[len(args) :]:
             val = kwargs.pop(name, _MISSING)
             if val is _MISSING:
                 val = self._defaults.get(name, _MISSING)

@@ -20,24 +20,43 @@ from .server import AgentServer
 
 SOCKET_NAME = "agent.sock"  # istio_cni.config.AGENT_SOCKET_NAME: the plugin derives the same path
 
-__all__ = ["NodeAgent", "PodCache", "Handler", "AgentServer", "KubeClient", "ApiError", "make_api_client",
-           "SOCKET_NAME"]
+__all__ = [
+    "NodeAgent",
+    "PodCache",
+    "Handler",
+    "AgentServer",
+    "KubeClient",
+    "ApiError",
+    "make_api_client",
+    "SOCKET_NAME",
+]
 
 
 def make_api_client(kubeconfig: str = "") -> KubeClient:
     """An API client from ``kubeconfig`` or, when empty, the pod's service account."""
     if kubeconfig:
         return KubeClient.from_kubeconfig(kubeconfig)
-    return KubeClient.in_cluster(os.environ.get("KUBERNETES_SERVICE_HOST", ""),
-                                 int(os.environ.get("KUBERNETES_SERVICE_PORT", "443")),
-                                 "/var/run/secrets/kubernetes.io/serviceaccount")
+    return KubeClient.in_cluster(
+        os.environ.get("KUBERNETES_SERVICE_HOST", ""),
+        int(os.environ.get("KUBERNETES_SERVICE_PORT", "443")),
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+    )
 
 
 class NodeAgent:
     """Start/stop service object: the cache starts at once, the socket once the cache has synced."""
 
-    def __init__(self, run_dir: str, node_name: str, api_client=None, *, cache: PodCache | None = None,
-                 handler: Handler | None = None, log_stream=None, metrics=None) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        node_name: str,
+        api_client=None,
+        *,
+        cache: PodCache | None = None,
+        handler: Handler | None = None,
+        log_stream=None,
+        metrics=None,
+    ) -> None:
         self.socket_path = os.path.join(run_dir, SOCKET_NAME)
         self.cache = cache if cache is not None else PodCache(api_client, node_name)
         self.handler = handler if handler is not None else Handler(self.cache, metrics=metrics)

@@ -21,14 +21,24 @@ from . import NodeAgent, make_api_client
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m istio_cni_installer.agent")
     p.add_argument("--run-dir", required=True, help="directory for agent.sock (the plugin's cni_agent_run_dir)")
-    p.add_argument("--node-name", default=os.environ.get("KUBERNETES_NODE_NAME", ""),
-                   help="this node (env KUBERNETES_NODE_NAME)")
-    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""),
-                   help="kubeconfig (env KUBECONFIG; default in-cluster)")
-    p.add_argument("--monitoring-port", type=int, default=-1,
-                   help="serve /metrics on 127.0.0.1:PORT (0: any free port, logged); default off")
-    p.add_argument("--repair-mode", choices=("off", "repair", "label", "delete"), default="off",
-                   help="also run the repair controller in this mode")
+    p.add_argument(
+        "--node-name", default=os.environ.get("KUBERNETES_NODE_NAME", ""), help="this node (env KUBERNETES_NODE_NAME)"
+    )
+    p.add_argument(
+        "--kubeconfig", default=os.environ.get("KUBECONFIG", ""), help="kubeconfig (env KUBECONFIG; default in-cluster)"
+    )
+    p.add_argument(
+        "--monitoring-port",
+        type=int,
+        default=-1,
+        help="serve /metrics on 127.0.0.1:PORT (0: any free port, logged); default off",
+    )
+    p.add_argument(
+        "--repair-mode",
+        choices=("off", "repair", "label", "delete"),
+        default="off",
+        help="also run the repair controller in this mode",
+    )
     a = p.parse_args(argv)
     if not a.node_name:
         p.error("--node-name (or KUBERNETES_NODE_NAME) is required")

@@ -40,8 +40,12 @@ def observe_report(metrics, doc) -> bool:
         return False
     path, result, seconds = doc.get("path"), doc.get("result"), doc.get("seconds")
     reason = doc.get("fallback", "")
-    if (path not in addtiming.PATHS or result not in addtiming.RESULTS or not _is_seconds(seconds)
-            or not (reason == "" or reason in addtiming.FALLBACK_REASONS)):
+    if (
+        path not in addtiming.PATHS
+        or result not in addtiming.RESULTS
+        or not _is_seconds(seconds)
+        or not (reason == "" or reason in addtiming.FALLBACK_REASONS)
+    ):
         return False
     metrics.observe(DURATION, float(seconds), path=path, result=result)
     if reason:
@@ -54,8 +58,7 @@ def is_report(doc) -> bool:
 
 
 def _is_seconds(v) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and 0 <= v <= MAX_SECONDS)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= MAX_SECONDS
 
 
 def drain_spool(metrics, run_dir: str) -> int:

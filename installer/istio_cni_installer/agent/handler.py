@@ -77,6 +77,7 @@ class Handler:
         ``uid`` (K8S_POD_UID, when the runtime sends it) guards against a stale cache entry
         of a deleted pod whose successor has the same name (StatefulSets) but no watch
         event yet: a cached pod with another UID counts as a miss."""
+
         def get_pod(namespace: str, name: str) -> dict:
             pod = self.cache.get(namespace, name)
             if pod is not None and (not uid or (pod.get("metadata") or {}).get("uid") == uid):
@@ -91,6 +92,7 @@ class Handler:
             if pod is None:
                 raise Fallback(f"pod {namespace}/{name} not visible to the agent yet")
             return pod
+
         return get_pod
 
     def handle(self, req: dict) -> dict:
@@ -124,8 +126,9 @@ class Handler:
                 raise errors.DecodingFailure(f"agent request field {field!r} missing or not a string")
         deadline = req.get("deadline", 2.0)
         if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or not deadline > 0:
-            raise errors.DecodingFailure("agent request field 'deadline' must be a positive number",
-                                         repr(deadline)[:40])
+            raise errors.DecodingFailure(
+                "agent request field 'deadline' must be a positive number", repr(deadline)[:40]
+            )
         # The plugin never waits longer (agent_client.MAX_TIMEOUT); a bigger or infinite value
         # must not hold a serving thread in the pod getter's wait for ever.
         deadline = min(deadline, MAX_TIMEOUT)
@@ -140,8 +143,9 @@ class Handler:
             budget_end = min(budget_end, started + (expires - time.time()) - DEADLINE_MARGIN)
         if budget_end <= time.monotonic():
             raise Fallback("request expired while queued in the agent (plugin has given up)")
-        ruleset, reason = self.plan(conf, k8s, netconf, self.pod_getter(budget_end, k8s.pod_uid),
-                                    self._addresses(req["netns"]))
+        ruleset, reason = self.plan(
+            conf, k8s, netconf, self.pod_getter(budget_end, k8s.pod_uid), self._addresses(req["netns"])
+        )
         result = prev_result(netconf)
         if ruleset is None:
             log.info("skipping pod", pod=pod, reason=reason, via="agent")
@@ -152,13 +156,20 @@ class Handler:
                 # The plugin has given up and is committing itself; do not race it.
                 raise Fallback("agent queue too long: deadline passed before the commit")
             backend = self._commit(req["netns"], ruleset, conf.netfilter_backend)
-        log.info("redirect rules committed", pod=pod, netns=req["netns"], backend=backend, via="agent",
-                 ms=round((time.monotonic() - started) * 1000, 2))
+        log.info(
+            "redirect rules committed",
+            pod=pod,
+            netns=req["netns"],
+            backend=backend,
+            via="agent",
+            ms=round((time.monotonic() - started) * 1000, 2),
+        )
         return {"result": result}
 
     def _addresses(self, path: str):
         """The pod netns' own addresses, read only for a pod that redirects: they decide
         IPv6 as on the plugin's direct path (and as upstream)."""
+
         def addresses() -> list:
             self._check_netns(path)
             try:
@@ -166,6 +177,7 @@ class Handler:
             except errors.NetnsRestoreFailed as e:  # as in _commit: never serve from a pod's netns
                 log.error("could not restore the agent's own netns; exiting", error=repr(e))
                 os._exit(RESTORE_FAILED_EXIT)
+
         return addresses
 
     @staticmethod

@@ -33,8 +33,10 @@ REPLY_WRITE_SECONDS = 5.0  # answers are a few KB; a reader that does not read i
 # takes its direct path, instead of idle or slow clients piling up threads.
 MAX_CONNECTIONS = 128
 _BUSY_BODY = b'{"message":"agent at its connection cap"}'
-BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+BUSY_REPLY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 BUSY_LOG_INTERVAL = 10.0
 
 
@@ -65,7 +67,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         super().setup()
         self.rfile.close()  # the plain makefile reader: replaced by one with a whole-request deadline
         self.rfile = io.BufferedReader(
-            _DeadlineReader(self.connection, time.monotonic() + self.server.request_read_seconds))
+            _DeadlineReader(self.connection, time.monotonic() + self.server.request_read_seconds)
+        )
 
     def log_message(self, format, *args):  # AF_UNIX has no client address; we log ourselves
         pass
@@ -100,8 +103,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             body = self.rfile.read(n)
         except TimeoutError:
             self.close_connection = True
-            log.warning("plugin request dropped",
-                        reason=f"body not received within {self.server.request_read_seconds} s")
+            log.warning(
+                "plugin request dropped", reason=f"body not received within {self.server.request_read_seconds} s"
+            )
             return None
         if len(body) < n:  # the client hung up mid-body
             self.close_connection = True
@@ -157,8 +161,11 @@ class _Server(ConnectionCap, socketserver.ThreadingMixIn, socketserver.UnixStrea
         self._busy_refused += 1
         now = time.monotonic()
         if now - self._busy_logged >= BUSY_LOG_INTERVAL:  # one line per burst, not per plugin
-            log.warning("agent at its connection cap, plugins take the direct path",
-                        cap=self.max_connections, refused=self._busy_refused)
+            log.warning(
+                "agent at its connection cap, plugins take the direct path",
+                cap=self.max_connections,
+                refused=self._busy_refused,
+            )
             self._busy_logged = now
 
     def handle_error(self, request, client_address) -> None:  # one log line, not a traceback
@@ -191,8 +198,15 @@ class _Server(ConnectionCap, socketserver.ThreadingMixIn, socketserver.UnixStrea
 class AgentServer:
     """Owns the socket file and the serving thread."""
 
-    def __init__(self, socket_path: str, handler, log_stream=None, *, max_connections: int = MAX_CONNECTIONS,
-                 request_read_seconds: float = REQUEST_READ_SECONDS) -> None:
+    def __init__(
+        self,
+        socket_path: str,
+        handler,
+        log_stream=None,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        request_read_seconds: float = REQUEST_READ_SECONDS,
+    ) -> None:
         self.socket_path = socket_path
         self.handler = handler
         self.log_stream = log_stream
@@ -222,8 +236,9 @@ class AgentServer:
                 os.unlink(tmp)
             raise
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="agent-server", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="agent-server", daemon=True
+        )
         self._thread.start()
         log.info("node agent listening", socket=self.socket_path)
         return self

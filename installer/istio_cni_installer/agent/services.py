@@ -56,13 +56,21 @@ class RepairService:
 def repair_settings(s, node: str):
     """The repair controller's settings from the installer's (upstream's REPAIR_* names)."""
     return RepairSettings(
-        mode=s.repair_mode, node_name=s.repair_node_name or node, check_netns=s.repair_check_netns,
-        proc_root=s.host_proc_dir, netfilter_backend=s.netfilter_backend,
-        create_events=s.repair_create_events, sidecar_annotation=s.repair_sidecar_annotation,
-        init_container_name=s.repair_init_container_name, exit_code=s.repair_init_container_exit_code,
+        mode=s.repair_mode,
+        node_name=s.repair_node_name or node,
+        check_netns=s.repair_check_netns,
+        proc_root=s.host_proc_dir,
+        netfilter_backend=s.netfilter_backend,
+        create_events=s.repair_create_events,
+        sidecar_annotation=s.repair_sidecar_annotation,
+        init_container_name=s.repair_init_container_name,
+        exit_code=s.repair_init_container_exit_code,
         termination_message=s.repair_init_container_termination_message,
-        label_key=s.repair_broken_pod_label_key, label_value=s.repair_broken_pod_label_value,
-        label_selectors=s.repair_label_selectors, field_selectors=s.repair_field_selectors)
+        label_key=s.repair_broken_pod_label_key,
+        label_value=s.repair_broken_pod_label_value,
+        label_selectors=s.repair_label_selectors,
+        field_selectors=s.repair_field_selectors,
+    )
 
 
 def node_services(s, metrics=None) -> list:
@@ -91,6 +99,11 @@ def node_services(s, metrics=None) -> list:
             rapi = api if not agent_on else api_client_from_settings(s)
             rcache = pod_cache_for(rapi, rs)
             services.append(RepairService(RepairController(rapi, rcache, rs, metrics=metrics), rcache, own_cache=True))
-    log.info("node services configured", agent=agent_on, repair=repair_on,
-             repair_mode=getattr(s, "repair_mode", ""), node=node)
+    log.info(
+        "node services configured",
+        agent=agent_on,
+        repair=repair_on,
+        repair_mode=getattr(s, "repair_mode", ""),
+        node=node,
+    )
     return services

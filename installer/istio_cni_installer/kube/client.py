@@ -51,14 +51,35 @@ class KubeClient:
         return cls(load(path), timeout)
 
     @classmethod
-    def in_cluster(cls, host: str, port: int, sa_dir: str, ca_file: str = "", insecure: bool = False,
-                   scheme: str = "https", timeout: float = DEFAULT_TIMEOUT) -> KubeClient:
+    def in_cluster(
+        cls,
+        host: str,
+        port: int,
+        sa_dir: str,
+        ca_file: str = "",
+        insecure: bool = False,
+        scheme: str = "https",
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> KubeClient:
         if not host:
             raise ValueError("no API server address (KUBERNETES_SERVICE_HOST)")
         sa = sa_dir.rstrip("/")
-        return cls(Cluster(server=server_url(scheme, host, port), ca_file=ca_file or f"{sa}/ca.crt", ca_data="",
-                           insecure=insecure, token="", token_file=f"{sa}/token", client_cert_file="",
-                           client_cert_data="", client_key_file="", client_key_data="", namespace=""), timeout)
+        return cls(
+            Cluster(
+                server=server_url(scheme, host, port),
+                ca_file=ca_file or f"{sa}/ca.crt",
+                ca_data="",
+                insecure=insecure,
+                token="",
+                token_file=f"{sa}/token",
+                client_cert_file="",
+                client_cert_data="",
+                client_key_file="",
+                client_key_data="",
+                namespace="",
+            ),
+            timeout,
+        )
 
     # ---- transport -------------------------------------------------------------------------
     def _connect(self, timeout: float):
@@ -75,14 +96,16 @@ class KubeClient:
             h["Content-Type"] = content_type
         return h
 
-    def request(self, method: str, path: str, body=None, *, content_type: str = "application/json",
-                timeout: float | None = None) -> dict:
+    def request(
+        self, method: str, path: str, body=None, *, content_type: str = "application/json", timeout: float | None = None
+    ) -> dict:
         """One request; the decoded JSON answer of a 2xx, else ``ApiError``."""
         data = None if body is None else json.dumps(body).encode()
         conn = self._connect(self.timeout if timeout is None else timeout)
         try:
-            conn.request(method, self.prefix + path, body=data,
-                         headers=self._headers(content_type if data is not None else None))
+            conn.request(
+                method, self.prefix + path, body=data, headers=self._headers(content_type if data is not None else None)
+            )
             resp = conn.getresponse()
             raw = resp.read()
         finally:
@@ -147,12 +170,16 @@ class KubeClient:
             raise
 
     def patch_pod_status(self, namespace: str, name: str, patch: dict) -> dict:
-        return self.request("PATCH", self.pods_path(namespace, name, "status"), patch,
-                            content_type="application/merge-patch+json")
+        return self.request(
+            "PATCH", self.pods_path(namespace, name, "status"), patch, content_type="application/merge-patch+json"
+        )
 
     def delete_pod(self, namespace: str, name: str, uid: str, resource_version: str) -> dict:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1",
-                "preconditions": {"uid": uid, "resourceVersion": resource_version}}
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "preconditions": {"uid": uid, "resourceVersion": resource_version},
+        }
         return self.request("DELETE", self.pods_path(namespace, name), body)
 
     def create_event(self, namespace: str, event: dict) -> dict:
@@ -169,5 +196,6 @@ def api_client_from_settings(s):
     token = f"{sa}/token"
     if not os.access(token, os.R_OK):
         raise ValueError(f"service-account token {token} not readable")
-    return KubeClient.in_cluster(s.k8s_service_host, s.k8s_service_port, sa, s.kube_ca_file,
-                                 s.skip_tls_verify, s.k8s_service_protocol)
+    return KubeClient.in_cluster(
+        s.k8s_service_host, s.k8s_service_port, sa, s.kube_ca_file, s.skip_tls_verify, s.k8s_service_protocol
+    )

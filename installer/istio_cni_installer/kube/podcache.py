@@ -42,9 +42,16 @@ def _key(pod: dict) -> tuple[str, str]:
 class PodCache:
     """``get(ns, name)`` answers from memory; ``fetch`` GETs one pod the watch has not shown yet."""
 
-    def __init__(self, api, node_name: str, *, watch_seconds: int = WATCH_SECONDS,
-                 relist_backoff: float = RELIST_BACKOFF, label_selector: str = "",
-                 field_selector: str = "") -> None:
+    def __init__(
+        self,
+        api,
+        node_name: str,
+        *,
+        watch_seconds: int = WATCH_SECONDS,
+        relist_backoff: float = RELIST_BACKOFF,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> None:
         if not node_name:
             raise ValueError("PodCache needs the node name (KUBERNETES_NODE_NAME)")
         self.api = api  # kubeclient.KubeClient
@@ -130,8 +137,11 @@ class PodCache:
                         # do not spin on the API server.
                         self._stop.wait(self.relist_backoff)
             except Gone:
-                log.info("pod watch expired (410 Gone), re-listing", node=self.node_name,
-                         resource_version=self.resource_version)
+                log.info(
+                    "pod watch expired (410 Gone), re-listing",
+                    node=self.node_name,
+                    resource_version=self.resource_version,
+                )
                 continue
             except Exception as e:  # API down, reset, bad JSON: back off and re-list
                 if self._stop.is_set():
@@ -144,8 +154,9 @@ class PodCache:
         return f"{node},{self.field_selector}" if self.field_selector else node
 
     def _list(self) -> None:
-        doc = self.api.request("GET", self.api.pods_path(fieldSelector=self._selector(),
-                                                         labelSelector=self.label_selector), timeout=30)
+        doc = self.api.request(
+            "GET", self.api.pods_path(fieldSelector=self._selector(), labelSelector=self.label_selector), timeout=30
+        )
         fresh = {}
         for pod in doc.get("items") or []:
             fresh[_key(pod)] = slim(pod)
@@ -160,13 +171,17 @@ class PodCache:
         for pod in fresh.values():
             self._notify("ADDED", pod)
         self._synced.set()
-        log.info("pod cache listed", node=self.node_name, pods=len(fresh),
-                 resource_version=self.resource_version)
+        log.info("pod cache listed", node=self.node_name, pods=len(fresh), resource_version=self.resource_version)
 
     def _watch(self) -> None:
-        path = self.api.pods_path(fieldSelector=self._selector(), labelSelector=self.label_selector,
-                                  watch="true", allowWatchBookmarks="true",
-                                  resourceVersion=self.resource_version, timeoutSeconds=str(self.watch_seconds))
+        path = self.api.pods_path(
+            fieldSelector=self._selector(),
+            labelSelector=self.label_selector,
+            watch="true",
+            allowWatchBookmarks="true",
+            resourceVersion=self.resource_version,
+            timeoutSeconds=str(self.watch_seconds),
+        )
         try:
             # stop() sets the flag, then closes the client (aborts open streams, refuses new ones).
             for line in self.api.stream_lines(path, read_timeout=self.watch_seconds + 30):
@@ -212,4 +227,3 @@ class PodCache:
                 fn(kind, pod)
             except Exception as e:  # a listener bug must not stop the watch
                 log.error("pod cache listener failed", listener=repr(fn)[:80], error=repr(e)[:300])
-

@@ -45,42 +45,68 @@ class RepairError(Exception):
 def _netconf_for(pod: dict, backend: str) -> dict:
     # The plugin widens to IPv6 when prevResult holds a v6 address; give it the pod's IPs.
     ips = [{"address": f"{ip}/{128 if ':' in ip else 32}"} for ip in pod_ips(pod)]
-    return {"cniVersion": "1.0.0", "name": "istio-cni-repair", "type": "istio-cni",
-            "netfilter_backend": backend, "prevResult": {"cniVersion": "1.0.0", "ips": ips}}
+    return {
+        "cniVersion": "1.0.0",
+        "name": "istio-cni-repair",
+        "type": "istio-cni",
+        "netfilter_backend": backend,
+        "prevResult": {"cniVersion": "1.0.0", "ips": ips},
+    }
 
 
 def _default_plan(pod: dict, settings: RepairSettings):
     """(RuleSet | None, reason) for ``pod`` through the plugin's own decision and rule code."""
     netconf = _netconf_for(pod, settings.netfilter_backend)
     meta = pod.get("metadata") or {}
-    k8s = K8sArgs(pod_namespace=meta.get("namespace", ""), pod_name=meta.get("name", ""),
-                  infra_container_id="", pod_uid=meta.get("uid", ""))
+    k8s = K8sArgs(
+        pod_namespace=meta.get("namespace", ""),
+        pod_name=meta.get("name", ""),
+        infra_container_id="",
+        pod_uid=meta.get("uid", ""),
+    )
     return plan(parse_conf(netconf), k8s, netconf, get_pod=lambda ns, name: pod)
 
 
 def pod_cache_for(api_client, settings: RepairSettings, **kw):
     """A pod cache watching exactly the pods ``settings`` select (node + selectors)."""
-    return PodCache(api_client, settings.node_name, label_selector=settings.label_selectors,
-                    field_selector=settings.field_selectors, **kw)
+    return PodCache(
+        api_client,
+        settings.node_name,
+        label_selector=settings.label_selectors,
+        field_selector=settings.field_selectors,
+        **kw,
+    )
 
 
 def cache_serves(cache, settings: RepairSettings) -> bool:
     """Whether ``cache`` watches exactly the pods the settings select."""
-    return (getattr(cache, "node_name", None), getattr(cache, "label_selector", ""),
-            getattr(cache, "field_selector", "")) == (settings.node_name, settings.label_selectors,
-                                                       settings.field_selectors)
+    return (
+        getattr(cache, "node_name", None),
+        getattr(cache, "label_selector", ""),
+        getattr(cache, "field_selector", ""),
+    ) == (settings.node_name, settings.label_selectors, settings.field_selectors)
 
 
 class RepairController:
-    def __init__(self, api_client, cache, settings: RepairSettings, *, plan=_default_plan,
-                 netfilter=None, retry_base: float = 0.5, metrics=None) -> None:
+    def __init__(
+        self,
+        api_client,
+        cache,
+        settings: RepairSettings,
+        *,
+        plan=_default_plan,
+        netfilter=None,
+        retry_base: float = 0.5,
+        metrics=None,
+    ) -> None:
         if not cache_serves(cache, settings):
             raise ValueError(
                 f"the pod cache watches node {getattr(cache, 'node_name', None)!r} with label selector "
                 f"{getattr(cache, 'label_selector', '')!r} and field selector "
                 f"{getattr(cache, 'field_selector', '')!r}, "
                 f"but repair is set up for node {settings.node_name!r}, label selector {settings.label_selectors!r}, "
-                f"field selector {settings.field_selectors!r}: build the cache with pod_cache_for(api, settings)")
+                f"field selector {settings.field_selectors!r}: build the cache with pod_cache_for(api, settings)"
+            )
         self.api = api_client  # kube.client.KubeClient (shared with the pod cache)
         self.cache = cache
         self.settings = settings
@@ -193,8 +219,12 @@ class RepairController:
                 return
             self.handled.add(uid)
             self._count(mode, "failure")
-            self._event(pod, "Warning", "IstioCNIRepairFailed",
-                        f"pod is missing traffic redirection ({why}); {mode} failed: {e}")
+            self._event(
+                pod,
+                "Warning",
+                "IstioCNIRepairFailed",
+                f"pod is missing traffic redirection ({why}); {mode} failed: {e}",
+            )
             log.error("repair gave up", pod=name_of(pod), mode=mode, error=repr(e)[:300])
             return
         self.handled.add(uid)
@@ -240,15 +270,26 @@ class RepairController:
         meta = pod.get("metadata") or {}
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{meta.get('name', 'pod')}.", "namespace": meta.get("namespace")},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta.get("name"),
-                               "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-                               "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message[:1000], "type": etype, "count": 1,
-            "firstTimestamp": now, "lastTimestamp": now,
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1000],
+            "type": etype,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "source": {"component": EVENT_COMPONENT, "host": self.settings.node_name},
-            "reportingComponent": EVENT_COMPONENT, "reportingInstance": self.settings.node_name,
+            "reportingComponent": EVENT_COMPONENT,
+            "reportingInstance": self.settings.node_name,
         }
         try:
             self.api.create_event(meta.get("namespace"), body)

@@ -17,14 +17,38 @@ MODES = ("repair", "label", "delete")
 class RepairSettings(Value):
     # label_selectors / field_selectors narrow the pod watch server side (the controller checks
     # that its pod cache carries them: ``controller.pod_cache_for`` builds a matching one).
-    __slots__ = ("mode", "node_name", "sidecar_annotation", "init_container_name", "exit_code",
-                 "termination_message", "label_key", "label_value", "check_netns", "proc_root",
-                 "netfilter_backend", "max_attempts", "create_events", "label_selectors", "field_selectors")
-    _defaults = {"sidecar_annotation": "sidecar.istio.io/status", "init_container_name": "istio-validation",
-                 "exit_code": 126, "termination_message": "", "label_key": "cni.istio.io/uninitialized",
-                 "label_value": "true", "check_netns": False, "proc_root": "/proc",
-                 "netfilter_backend": "auto", "max_attempts": 5, "create_events": True,
-                 "label_selectors": "", "field_selectors": ""}
+    __slots__ = (
+        "mode",
+        "node_name",
+        "sidecar_annotation",
+        "init_container_name",
+        "exit_code",
+        "termination_message",
+        "label_key",
+        "label_value",
+        "check_netns",
+        "proc_root",
+        "netfilter_backend",
+        "max_attempts",
+        "create_events",
+        "label_selectors",
+        "field_selectors",
+    )
+    _defaults = {
+        "sidecar_annotation": "sidecar.istio.io/status",
+        "init_container_name": "istio-validation",
+        "exit_code": 126,
+        "termination_message": "",
+        "label_key": "cni.istio.io/uninitialized",
+        "label_value": "true",
+        "check_netns": False,
+        "proc_root": "/proc",
+        "netfilter_backend": "auto",
+        "max_attempts": 5,
+        "create_events": True,
+        "label_selectors": "",
+        "field_selectors": "",
+    }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -145,8 +145,9 @@ def commit(rs, preferred: str = "auto", *, long_lived: bool = False):
         if not isinstance(e, TableUnavailable):
             raise
         fallback = _nft_choice(rs)
-        log.warning("legacy x_tables unusable in this netns; committing through nf_tables",
-                    backend=fallback, reason=str(e))
+        log.warning(
+            "legacy x_tables unusable in this netns; committing through nf_tables", backend=fallback, reason=str(e)
+        )
         backend = make_backend(fallback, long_lived=long_lived)
         backend.commit(rs)
     return backend

@@ -27,8 +27,10 @@ class DryRunBackend:
             self.sink.write(f"ip -6 addr add {addr} dev lo\n")
         for r in rs.routes:
             fam = "-6 " if r.family == 6 else ""
-            self.sink.write(f"ip {fam}rule add fwmark {r.fwmark} lookup {r.table}\n"
-                            f"ip {fam}route add local default dev lo table {r.table}\n")
+            self.sink.write(
+                f"ip {fam}rule add fwmark {r.fwmark} lookup {r.table}\n"
+                f"ip {fam}route add local default dev lo table {r.table}\n"
+            )
 
     def check(self, rs: RuleSet) -> list:
         return []

@@ -72,10 +72,27 @@ class TableUnavailable(NetfilterError):
     netns is unchanged and another backend may take over (``netfilter.apply`` under ``auto``)."""
 
 
-FUNCTIONS = frozenset(("init", "free", "is_chain", "first_chain", "next_chain", "first_rule",
-                       "next_rule", "get_target", "builtin", "create_chain", "flush_entries",
-                       "delete_chain", "append_entry", "insert_entry", "delete_num_entry", "commit",
-                       "strerror"))
+FUNCTIONS = frozenset(
+    (
+        "init",
+        "free",
+        "is_chain",
+        "first_chain",
+        "next_chain",
+        "first_rule",
+        "next_rule",
+        "get_target",
+        "builtin",
+        "create_chain",
+        "flush_entries",
+        "delete_chain",
+        "append_entry",
+        "insert_entry",
+        "delete_num_entry",
+        "commit",
+        "strerror",
+    )
+)
 
 
 class _Lib:
@@ -105,8 +122,7 @@ class _Lib:
     def error(self, what: str) -> NetfilterError:
         err = self.ffi.errno
         msg = self.ffi.string(self.strerror(err)).decode(errors="replace")
-        return NetfilterError(f"libiptc (IPv{self.family}) {what} failed", f"{msg} (errno {err})",
-                              errno=err)
+        return NetfilterError(f"libiptc (IPv{self.family}) {what} failed", f"{msg} (errno {err})", errno=err)
 
 
 _LIBS: dict = {}
@@ -177,9 +193,10 @@ class Handle:
         while e != ffi.NULL:
             label = ffi.string(lib.get_target(e, self.h)).decode()
             raw = bytes(ffi.buffer(ffi.cast("char *", e), e.next_offset))
-            ident = identity_of(raw[:lib.ip_size], raw[lib.entry_size:e.target_offset],
-                                raw[e.target_offset:], label)
-            out.append((ident, label, self._shape(chain, raw[:lib.ip_size], ident, label)))
+            ident = identity_of(
+                raw[: lib.ip_size], raw[lib.entry_size : e.target_offset], raw[e.target_offset :], label
+            )
+            out.append((ident, label, self._shape(chain, raw[: lib.ip_size], ident, label)))
             e = lib.next_rule(e, self.h)
         return out
 
@@ -188,12 +205,18 @@ class Handle:
             addrs, ifaces, proto_at = ip[8:16], ip[16:48], 80
         else:
             addrs, ifaces, proto_at = ip[32:64], ip[64:96], 128
-        proto = {6: "tcp", 17: "udp"}.get(int.from_bytes(ip[proto_at:proto_at + 2], "little"))
+        proto = {6: "tcp", 17: "udp"}.get(int.from_bytes(ip[proto_at : proto_at + 2], "little"))
         target = label if isinstance(ident[2], str) else ident[2][0][0]
         return owned.upstream_shape(
-            self.table, chain, ifaces[:16].split(b"\0", 1)[0].decode(),
-            ifaces[16:].split(b"\0", 1)[0].decode(), proto, any(addrs),
-            tuple(m[0] for m in ident[1]), target)
+            self.table,
+            chain,
+            ifaces[:16].split(b"\0", 1)[0].decode(),
+            ifaces[16:].split(b"\0", 1)[0].decode(),
+            proto,
+            any(addrs),
+            tuple(m[0] for m in ident[1]),
+            target,
+        )
 
     def call(self, fn, what: str, *args) -> None:
         if not fn(*args, self.h):
@@ -218,9 +241,9 @@ class Handle:
             while e != ffi.NULL:
                 raw = bytes(ffi.buffer(ffi.cast("char *", e), e.next_offset))
                 label = ffi.string(lib.get_target(e, self.h)).decode()
-                tname = raw[e.target_offset + 2:e.target_offset + 31].split(b"\0", 1)[0]
+                tname = raw[e.target_offset + 2 : e.target_offset + 31].split(b"\0", 1)[0]
                 if not tname:  # standard target: verdict or jump
-                    raw = raw[:e.target_offset] + standard_target(label)
+                    raw = raw[: e.target_offset] + standard_target(label)
                 entries.append((c, raw))
                 e = lib.next_rule(e, self.h)
         return user, entries
@@ -350,8 +373,7 @@ def _with_stale_tables(work: list) -> list:
     """``work`` plus an empty target for every live table the new rule set does not name,
     so ours there (from a previous rule set) is removed in the same commit round."""
     named = {(f, t.name) for f, t, _ in work}
-    extra = [(f, Table(name, (), ()), []) for f in (4, 6) for name in sorted(live_tables(f))
-             if (f, name) not in named]
+    extra = [(f, Table(name, (), ()), []) for f in (4, 6) for name in sorted(live_tables(f)) if (f, name) not in named]
     return list(work) + extra
 
 
@@ -372,8 +394,9 @@ class IptcBackend:
                 except NetfilterError as e:
                     if e.errno != EAGAIN or attempt == RETRIES - 1:
                         raise
-                    log.warning("netfilter commit raced with another writer; retrying",
-                                backend=self.name, attempt=attempt + 1)
+                    log.warning(
+                        "netfilter commit raced with another writer; retrying", backend=self.name, attempt=attempt + 1
+                    )
 
     def _commit_once(self, work: list) -> None:
         dumps, committed, handles = {}, [], []
@@ -426,8 +449,7 @@ class IptcBackend:
         h = Handle(_lib(family), table.name)
         try:
             present = set(h.chains())
-            return owned.compare(where, table, _desired(table, family, for_check=True), present,
-                                 h.rules)
+            return owned.compare(where, table, _desired(table, family, for_check=True), present, h.rules)
         finally:
             h.close()
 

@@ -53,8 +53,11 @@ def transaction_text(rs: RuleSet, existing: list) -> str:
         if name.startswith(OURS) and name not in names:
             lines.append(f"delete table inet {name}")
     for t in rs.nft:
-        lines += [f"add table inet {t.name}", f"delete table inet {t.name}",
-                  f'add table inet {t.name} {{ comment "{COMMENT}{digest(t)}" ; }}']
+        lines += [
+            f"add table inet {t.name}",
+            f"delete table inet {t.name}",
+            f'add table inet {t.name} {{ comment "{COMMENT}{digest(t)}" ; }}',
+        ]
         lines.append(t.render())
     return "\n".join(lines) + "\n"
 
@@ -133,7 +136,7 @@ def parse_listing(text: str) -> dict:
                 cur = None
             continue
         if line.startswith("comment ") and cur is None:
-            comment = line[len("comment "):].strip('"')
+            comment = line[len("comment ") :].strip('"')
         elif line.startswith("chain "):
             cur = line.split()[1]
             chains[cur] = [None, 0]
@@ -165,8 +168,7 @@ def _hook_of(line: str | None):
         return None
     t = line.split()
     prio = t[5] if len(t) > 5 else "0"
-    named = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
-             "srcnat": 100}
+    named = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
     if prio in named:
         value = named[prio]
     else:
@@ -183,8 +185,10 @@ class NftBackend:
 
     def commit(self, rs: RuleSet) -> None:
         if not rs.nft:
-            raise NetfilterError("nft backend: the rule set has no nftables tables",
-                                 "build it with the nftables builder or choose an x_tables backend")
+            raise NetfilterError(
+                "nft backend: the rule set has no nftables tables",
+                "build it with the nftables builder or choose an x_tables backend",
+            )
         n = Nft()
         try:
             for attempt in range(RETRIES):
@@ -216,8 +220,7 @@ class NftBackend:
         got = parse_listing(n.run(f"list table inet {t.name}", "list table"))
         diffs = []
         if got["comment"] != COMMENT + digest(t):
-            diffs.append(f"{where}: programmed from a different rule set "
-                         f"(comment {got['comment']!r})")
+            diffs.append(f"{where}: programmed from a different rule set (comment {got['comment']!r})")
         want = _expected_chains(t)
         for name, (hook, count) in want.items():
             if name not in got["chains"]:

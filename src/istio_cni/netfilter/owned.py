@@ -22,15 +22,17 @@ def is_our_chain(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def upstream_shape(table: str, chain: str, iniface, outiface, proto, has_addr: bool,
-                   matches: tuple, target: str) -> bool:
+def upstream_shape(
+    table: str, chain: str, iniface, outiface, proto, has_addr: bool, matches: tuple, target: str
+) -> bool:
     """True for the built-in-chain rules upstream istio-iptables writes that jump nowhere
     (every such rule in every upstream golden has one of these shapes)."""
     if table not in ("nat", "mangle"):
         return False
     if target == "RETURN" and not matches and not proto and not has_addr:
         return (chain == "PREROUTING" and bool(iniface) and not outiface) or (
-            chain == "OUTPUT" and bool(outiface) and not iniface)
+            chain == "OUTPUT" and bool(outiface) and not iniface
+        )
     if table != "mangle" or proto != "tcp":
         return False
     if target in ("MARK", "CONNMARK"):
@@ -42,10 +44,16 @@ def xt_shape(table: str, chain: str, rule) -> bool:
     """``upstream_shape`` for a parsed ``XtRule`` (None-safe for unparsed foreign text)."""
     if isinstance(rule, str):
         return False
-    return upstream_shape(table, chain, rule.iniface and rule.iniface[0],
-                          rule.outiface and rule.outiface[0], rule.proto and rule.proto[0],
-                          bool(rule.src or rule.dst), tuple(m for m, _ in rule.matches),
-                          rule.target[0])
+    return upstream_shape(
+        table,
+        chain,
+        rule.iniface and rule.iniface[0],
+        rule.outiface and rule.outiface[0],
+        rule.proto and rule.proto[0],
+        bool(rule.src or rule.dst),
+        tuple(m for m, _ in rule.matches),
+        rule.target[0],
+    )
 
 
 def expected_order(desired: list) -> dict:
@@ -84,8 +92,7 @@ def compare(where: str, table, desired: list, present: set, rules_of) -> list:
         live = [(i, lbl) for i, lbl, _ in rules_of(chain)]
         if not is_our_chain(chain):
             mine = ids.get(chain, set())
-            live = [(i, lbl) for i, lbl, shape in rules_of(chain)
-                    if is_our_chain(lbl) or i in mine or shape]
+            live = [(i, lbl) for i, lbl, shape in rules_of(chain) if is_our_chain(lbl) or i in mine or shape]
         diffs += _diff_chain(f"{where} {chain}", want, live)
     return diffs
 
@@ -103,6 +110,5 @@ def _diff_chain(where: str, want: list, live: list) -> list:
         if ident not in want_ids:
             out.append(f"{where}: unexpected rule #{n} (target {label})")
     if not out:
-        out.append(f"{where}: rules in wrong order or duplicated "
-                   f"(expected {len(want_ids)}, found {len(live_ids)})")
+        out.append(f"{where}: rules in wrong order or duplicated (expected {len(want_ids)}, found {len(live_ids)})")
     return out

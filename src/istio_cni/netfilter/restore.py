@@ -37,8 +37,7 @@ def _run(argv: list, stdin: str = "") -> str:
     env = dict(os.environ)
     env["XTABLES_LOCKFILE"] = f"/run/istio-cni-xtables-{os.getpid()}-{_thread.get_ident()}.lock"
     try:
-        p = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT,
-                           env=env)
+        p = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     except FileNotFoundError:
         raise NetfilterError(f"{argv[0]} not found", "install iptables") from None
     except subprocess.TimeoutExpired:
@@ -178,8 +177,9 @@ class RestoreBackend:
                     diffs.append(f"{where}: table not present (no rules)")
                     continue
                 lt = live[t.name]
-                diffs += owned.compare(where, t, _desired(t, family), set(lt["chains"]),
-                                       lambda c, lt=lt: lt["rules"].get(c, []))
+                diffs += owned.compare(
+                    where, t, _desired(t, family), set(lt["chains"]), lambda c, lt=lt: lt["rules"].get(c, [])
+                )
         return diffs
 
     def remove(self, rs: RuleSet | None = None) -> None:
@@ -189,8 +189,11 @@ class RestoreBackend:
             text = ""
             for name, lt in live.items():
                 t = wanted.get(name, Table(name, (), ()))
-                body = payload(Table(name, (), ()), family, lt) if name not in wanted else \
-                    _removal_with_rules(t, family, lt)
+                body = (
+                    payload(Table(name, (), ()), family, lt)
+                    if name not in wanted
+                    else _removal_with_rules(t, family, lt)
+                )
                 if body.count("\n") > 2:  # more than "*table" and "COMMIT"
                     text += body
             if text:
@@ -219,8 +222,8 @@ class _Attempt:
 
 def _holds_ours(live: dict) -> bool:
     return any(owned.is_our_chain(c) for c in live["chains"]) or any(
-        owned.is_our_chain(label) or shape for rules in live["rules"].values()
-        for _, label, shape in rules)
+        owned.is_our_chain(label) or shape for rules in live["rules"].values() for _, label, shape in rules
+    )
 
 
 def _blocks(save_text: str, names: set) -> str:

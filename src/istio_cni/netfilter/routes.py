@@ -46,22 +46,21 @@ def _attr(kind: int, value: int) -> bytes:
 
 def _rule_msg(r) -> bytes:
     # struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags
-    hdr = _struct.pack("<BBBBBBBBI", AF[r.family], 0, 0, 0, r.table if r.table < 256 else 252,
-                       0, 0, FR_ACT_TO_TBL, 0)
+    hdr = _struct.pack("<BBBBBBBBI", AF[r.family], 0, 0, 0, r.table if r.table < 256 else 252, 0, 0, FR_ACT_TO_TBL, 0)
     return hdr + _attr(FRA_FWMARK, r.fwmark) + _attr(FRA_TABLE, r.table)
 
 
 def _route_msg(r) -> bytes:
     # struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
-    hdr = _struct.pack("<BBBBBBBBI", AF[r.family], 0, 0, 0, r.table if r.table < 256 else 252,
-                       RTPROT_BOOT, RT_SCOPE_HOST, RTN_LOCAL, 0)
+    hdr = _struct.pack(
+        "<BBBBBBBBI", AF[r.family], 0, 0, 0, r.table if r.table < 256 else 252, RTPROT_BOOT, RT_SCOPE_HOST, RTN_LOCAL, 0
+    )
     return hdr + _attr(RTA_OIF, _socket.if_nametoindex("lo")) + _attr(RTA_TABLE, r.table)
 
 
 class Netlink:
     def __init__(self) -> None:
-        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
-                                   NETLINK_ROUTE)
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self.sock.settimeout(2.0)  # the kernel answers at once; never hang an ADD
         self.sock.bind((0, 0))
         self.seq = 0
@@ -80,7 +79,7 @@ class Netlink:
             off = 0
             while off + 16 <= len(data):
                 length, mtype, _f, seq, _pid = _struct.unpack_from("<IHHII", data, off)
-                payload = data[off + 16:off + length]
+                payload = data[off + 16 : off + length]
                 off += (length + 3) & ~3
                 if seq != self.seq:
                     continue
@@ -109,7 +108,7 @@ def _attrs(payload: bytes, start: int) -> dict:
         length, kind = _struct.unpack_from("<HH", payload, off)
         if length < 4:
             break
-        out[kind & 0x3FFF] = payload[off + 4:off + length]
+        out[kind & 0x3FFF] = payload[off + 4 : off + length]
         off += (length + 3) & ~3
     return out
 
@@ -119,7 +118,7 @@ def _u32(b: bytes | None):
 
 
 def _split(text: str) -> tuple:
-    """"::6/128" -> (6, packed address, 128)."""
+    """ "::6/128" -> (6, packed address, 128)."""
     addr, _, bits = text.partition("/")
     family = 6 if ":" in addr else 4
     packed = _socket.inet_pton(_socket.AF_INET6 if family == 6 else _socket.AF_INET, addr)
@@ -156,13 +155,13 @@ def program(routes, lo_addresses=()) -> None:
                     nl.request(RTM_NEWRULE, F_ACK | F_CREATE | F_EXCL, _rule_msg(r))
             except OSError as e:
                 if e.errno != EEXIST:
-                    raise NetfilterError("policy rule add failed",
-                                         f"fwmark {r.fwmark} lookup {r.table}: {e.strerror}", e.errno) from e
+                    raise NetfilterError(
+                        "policy rule add failed", f"fwmark {r.fwmark} lookup {r.table}: {e.strerror}", e.errno
+                    ) from e
             try:
                 nl.request(RTM_NEWROUTE, F_ACK | F_CREATE | F_REPLACE, _route_msg(r))
             except OSError as e:
-                raise NetfilterError("local route add failed",
-                                     f"table {r.table}: {e.strerror}", e.errno) from None
+                raise NetfilterError("local route add failed", f"table {r.table}: {e.strerror}", e.errno) from None
     finally:
         nl.close()
 
@@ -173,8 +172,11 @@ def _dump_body(family: int) -> bytes:
 
 def _rules(nl: Netlink, family: int) -> set:
     """{(fwmark, table)} of the family's policy rules."""
-    return {(_u32(a.get(FRA_FWMARK)), _u32(a.get(FRA_TABLE)))
-            for _, p in nl.request(RTM_GETRULE, F_DUMP, _dump_body(family)) for a in [_attrs(p, 12)]}
+    return {
+        (_u32(a.get(FRA_FWMARK)), _u32(a.get(FRA_TABLE)))
+        for _, p in nl.request(RTM_GETRULE, F_DUMP, _dump_body(family))
+        for a in [_attrs(p, 12)]
+    }
 
 
 def _addresses(nl: Netlink, family: int = 0) -> list:
@@ -226,8 +228,12 @@ def missing(routes, lo_addresses=()) -> list:
             out += [f"address {text} on lo missing" for text in lo_addresses if _split(text) not in have]
         for fam in sorted({r.family for r in routes}):
             rules = _rules(nl, fam)
-            local = {_u32(a.get(RTA_TABLE)) for _, p in nl.request(RTM_GETROUTE, F_DUMP, _dump_body(fam))
-                     if p[7] == RTN_LOCAL and p[1] == 0 for a in [_attrs(p, 12)]}
+            local = {
+                _u32(a.get(RTA_TABLE))
+                for _, p in nl.request(RTM_GETROUTE, F_DUMP, _dump_body(fam))
+                if p[7] == RTN_LOCAL and p[1] == 0
+                for a in [_attrs(p, 12)]
+            }
             for r in routes:
                 if r.family != fam:
                     continue

@@ -112,6 +112,7 @@ def system_names(kind: str, name: str) -> int:
 
 # ---- per-extension option handlers: (params dict, neg, value token, names) -> None ------
 
+
 def _tcpudp(p, opt, neg, val, names):
     key = "sport" if opt in ("--sport", "--source-port") else "dport"
     p[key] = _port_range(val)
@@ -125,8 +126,7 @@ def _owner(p, opt, neg, val, names):
 
 
 def _multiport(p, opt, neg, val, names):
-    kinds = {"--dports": "d", "--destination-ports": "d", "--sports": "s", "--source-ports": "s",
-             "--ports": "either"}
+    kinds = {"--dports": "d", "--destination-ports": "d", "--sports": "s", "--source-ports": "s", "--ports": "either"}
     ports = tuple(_port_range(x) for x in val.split(","))
     if len(ports) > 15:
         raise XtParseError(f"multiport takes at most 15 ports, got {val!r}")
@@ -151,20 +151,18 @@ def _flag(p, opt, neg, val, names):
 
 
 MATCHES = {
-    "tcp": {"--dport": _tcpudp, "--sport": _tcpudp, "--destination-port": _tcpudp,
-            "--source-port": _tcpudp},
-    "udp": {"--dport": _tcpudp, "--sport": _tcpudp, "--destination-port": _tcpudp,
-            "--source-port": _tcpudp},
+    "tcp": {"--dport": _tcpudp, "--sport": _tcpudp, "--destination-port": _tcpudp, "--source-port": _tcpudp},
+    "udp": {"--dport": _tcpudp, "--sport": _tcpudp, "--destination-port": _tcpudp, "--source-port": _tcpudp},
     "owner": {"--uid-owner": _owner, "--gid-owner": _owner},
-    "multiport": dict.fromkeys(("--dports", "--destination-ports", "--sports", "--source-ports",
-                                "--ports"), _multiport),
+    "multiport": dict.fromkeys(
+        ("--dports", "--destination-ports", "--sports", "--source-ports", "--ports"), _multiport
+    ),
     "conntrack": {"--ctstate": _conntrack},
     "mark": {"--mark": _mark_match},
     "connmark": {"--mark": _mark_match},
     "socket": {"--transparent": _flag, "--nowildcard": _flag, "--restore-skmark": _flag},
 }
-FLAG_OPTIONS = {"--transparent", "--nowildcard", "--restore-skmark", "--save-mark",
-                "--restore-mark", "--notrack"}
+FLAG_OPTIONS = {"--transparent", "--nowildcard", "--restore-skmark", "--save-mark", "--restore-mark", "--notrack"}
 
 
 def _redirect(p, opt, neg, val, names):
@@ -207,9 +205,13 @@ TARGETS = {
     "REDIRECT": {"--to-ports": _redirect, "--to-port": _redirect},
     "TPROXY": {"--on-port": _tproxy, "--on-ip": _tproxy, "--tproxy-mark": _tproxy},
     "MARK": {"--set-mark": _mark_target, "--set-xmark": _mark_target},
-    "CONNMARK": {"--save-mark": _connmark_target, "--restore-mark": _connmark_target,
-                 "--mask": _connmark_target, "--nfmask": _connmark_target,
-                 "--ctmask": _connmark_target},
+    "CONNMARK": {
+        "--save-mark": _connmark_target,
+        "--restore-mark": _connmark_target,
+        "--mask": _connmark_target,
+        "--nfmask": _connmark_target,
+        "--ctmask": _connmark_target,
+    },
     "CT": {"--zone": _ct, "--notrack": _ct},
 }
 TARGET_DEFAULTS = {
@@ -231,10 +233,22 @@ def _iface(name: str) -> str:
 
 
 # Options of the rule itself (not of a match or target) -> what they set.
-_BASIC = {"-s": "src", "--source": "src", "-d": "dst", "--destination": "dst",
-          "-i": "iniface", "--in-interface": "iniface", "-o": "outiface",
-          "--out-interface": "outiface", "-p": "proto", "--protocol": "proto",
-          "-m": "match", "--match": "match", "-j": "jump", "--jump": "jump"}
+_BASIC = {
+    "-s": "src",
+    "--source": "src",
+    "-d": "dst",
+    "--destination": "dst",
+    "-i": "iniface",
+    "--in-interface": "iniface",
+    "-o": "outiface",
+    "--out-interface": "outiface",
+    "-p": "proto",
+    "--protocol": "proto",
+    "-m": "match",
+    "--match": "match",
+    "-j": "jump",
+    "--jump": "jump",
+}
 
 
 def parse(spec, family: int = 4, names=system_names) -> XtRule:
@@ -287,9 +301,16 @@ def parse(spec, family: int = 4, names=system_names) -> XtRule:
         neg = False
     if target is None:
         raise XtParseError(f"rule has no target (-j): {' '.join(toks)!r}")
-    return XtRule(family, fields["src"], fields["dst"], fields["iniface"], fields["outiface"],
-                  fields["proto"], tuple((name, _freeze(p)) for name, p in matches),
-                  (target, _freeze(_target_params(target, tparams))))
+    return XtRule(
+        family,
+        fields["src"],
+        fields["dst"],
+        fields["iniface"],
+        fields["outiface"],
+        fields["proto"],
+        tuple((name, _freeze(p)) for name, p in matches),
+        (target, _freeze(_target_params(target, tparams))),
+    )
 
 
 def _target_params(target: str, tparams: dict) -> dict:

@@ -74,7 +74,7 @@ def _layout(cdecl: str, fields: tuple) -> _struct.Struct:
 
 
 def _patch(buf: bytes, offset: int, data: bytes) -> bytes:
-    return buf[:offset] + data + buf[offset + len(data):]
+    return buf[:offset] + data + buf[offset + len(data) :]
 
 
 def _be16(n: int) -> bytes:
@@ -82,6 +82,7 @@ def _be16(n: int) -> bytes:
 
 
 # ---- matches -----------------------------------------------------------------------
+
 
 def _m_tcpudp(name: str, p: dict, family: int) -> bytes:
     inv = 0
@@ -103,9 +104,10 @@ def _m_owner(name, p, family):
             ids[kind] = p[kind]
             if p.get("inv_" + kind):
                 invert |= flag
-    st = _layout("struct xt_owner_match_info", (
-        ("uid_min", "I"), ("uid_max", "I"), ("gid_min", "I"), ("gid_max", "I"), ("match", "B"),
-        ("invert", "B")))
+    st = _layout(
+        "struct xt_owner_match_info",
+        (("uid_min", "I"), ("uid_max", "I"), ("gid_min", "I"), ("gid_max", "I"), ("match", "B"), ("invert", "B")),
+    )
     return _ext("owner", 1, st.pack(*ids["uid"], *ids["gid"], match, invert))
 
 
@@ -121,9 +123,18 @@ def _m_multiport(name, p, family):
             pflags += [1, 0]
     if len(ports) > 15:
         raise XtParseError("multiport: more than 15 port slots")
-    return _ext("multiport", 1, _struct_bytes(
-        "struct xt_multiport_v1", flags=kinds[p["kind"]], count=len(ports), ports=ports,
-        pflags=pflags, invert=1 if p["inv"] else 0))
+    return _ext(
+        "multiport",
+        1,
+        _struct_bytes(
+            "struct xt_multiport_v1",
+            flags=kinds[p["kind"]],
+            count=len(ports),
+            ports=ports,
+            pflags=pflags,
+            invert=1 if p["inv"] else 0,
+        ),
+    )
 
 
 _CT_BITS = None
@@ -132,9 +143,15 @@ _CT_BITS = None
 def _ct_state_bits() -> dict:
     global _CT_BITS
     if _CT_BITS is None:
-        _CT_BITS = {"INVALID": lib.XT_CONNTRACK_STATE_INVALID, "ESTABLISHED": 1 << 1,
-                    "RELATED": 1 << 2, "NEW": 1 << 3, "UNTRACKED": lib.XT_CONNTRACK_STATE_UNTRACKED,
-                    "SNAT": lib.XT_CONNTRACK_STATE_SNAT, "DNAT": lib.XT_CONNTRACK_STATE_DNAT}
+        _CT_BITS = {
+            "INVALID": lib.XT_CONNTRACK_STATE_INVALID,
+            "ESTABLISHED": 1 << 1,
+            "RELATED": 1 << 2,
+            "NEW": 1 << 3,
+            "UNTRACKED": lib.XT_CONNTRACK_STATE_UNTRACKED,
+            "SNAT": lib.XT_CONNTRACK_STATE_SNAT,
+            "DNAT": lib.XT_CONNTRACK_STATE_DNAT,
+        }
     return _CT_BITS
 
 
@@ -144,28 +161,42 @@ def _m_conntrack(name, p, family):
     for s in p["ctstate"]:
         mask |= bits[s]
     flag = lib.XT_CONNTRACK_STATE
-    return _ext("conntrack", 3, _struct_bytes(
-        "struct xt_conntrack_mtinfo3", match_flags=flag, invert_flags=flag if p["inv"] else 0,
-        state_mask=mask))
+    return _ext(
+        "conntrack",
+        3,
+        _struct_bytes(
+            "struct xt_conntrack_mtinfo3", match_flags=flag, invert_flags=flag if p["inv"] else 0, state_mask=mask
+        ),
+    )
 
 
 def _m_mark(name, p, family):
-    return _ext(name, 1, _struct_bytes(f"struct xt_{name}_mtinfo1", mark=p["mark"], mask=p["mask"],
-                                       invert=1 if p["inv"] else 0))
+    return _ext(
+        name, 1, _struct_bytes(f"struct xt_{name}_mtinfo1", mark=p["mark"], mask=p["mask"], invert=1 if p["inv"] else 0)
+    )
 
 
 def _m_socket(name, p, family):
-    flags = (1 if p.get("transparent") else 0) | (2 if p.get("nowildcard") else 0) | (
-        4 if p.get("restore-skmark") else 0)
+    flags = (
+        (1 if p.get("transparent") else 0) | (2 if p.get("nowildcard") else 0) | (4 if p.get("restore-skmark") else 0)
+    )
     return _ext("socket", 3, _struct_bytes("struct xt_socket_mtinfo3", flags=flags))
 
 
-MATCH_ENCODERS = {"tcp": _m_tcpudp, "udp": _m_tcpudp, "owner": _m_owner,
-                  "multiport": _m_multiport, "conntrack": _m_conntrack, "mark": _m_mark,
-                  "connmark": _m_mark, "socket": _m_socket}
+MATCH_ENCODERS = {
+    "tcp": _m_tcpudp,
+    "udp": _m_tcpudp,
+    "owner": _m_owner,
+    "multiport": _m_multiport,
+    "conntrack": _m_conntrack,
+    "mark": _m_mark,
+    "connmark": _m_mark,
+    "socket": _m_socket,
+}
 
 
 # ---- targets -----------------------------------------------------------------------
+
 
 def standard_target(label: str) -> bytes:
     """The 40-byte standard target naming a verdict or a chain (libiptc resolves it)."""
@@ -214,17 +245,16 @@ def _t_mark(p, family):
 
 def _t_connmark(p, family):
     mode = lib.XT_CONNMARK_SAVE if p["mode"] == "save" else lib.XT_CONNMARK_RESTORE
-    return _ext("CONNMARK", 2, _struct_bytes("struct xt_connmark_tginfo2", ctmask=p["ctmask"],
-                                             nfmask=p["nfmask"], mode=mode))
+    return _ext(
+        "CONNMARK", 2, _struct_bytes("struct xt_connmark_tginfo2", ctmask=p["ctmask"], nfmask=p["nfmask"], mode=mode)
+    )
 
 
 def _t_ct(p, family):
-    return _ext("CT", 2, _struct_bytes("struct xt_ct_target_info_v1", flags=1 if p["notrack"] else 0,
-                                       zone=p["zone"]))
+    return _ext("CT", 2, _struct_bytes("struct xt_ct_target_info_v1", flags=1 if p["notrack"] else 0, zone=p["zone"]))
 
 
-TARGET_ENCODERS = {"REDIRECT": _t_redirect, "TPROXY": _t_tproxy, "MARK": _t_mark,
-                   "CONNMARK": _t_connmark, "CT": _t_ct}
+TARGET_ENCODERS = {"REDIRECT": _t_redirect, "TPROXY": _t_tproxy, "MARK": _t_mark, "CONNMARK": _t_connmark, "CT": _t_ct}
 
 
 def is_standard(target_name: str) -> bool:
@@ -233,6 +263,7 @@ def is_standard(target_name: str) -> bool:
 
 
 # ---- the entry -----------------------------------------------------------------------
+
 
 def _iface_bytes(v) -> tuple:
     """(name, mask); the ``16s`` fields of ``_IP4``/``_IP6`` zero-fill them to 16 bytes."""
@@ -323,10 +354,10 @@ def _entry_layout(ip_size: int, entry_size: int, offset_at: int) -> tuple:
     return _struct.Struct(f"<{before}xHH{entry_size - offset_at - 4}x"), entry_size
 
 
-_ENTRY = {4: _entry_layout(lib.NF_SIZEOF_IPT_IP, lib.NF_SIZEOF_IPT_ENTRY,
-                           lib.NF_OFF_IPT_ENTRY_TARGET_OFFSET),
-          6: _entry_layout(lib.NF_SIZEOF_IP6T_IP6, lib.NF_SIZEOF_IP6T_ENTRY,
-                           lib.NF_OFF_IP6T_ENTRY_TARGET_OFFSET)}
+_ENTRY = {
+    4: _entry_layout(lib.NF_SIZEOF_IPT_IP, lib.NF_SIZEOF_IPT_ENTRY, lib.NF_OFF_IPT_ENTRY_TARGET_OFFSET),
+    6: _entry_layout(lib.NF_SIZEOF_IP6T_IP6, lib.NF_SIZEOF_IP6T_ENTRY, lib.NF_OFF_IP6T_ENTRY_TARGET_OFFSET),
+}
 
 
 def _entry(family: int, ip: bytes, matches: bytes, target: bytes) -> bytes:
@@ -344,11 +375,11 @@ def split_exts(blob: bytes) -> tuple:
     out = []
     i = 0
     while i + HEADER <= len(blob):
-        size = int.from_bytes(blob[i:i + 2], "little")
+        size = int.from_bytes(blob[i : i + 2], "little")
         if size < HEADER:
             break
-        name = blob[i + 2:i + 31].split(b"\0", 1)[0].decode(errors="replace")
-        out.append((name, blob[i + 31], blob[i + HEADER:i + size]))
+        name = blob[i + 2 : i + 31].split(b"\0", 1)[0].decode(errors="replace")
+        out.append((name, blob[i + 31], blob[i + HEADER : i + size]))
         i += size
     return tuple(out)
 
@@ -385,8 +416,7 @@ def encode_specs(specs: list, family: int) -> list:
     n = len(todo)
     sizes = ffi.new("int[]", n)
     buf = ffi.new("unsigned char[]", _ENTRY_ROOM * n)
-    total = lib.nf_xt_encode(family, toks, len(toks), [len(specs[i]) for i in todo], n, buf,
-                             _ENTRY_ROOM * n, sizes)
+    total = lib.nf_xt_encode(family, toks, len(toks), [len(specs[i]) for i in todo], n, buf, _ENTRY_ROOM * n, sizes)
     if total < 0:
         raise AssertionError("nf_xt_encode: token counts do not match the token buffer")
     blob = ffi.buffer(buf, total)[:]
@@ -394,7 +424,7 @@ def encode_specs(specs: list, family: int) -> list:
     for j, i in enumerate(todo):
         size = sizes[j]
         if size:
-            out[i] = blob[pos:pos + size]
+            out[i] = blob[pos : pos + size]
             pos += size
     return out
 
@@ -418,14 +448,14 @@ def identity_of_entry(entry: bytes, family: int) -> tuple:
     """``identity`` of an encoded entry of ours (for ``encode_specs`` results): the label
     of a standard target is the name we wrote into it."""
     ip_size, entry_size, at = _ENTRY_SIZES[family]
-    target_offset = int.from_bytes(entry[at:at + 2], "little")
+    target_offset = int.from_bytes(entry[at : at + 2], "little")
     target = entry[target_offset:]
     label = target[2:31].split(b"\0", 1)[0].decode()
     return identity_of(entry[:ip_size], entry[entry_size:target_offset], target, label)
 
 
 # (ip header size, entry head size, where target_offset sits)
-_ENTRY_SIZES = {4: (lib.NF_SIZEOF_IPT_IP, lib.NF_SIZEOF_IPT_ENTRY,
-                    lib.NF_OFF_IPT_ENTRY_TARGET_OFFSET),
-                6: (lib.NF_SIZEOF_IP6T_IP6, lib.NF_SIZEOF_IP6T_ENTRY,
-                    lib.NF_OFF_IP6T_ENTRY_TARGET_OFFSET)}
+_ENTRY_SIZES = {
+    4: (lib.NF_SIZEOF_IPT_IP, lib.NF_SIZEOF_IPT_ENTRY, lib.NF_OFF_IPT_ENTRY_TARGET_OFFSET),
+    6: (lib.NF_SIZEOF_IP6T_IP6, lib.NF_SIZEOF_IP6T_ENTRY, lib.NF_OFF_IP6T_ENTRY_TARGET_OFFSET),
+}

@@ -28,9 +28,7 @@ PASSTHROUGH_V4, PASSTHROUGH_V6 = "127.0.0.6/32", "::6/128"
 LOOPBACK_V6 = "::1/128"
 
 # Never created with -N: built-in chains and the standard verdicts.
-_BUILTIN = frozenset(
-    ("INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING", "ACCEPT", "RETURN", "DROP")
-)
+_BUILTIN = frozenset(("INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING", "ACCEPT", "RETURN", "DROP"))
 
 
 class _Family:
@@ -52,8 +50,7 @@ class _Collector:
         self.v6: list = []
         self.ipv6 = ipv6
 
-    def add(self, table: str, chain: str, *spec, at: int | None = None,
-            v4: bool = True, v6: bool = True) -> None:
+    def add(self, table: str, chain: str, *spec, at: int | None = None, v4: bool = True, v6: bool = True) -> None:
         if v4:
             self.v4.append(_rule(table, chain, spec, at))
         if v6 and self.ipv6:
@@ -99,9 +96,7 @@ def _tables(rules: list) -> tuple:
         spec = rule.spec
         if len(spec) >= 2 and spec[-2] == "-j" and spec[-1] not in _BUILTIN:
             chains[table].setdefault(spec[-1], None)
-    return tuple(
-        Table(name, tuple(chains[name]), tuple(by_table[name])) for name in sorted(by_table)
-    )
+    return tuple(Table(name, tuple(chains[name]), tuple(by_table[name])) for name in sorted(by_table))
 
 
 def _short_circuit_interfaces(r: _Collector, cfg) -> None:
@@ -126,25 +121,48 @@ def _inbound(r: _Collector, cfg, loopback: _Family) -> None:
         # Marked packets are routed to lo (policy route), where TPROXY hands them to the proxy.
         r.add("mangle", DIVERT, "-j", "MARK", "--set-mark", cfg.inbound_tproxy_mark)
         r.add("mangle", DIVERT, "-j", "ACCEPT")
-        r.add_versioned("mangle", TPROXY, "!", "-d", loopback, "-p", "tcp", "-j", "TPROXY",
-              "--tproxy-mark", cfg.inbound_tproxy_mark + "/0xffffffff",
-              "--on-port", cfg.inbound_capture_port)
+        r.add_versioned(
+            "mangle",
+            TPROXY,
+            "!",
+            "-d",
+            loopback,
+            "-p",
+            "tcp",
+            "-j",
+            "TPROXY",
+            "--tproxy-mark",
+            cfg.inbound_tproxy_mark + "/0xffffffff",
+            "--on-port",
+            cfg.inbound_capture_port,
+        )
     table = "mangle" if tproxy else "nat"
     r.add(table, "PREROUTING", "-p", "tcp", "-j", INBOUND)
     if ports == ("*",):
         for port in cfg.inbound_ports_exclude:
             r.add(table, INBOUND, "-p", "tcp", "--dport", port, "-j", "RETURN")
         if tproxy:
-            r.add("mangle", INBOUND, "-p", "tcp", "-m", "conntrack", "--ctstate",
-                  "RELATED,ESTABLISHED", "-j", DIVERT)
+            r.add("mangle", INBOUND, "-p", "tcp", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", DIVERT)
             r.add("mangle", INBOUND, "-p", "tcp", "-j", TPROXY)
         else:
             r.add("nat", INBOUND, "-p", "tcp", "-j", IN_REDIRECT)
         return
     for port in ports:
         if tproxy:
-            r.add("mangle", INBOUND, "-p", "tcp", "--dport", port, "-m", "conntrack",
-                  "--ctstate", "RELATED,ESTABLISHED", "-j", DIVERT)
+            r.add(
+                "mangle",
+                INBOUND,
+                "-p",
+                "tcp",
+                "--dport",
+                port,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                DIVERT,
+            )
             r.add("mangle", INBOUND, "-p", "tcp", "--dport", port, "-j", TPROXY)
         else:
             r.add("nat", INBOUND, "-p", "tcp", "--dport", port, "-j", IN_REDIRECT)
@@ -159,20 +177,72 @@ def _proxy_owner(r: _Collector, cfg, loopback: _Family, dns: bool, keep_lo: bool
             # With DNS capture, uid rules also leave port 53 to the agent (upstream does this
             # for uids only).
             if dns and kind == "--uid-owner":
-                r.add_versioned("nat", OUTPUT, "-o", "lo", "!", "-d", loopback, "-p", "tcp",
-                      "-m", "multiport", "!", "--dports", "53," + tunnel,
-                      "-m", "owner", kind, ident, "-j", IN_REDIRECT)
+                r.add_versioned(
+                    "nat",
+                    OUTPUT,
+                    "-o",
+                    "lo",
+                    "!",
+                    "-d",
+                    loopback,
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "multiport",
+                    "!",
+                    "--dports",
+                    "53," + tunnel,
+                    "-m",
+                    "owner",
+                    kind,
+                    ident,
+                    "-j",
+                    IN_REDIRECT,
+                )
             else:
-                r.add_versioned("nat", OUTPUT, "-o", "lo", "!", "-d", loopback, "-p", "tcp",
-                      "!", "--dport", tunnel, "-m", "owner", kind, ident, "-j", IN_REDIRECT)
+                r.add_versioned(
+                    "nat",
+                    OUTPUT,
+                    "-o",
+                    "lo",
+                    "!",
+                    "-d",
+                    loopback,
+                    "-p",
+                    "tcp",
+                    "!",
+                    "--dport",
+                    tunnel,
+                    "-m",
+                    "owner",
+                    kind,
+                    ident,
+                    "-j",
+                    IN_REDIRECT,
+                )
             if keep_lo:
                 # app -> itself over lo is not captured, except DNS to a local server.
                 if dns:
-                    r.add("nat", OUTPUT, "-o", "lo", "-p", "tcp", "!", "--dport", "53",
-                          "-m", "owner", "!", kind, ident, "-j", "RETURN")
+                    r.add(
+                        "nat",
+                        OUTPUT,
+                        "-o",
+                        "lo",
+                        "-p",
+                        "tcp",
+                        "!",
+                        "--dport",
+                        "53",
+                        "-m",
+                        "owner",
+                        "!",
+                        kind,
+                        ident,
+                        "-j",
+                        "RETURN",
+                    )
                 else:
-                    r.add("nat", OUTPUT, "-o", "lo", "-m", "owner", "!", kind, ident,
-                          "-j", "RETURN")
+                    r.add("nat", OUTPUT, "-o", "lo", "-m", "owner", "!", kind, ident, "-j", "RETURN")
             # The proxy's own traffic never loops back into it, whatever the protocol.
             r.add("nat", OUTPUT, "-m", "owner", kind, ident, "-j", "RETURN")
 
@@ -196,15 +266,40 @@ def _dns(r: _Collector, cfg) -> None:
     r.add("nat", OUTPUT, "-j", OUTPUT_DNS, v4=all_dns or bool(v4s), v6=all_dns or bool(v6s))
     for proto, to in (("tcp", "--to-ports"), ("udp", "--to-port")):
         if all_dns:
-            r.add("nat", OUTPUT_DNS, "-p", proto, "--dport", "53", "-j", "REDIRECT",
-                  to, DNS_AGENT_PORT)
+            r.add("nat", OUTPUT_DNS, "-p", proto, "--dport", "53", "-j", "REDIRECT", to, DNS_AGENT_PORT)
             continue
         for server in v4s:
-            r.add("nat", OUTPUT_DNS, "-p", proto, "--dport", "53", "-d", server + "/32",
-                  "-j", "REDIRECT", to, DNS_AGENT_PORT, v6=False)
+            r.add(
+                "nat",
+                OUTPUT_DNS,
+                "-p",
+                proto,
+                "--dport",
+                "53",
+                "-d",
+                server + "/32",
+                "-j",
+                "REDIRECT",
+                to,
+                DNS_AGENT_PORT,
+                v6=False,
+            )
         for server in v6s:
-            r.add("nat", OUTPUT_DNS, "-p", proto, "--dport", "53", "-d", server + "/128",
-                  "-j", "REDIRECT", to, DNS_AGENT_PORT, v4=False)
+            r.add(
+                "nat",
+                OUTPUT_DNS,
+                "-p",
+                proto,
+                "--dport",
+                "53",
+                "-d",
+                server + "/128",
+                "-j",
+                "REDIRECT",
+                to,
+                DNS_AGENT_PORT,
+                v4=False,
+            )
     _dns_conntrack_zones(r, cfg)
 
 
@@ -213,24 +308,66 @@ def _dns_conntrack_zones(r: _Collector, cfg) -> None:
     flows that share a 5-tuple after NAT from racing in one conntrack zone."""
     for kind, ids in (("--uid-owner", cfg.proxy_uids), ("--gid-owner", cfg.proxy_gids)):
         for ident in ids:
-            r.add("raw", OUTPUT_DNS, "-p", "udp", "--dport", "53", "-m", "owner", kind, ident,
-                  "-j", "CT", "--zone", "1")
-            r.add("raw", OUTPUT_DNS, "-p", "udp", "--sport", DNS_AGENT_PORT, "-m", "owner",
-                  kind, ident, "-j", "CT", "--zone", "2")
+            r.add(
+                "raw", OUTPUT_DNS, "-p", "udp", "--dport", "53", "-m", "owner", kind, ident, "-j", "CT", "--zone", "1"
+            )
+            r.add(
+                "raw",
+                OUTPUT_DNS,
+                "-p",
+                "udp",
+                "--sport",
+                DNS_AGENT_PORT,
+                "-m",
+                "owner",
+                kind,
+                ident,
+                "-j",
+                "CT",
+                "--zone",
+                "2",
+            )
     if cfg.capture_all_dns:
         r.add("raw", "PREROUTING", "-j", INBOUND)
         r.add("raw", OUTPUT_DNS, "-p", "udp", "--dport", "53", "-j", "CT", "--zone", "2")
         r.add("raw", INBOUND, "-p", "udp", "--sport", "53", "-j", "CT", "--zone", "1")
         return
-    for servers, suffix, v4 in ((cfg.dns_servers_v4, "/32", True),
-                                (cfg.dns_servers_v6, "/128", False)):
+    for servers, suffix, v4 in ((cfg.dns_servers_v4, "/32", True), (cfg.dns_servers_v6, "/128", False)):
         if servers:
             r.add("raw", "PREROUTING", "-j", INBOUND, v4=v4, v6=not v4)
         for server in servers:
-            r.add("raw", OUTPUT_DNS, "-p", "udp", "--dport", "53", "-d", server + suffix,
-                  "-j", "CT", "--zone", "2", v4=v4, v6=not v4)
-            r.add("raw", INBOUND, "-p", "udp", "--sport", "53", "-s", server + suffix,
-                  "-j", "CT", "--zone", "1", v4=v4, v6=not v4)
+            r.add(
+                "raw",
+                OUTPUT_DNS,
+                "-p",
+                "udp",
+                "--dport",
+                "53",
+                "-d",
+                server + suffix,
+                "-j",
+                "CT",
+                "--zone",
+                "2",
+                v4=v4,
+                v6=not v4,
+            )
+            r.add(
+                "raw",
+                INBOUND,
+                "-p",
+                "udp",
+                "--sport",
+                "53",
+                "-s",
+                server + suffix,
+                "-j",
+                "CT",
+                "--zone",
+                "1",
+                v4=v4,
+                v6=not v4,
+            )
 
 
 def _outbound_include(r: _Collector, cfg, cidrs: tuple, v4: bool) -> None:
@@ -241,32 +378,42 @@ def _outbound_include(r: _Collector, cfg, cidrs: tuple, v4: bool) -> None:
         return
     for cidr in cidrs:
         for nic in cfg.reroute_virtual_interfaces:
-            r.add("nat", "PREROUTING", "-i", nic, "-d", cidr, "-j", REDIRECT, at=1,
-                  v4=v4, v6=not v4)
+            r.add("nat", "PREROUTING", "-i", nic, "-d", cidr, "-j", REDIRECT, at=1, v4=v4, v6=not v4)
         r.add("nat", OUTPUT, "-d", cidr, "-j", REDIRECT, v4=v4, v6=not v4)
 
 
 def _tproxy_marks(r: _Collector, cfg, loopback: _Family) -> None:
     mark = cfg.inbound_tproxy_mark
     # Keep the mark set by Envoy's original_src filter on the connection.
-    r.add("mangle", "PREROUTING", "-p", "tcp", "-m", "mark", "--mark", mark,
-          "-j", "CONNMARK", "--save-mark")
-    r.add("mangle", "OUTPUT", "-p", "tcp", "-o", "lo", "-m", "mark", "--mark", mark,
-          "-j", "RETURN")
+    r.add("mangle", "PREROUTING", "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "CONNMARK", "--save-mark")
+    r.add("mangle", "OUTPUT", "-p", "tcp", "-o", "lo", "-m", "mark", "--mark", mark, "-j", "RETURN")
     for kind, ids in (("--uid-owner", cfg.proxy_uids), ("--gid-owner", cfg.proxy_gids)):
         for ident in ids:
             # proxy (outbound) -> app via pod IP over lo: mark so inbound capture skips it.
-            r.add_versioned("mangle", "OUTPUT", "!", "-d", loopback, "-p", "tcp", "-o", "lo",
-                  "-m", "owner", kind, ident, "-j", "MARK", "--set-mark", OUTBOUND_MARK)
-    r.add("mangle", "OUTPUT", "-p", "tcp", "-m", "connmark", "--mark", mark,
-          "-j", "CONNMARK", "--restore-mark")
+            r.add_versioned(
+                "mangle",
+                "OUTPUT",
+                "!",
+                "-d",
+                loopback,
+                "-p",
+                "tcp",
+                "-o",
+                "lo",
+                "-m",
+                "owner",
+                kind,
+                ident,
+                "-j",
+                "MARK",
+                "--set-mark",
+                OUTBOUND_MARK,
+            )
+    r.add("mangle", "OUTPUT", "-p", "tcp", "-m", "connmark", "--mark", mark, "-j", "CONNMARK", "--restore-mark")
     r.add("mangle", INBOUND, "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "RETURN", at=1)
-    r.add("mangle", INBOUND, "-p", "tcp", "-s", PASSTHROUGH_V4, "-i", "lo", "-j", "RETURN",
-          at=2, v6=False)
-    r.add("mangle", INBOUND, "-p", "tcp", "-s", PASSTHROUGH_V6, "-i", "lo", "-j", "RETURN",
-          at=2, v4=False)
-    r.add("mangle", INBOUND, "-p", "tcp", "-i", "lo", "-m", "mark", "!", "--mark",
-          OUTBOUND_MARK, "-j", "RETURN", at=3)
+    r.add("mangle", INBOUND, "-p", "tcp", "-s", PASSTHROUGH_V4, "-i", "lo", "-j", "RETURN", at=2, v6=False)
+    r.add("mangle", INBOUND, "-p", "tcp", "-s", PASSTHROUGH_V6, "-i", "lo", "-j", "RETURN", at=2, v4=False)
+    r.add("mangle", INBOUND, "-p", "tcp", "-i", "lo", "-m", "mark", "!", "--mark", OUTBOUND_MARK, "-j", "RETURN", at=3)
 
 
 def _split_families(cidrs: tuple) -> tuple:
@@ -299,16 +446,14 @@ def _collect(cfg) -> _Collector:
         r.add("mangle", DROP, "-j", "DROP")
     r.add("nat", INBOUND, "-p", "tcp", "--dport", cfg.inbound_tunnel_port, "-j", "RETURN")
     r.add("nat", REDIRECT, "-p", "tcp", "-j", "REDIRECT", "--to-ports", cfg.proxy_port)
-    r.add("nat", IN_REDIRECT, "-p", "tcp", "-j", "REDIRECT", "--to-ports",
-          cfg.inbound_capture_port)
+    r.add("nat", IN_REDIRECT, "-p", "tcp", "-j", "REDIRECT", "--to-ports", cfg.inbound_capture_port)
     _inbound(r, cfg, loopback)
     r.add("nat", "OUTPUT", "-j", OUTPUT)
     for port in cfg.outbound_ports_exclude:
         r.add("nat", OUTPUT, "-p", "tcp", "--dport", port, "-j", "RETURN")
         r.add("nat", OUTPUT, "-p", "udp", "--dport", port, "-j", "RETURN")
     # Inbound passthrough traffic is sent from 127.0.0.6 (::6) and must not loop.
-    r.add_versioned("nat", OUTPUT, "-o", "lo", "-s", _Family(PASSTHROUGH_V4, PASSTHROUGH_V6),
-          "-j", "RETURN")
+    r.add_versioned("nat", OUTPUT, "-o", "lo", "-s", _Family(PASSTHROUGH_V4, PASSTHROUGH_V6), "-j", "RETURN")
     _proxy_owner(r, cfg, loopback, dns, keep_lo)
     _owner_groups(r, cfg)
     if dns:
@@ -361,8 +506,7 @@ def _nft_tables(cfg) -> tuple:
 def build_xtables(cfg) -> RuleSet:
     """The x_tables view only (v4, v6, routes), without the native-nftables rendering."""
     r = _collect(cfg)
-    return RuleSet(v4=_tables(r.v4), v6=_tables(r.v6), routes=policy_routes(cfg),
-                   lo_addresses=lo_addresses(cfg))
+    return RuleSet(v4=_tables(r.v4), v6=_tables(r.v6), routes=policy_routes(cfg), lo_addresses=lo_addresses(cfg))
 
 
 def build(cfg) -> RuleSet:

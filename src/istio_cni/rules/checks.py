@@ -107,9 +107,7 @@ def parse_interfaces(field: str, value: object) -> tuple:
     for name in items:
         # Kernel rules (dev_valid_name): at most 15 bytes, no '/', ':' or whitespace.
         # iptables adds the trailing '+' wildcard, which is allowed here.
-        bad = len(name.encode()) > 15 or name in (".", "..") or any(
-            c in "/:" or c.isspace() for c in name
-        )
+        bad = len(name.encode()) > 15 or name in (".", "..") or any(c in "/:" or c.isspace() for c in name)
         if bad:
             raise ConfigError(field, value, f"{name!r} is not a valid interface name")
     return items
@@ -228,6 +226,7 @@ def parse_mode(field: str, value: object) -> str:
 # items, a CIDR without a prefix or with a zero-padded one, an interface name outside
 # ``^[a-zA-Z][a-zA-Z0-9_.-]*$`` are refused there. ``istio_cni.redirect``'s registry names one
 # of these per annotation; its result then goes through the field checks as any other value.
+
 
 class AnnotationSyntaxError(ValueError):
     """An annotation value upstream's parser refuses; the reader (``istio_cni.redirect``) attaches

@@ -48,16 +48,15 @@ def _normalise(cfg: RedirectConfig) -> dict:
         "inbound_tunnel_port": parse_port("inbound_tunnel_port", get("inbound_tunnel_port")),
         "proxy_uids": parse_ids("proxy_uids", get("proxy_uids")),
         "interception_mode": parse_mode("interception_mode", get("interception_mode")),
-        "inbound_tproxy_mark": parse_number(
-            "inbound_tproxy_mark", get("inbound_tproxy_mark"), 0, 4294967295, "mark"
-        ),
+        "inbound_tproxy_mark": parse_number("inbound_tproxy_mark", get("inbound_tproxy_mark"), 0, 4294967295, "mark"),
         "inbound_tproxy_route_table": parse_number(
-            "inbound_tproxy_route_table", get("inbound_tproxy_route_table"),
-            1, 4294967295, "route table id",
+            "inbound_tproxy_route_table",
+            get("inbound_tproxy_route_table"),
+            1,
+            4294967295,
+            "route table id",
         ),
-        "inbound_ports_include": parse_ports(
-            "inbound_ports_include", get("inbound_ports_include"), wildcard=True
-        ),
+        "inbound_ports_include": parse_ports("inbound_ports_include", get("inbound_ports_include"), wildcard=True),
         "inbound_ports_exclude": parse_ports("inbound_ports_exclude", get("inbound_ports_exclude")),
         "outbound_ip_ranges_include": parse_cidrs(
             "outbound_ip_ranges_include", get("outbound_ip_ranges_include"), wildcard=True
@@ -68,20 +67,12 @@ def _normalise(cfg: RedirectConfig) -> dict:
         "outbound_ports_include": parse_ports("outbound_ports_include", get("outbound_ports_include")),
         "outbound_ports_exclude": parse_ports("outbound_ports_exclude", get("outbound_ports_exclude")),
         "exclude_interfaces": parse_interfaces("exclude_interfaces", get("exclude_interfaces")),
-        "reroute_virtual_interfaces": parse_interfaces(
-            "reroute_virtual_interfaces", get("reroute_virtual_interfaces")
-        ),
+        "reroute_virtual_interfaces": parse_interfaces("reroute_virtual_interfaces", get("reroute_virtual_interfaces")),
         "dns_servers_v4": parse_addresses("dns_servers_v4", get("dns_servers_v4"), 4),
         "dns_servers_v6": parse_addresses("dns_servers_v6", get("dns_servers_v6"), 6),
-        "owner_groups_include": parse_owner_groups(
-            "owner_groups_include", get("owner_groups_include"), wildcard=True
-        ),
-        "owner_groups_exclude": parse_owner_groups(
-            "owner_groups_exclude", get("owner_groups_exclude"), wildcard=False
-        ),
-        "host_ipv4_loopback_cidr": parse_loopback_cidr(
-            "host_ipv4_loopback_cidr", get("host_ipv4_loopback_cidr")
-        ),
+        "owner_groups_include": parse_owner_groups("owner_groups_include", get("owner_groups_include"), wildcard=True),
+        "owner_groups_exclude": parse_owner_groups("owner_groups_exclude", get("owner_groups_exclude"), wildcard=False),
+        "host_ipv4_loopback_cidr": parse_loopback_cidr("host_ipv4_loopback_cidr", get("host_ipv4_loopback_cidr")),
     }
     gids = get("proxy_gids")
     out["proxy_gids"] = out["proxy_uids"] if gids is None else parse_ids("proxy_gids", gids)
@@ -92,12 +83,11 @@ def _normalise(cfg: RedirectConfig) -> dict:
     if exclude and include != WILDCARD:
         # Upstream silently ignores the exclude list unless include is '*'; a config that
         # asks for both is a mistake worth naming.
-        raise ConfigError(
-            "owner_groups_exclude", exclude, "only allowed when owner_groups_include is '*'"
-        )
+        raise ConfigError("owner_groups_exclude", exclude, "only allowed when owner_groups_include is '*'")
     if include != WILDCARD and len(include) > MAX_OWNER_GROUPS_INCLUDE:
         raise ConfigError(
-            "owner_groups_include", include,
+            "owner_groups_include",
+            include,
             f"at most {MAX_OWNER_GROUPS_INCLUDE} groups (one iptables match each)",
         )
     return out
@@ -107,32 +97,32 @@ class RedirectConfig(Value):
     """The redirect for one pod. Defaults are upstream ``istio-iptables``' defaults."""
 
     __slots__ = (
-        "proxy_port",                  # str, outbound capture target (-p)
-        "inbound_capture_port",        # str, inbound capture target (-z)
-        "inbound_tunnel_port",         # str, HBONE port, never captured (-e)
-        "proxy_uids",                  # tuple[str, ...] (-u)
-        "proxy_gids",                  # tuple[str, ...] | None = same as uids (-g)
-        "interception_mode",           # "REDIRECT" | "TPROXY" (-m)
-        "inbound_tproxy_mark",         # str (-t)
+        "proxy_port",  # str, outbound capture target (-p)
+        "inbound_capture_port",  # str, inbound capture target (-z)
+        "inbound_tunnel_port",  # str, HBONE port, never captured (-e)
+        "proxy_uids",  # tuple[str, ...] (-u)
+        "proxy_gids",  # tuple[str, ...] | None = same as uids (-g)
+        "interception_mode",  # "REDIRECT" | "TPROXY" (-m)
+        "inbound_tproxy_mark",  # str (-t)
         "inbound_tproxy_route_table",  # str (-r)
-        "inbound_ports_include",       # tuple[str, ...]; ("*",) = all (-b)
-        "inbound_ports_exclude",       # tuple[str, ...]; used with ("*",) (-d)
+        "inbound_ports_include",  # tuple[str, ...]; ("*",) = all (-b)
+        "inbound_ports_exclude",  # tuple[str, ...]; used with ("*",) (-d)
         "outbound_ip_ranges_include",  # tuple[str, ...]; ("*",) = all (-i)
         "outbound_ip_ranges_exclude",  # tuple[str, ...] (-x)
-        "outbound_ports_include",      # tuple[str, ...] (-q)
-        "outbound_ports_exclude",      # tuple[str, ...] (-o)
-        "exclude_interfaces",          # tuple[str, ...] (-c)
+        "outbound_ports_include",  # tuple[str, ...] (-q)
+        "outbound_ports_exclude",  # tuple[str, ...] (-o)
+        "exclude_interfaces",  # tuple[str, ...] (-c)
         "reroute_virtual_interfaces",  # tuple[str, ...]; KubeVirt (-k)
-        "redirect_dns",                # bool (--redirect-dns)
-        "capture_all_dns",             # bool (--capture-all-dns)
-        "dns_servers_v4",              # tuple[str, ...]; from resolv.conf upstream
-        "dns_servers_v6",              # tuple[str, ...]
-        "drop_invalid",                # bool (--drop-invalid)
-        "owner_groups_include",        # tuple[str, ...]; ("*",) = all
-        "owner_groups_exclude",        # tuple[str, ...]; only with include ("*",)
-        "host_ipv4_loopback_cidr",     # str
-        "enable_ipv6",                 # bool: also program ip6tables
-        "dual_stack",                  # bool (--dual-stack)
+        "redirect_dns",  # bool (--redirect-dns)
+        "capture_all_dns",  # bool (--capture-all-dns)
+        "dns_servers_v4",  # tuple[str, ...]; from resolv.conf upstream
+        "dns_servers_v6",  # tuple[str, ...]
+        "drop_invalid",  # bool (--drop-invalid)
+        "owner_groups_include",  # tuple[str, ...]; ("*",) = all
+        "owner_groups_exclude",  # tuple[str, ...]; only with include ("*",)
+        "host_ipv4_loopback_cidr",  # str
+        "enable_ipv6",  # bool: also program ip6tables
+        "dual_stack",  # bool (--dual-stack)
     )
     _defaults = {
         "proxy_port": "15001",
@@ -177,6 +167,4 @@ class RedirectConfig(Value):
     def dns_capture_active(self) -> bool:
         """Upstream turns DNS capture off (with a warning) when it knows no DNS server and
         is not told to capture all port-53 traffic."""
-        return self.redirect_dns and (
-            self.capture_all_dns or bool(self.dns_servers_v4 or self.dns_servers_v6)
-        )
+        return self.redirect_dns and (self.capture_all_dns or bool(self.dns_servers_v4 or self.dns_servers_v6))

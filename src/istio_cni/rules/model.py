@@ -27,8 +27,8 @@ class Rule(Value):
     # chain: str
     # spec: tuple[str, ...]
     # insert_at: int | None = None  -- 1-based position as in ``iptables -I``; None appends
-    __slots__ = ('chain', 'spec', 'insert_at')
-    _defaults = {'insert_at': None}
+    __slots__ = ("chain", "spec", "insert_at")
+    _defaults = {"insert_at": None}
 
     def render(self) -> str:
         head = f"-A {self.chain}" if self.insert_at is None else f"-I {self.chain} {self.insert_at}"
@@ -45,7 +45,7 @@ class Table(Value):
     # name: str  -- "nat" | "mangle" | "raw" | "filter"
     # chains: tuple[str, ...]
     # rules: tuple[Rule, ...]
-    __slots__ = ('name', 'chains', 'rules')
+    __slots__ = ("name", "chains", "rules")
 
     def render(self) -> str:
         """The ``iptables-restore`` payload for this table (``* name`` ... ``COMMIT``)."""
@@ -63,7 +63,7 @@ class PolicyRoute(Value):
     # family: int  -- 4 or 6
     # fwmark: int
     # table: int
-    __slots__ = ('family', 'fwmark', 'table')
+    __slots__ = ("family", "fwmark", "table")
 
 
 class NftChain(Value):
@@ -73,8 +73,8 @@ class NftChain(Value):
     # type: str | None = None  -- "nat" | "filter" | "route"
     # hook: str | None = None  -- "prerouting" | "output" | ...
     # priority: int | None = None
-    __slots__ = ('name', 'type', 'hook', 'priority')
-    _defaults = {'type': None, 'hook': None, 'priority': None}
+    __slots__ = ("name", "type", "hook", "priority")
+    _defaults = {"type": None, "hook": None, "priority": None}
 
 
 class NftTable(Value):
@@ -87,7 +87,7 @@ class NftTable(Value):
     # name: str  -- e.g. "istio-proxy-nat"
     # chains: tuple[NftChain, ...]
     # statements: tuple[str, ...]
-    __slots__ = ('name', 'chains', 'statements')
+    __slots__ = ("name", "chains", "statements")
 
     def render(self) -> str:
         lines = [f"add table inet {self.name}", f"flush table inet {self.name}"]
@@ -96,8 +96,7 @@ class NftTable(Value):
                 lines.append(f"add chain inet {self.name} {c.name}")
             else:
                 lines.append(
-                    f"add chain inet {self.name} {c.name} "
-                    f"{{ type {c.type} hook {c.hook} priority {c.priority} ; }}"
+                    f"add chain inet {self.name} {c.name} {{ type {c.type} hook {c.hook} priority {c.priority} ; }}"
                 )
         lines += self.statements
         return "\n".join(lines) + "\n"
@@ -111,8 +110,8 @@ class RuleSet(Value):
     # routes: tuple[PolicyRoute, ...] = ()
     # nft: tuple[NftTable, ...] = ()
     # lo_addresses: tuple[str, ...] = ()  -- "address/prefix" strings added to lo
-    __slots__ = ('v4', 'v6', 'routes', 'nft', 'lo_addresses')
-    _defaults = {'v4': (), 'v6': (), 'routes': (), 'nft': (), 'lo_addresses': ()}
+    __slots__ = ("v4", "v6", "routes", "nft", "lo_addresses")
+    _defaults = {"v4": (), "v6": (), "routes": (), "nft": (), "lo_addresses": ()}
 
     def restore_text(self, family: int = 4) -> str:
         """The ``iptables-restore`` (family 4) or ``ip6tables-restore`` (6) payload."""

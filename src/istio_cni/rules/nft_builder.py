@@ -43,18 +43,25 @@ _CHAINS = {
     NAT: (
         NftChain(PREROUTING, "nat", "prerouting", -100),
         NftChain(OUTPUT, "nat", "output", -100),
-        NftChain(INBOUND), NftChain(REDIRECT), NftChain(IN_REDIRECT),
-        NftChain(OUTPUT_CHAIN), NftChain(OUTPUT_DNS),
+        NftChain(INBOUND),
+        NftChain(REDIRECT),
+        NftChain(IN_REDIRECT),
+        NftChain(OUTPUT_CHAIN),
+        NftChain(OUTPUT_DNS),
     ),
     MANGLE: (
         NftChain(PREROUTING, "filter", "prerouting", -150),
         NftChain(OUTPUT, "route", "output", -150),
-        NftChain(DIVERT), NftChain(TPROXY), NftChain(INBOUND), NftChain(DROP),
+        NftChain(DIVERT),
+        NftChain(TPROXY),
+        NftChain(INBOUND),
+        NftChain(DROP),
     ),
     RAW: (
         NftChain(PREROUTING, "filter", "prerouting", -300),
         NftChain(OUTPUT, "filter", "output", -300),
-        NftChain(INBOUND), NftChain(OUTPUT_DNS),
+        NftChain(INBOUND),
+        NftChain(OUTPUT_DNS),
     ),
 }
 
@@ -116,9 +123,7 @@ def build_nft(cfg) -> tuple:
     """The ``inet`` tables for ``cfg`` (a ``RedirectConfig``), in upstream's order."""
     r = _Collector(cfg.enable_ipv6)
     include_all = cfg.outbound_ip_ranges_include == ("*",)
-    include_v4, include_v6 = ((), ()) if include_all else _split_families(
-        cfg.outbound_ip_ranges_include
-    )
+    include_v4, include_v6 = ((), ()) if include_all else _split_families(cfg.outbound_ip_ranges_include)
     exclude_v4, exclude_v6 = _split_families(cfg.outbound_ip_ranges_exclude)
     dns = cfg.dns_capture_active
     keep_lo_returns = not (_has_loopback(include_v4) or _has_loopback(include_v6))
@@ -180,10 +185,18 @@ def _inbound(r: _Collector, cfg) -> None:
         mark, capture = cfg.inbound_tproxy_mark, cfg.inbound_capture_port
         r.add(MANGLE, DIVERT, "", f"meta mark set {mark}")
         r.add(MANGLE, DIVERT, "", "accept")
-        r.add(MANGLE, TPROXY, f"meta l4proto tcp ip daddr != {cfg.host_ipv4_loopback_cidr} "
-              f"tproxy ip to :{capture} meta mark set {mark}", "accept")
-        r.add6(MANGLE, TPROXY, f"meta l4proto tcp ip6 daddr != {LOOPBACK_V6} "
-               f"tproxy ip6 to :{capture} meta mark set {mark}", "accept")
+        r.add(
+            MANGLE,
+            TPROXY,
+            f"meta l4proto tcp ip daddr != {cfg.host_ipv4_loopback_cidr} tproxy ip to :{capture} meta mark set {mark}",
+            "accept",
+        )
+        r.add6(
+            MANGLE,
+            TPROXY,
+            f"meta l4proto tcp ip6 daddr != {LOOPBACK_V6} tproxy ip6 to :{capture} meta mark set {mark}",
+            "accept",
+        )
         table = MANGLE
     else:
         table = NAT
@@ -199,24 +212,32 @@ def _inbound(r: _Collector, cfg) -> None:
         return
     for port in ports:
         if cfg.tproxy:
-            r.add(MANGLE, INBOUND, f"meta l4proto tcp ct state related,established tcp dport {port}",
-                  f"jump {DIVERT}")
+            r.add(MANGLE, INBOUND, f"meta l4proto tcp ct state related,established tcp dport {port}", f"jump {DIVERT}")
             r.add(MANGLE, INBOUND, f"meta l4proto tcp tcp dport {port}", f"jump {TPROXY}")
         else:
             r.add(NAT, INBOUND, f"meta l4proto tcp tcp dport {port}", f"jump {IN_REDIRECT}")
 
 
-def _proxy_owner(r: _Collector, cfg, owner: str, not_owner: str, skip_dns_hairpin: bool,
-                 dns: bool, keep_lo_returns: bool) -> None:
+def _proxy_owner(
+    r: _Collector, cfg, owner: str, not_owner: str, skip_dns_hairpin: bool, dns: bool, keep_lo_returns: bool
+) -> None:
     """The three per-uid (per-gid) rules: hairpin via the service VIP goes to the inbound
     listener, app-to-itself over lo is left alone, everything else the proxy sends RETURNs
     (loop prevention, protocol-agnostic)."""
     tunnel = cfg.inbound_tunnel_port
     ports = f"{{ 53, {tunnel} }}" if skip_dns_hairpin else tunnel
-    r.add(NAT, OUTPUT_CHAIN, f"oifname lo meta l4proto tcp ip daddr != {cfg.host_ipv4_loopback_cidr} "
-          f"tcp dport != {ports} {owner}", f"jump {IN_REDIRECT}")
-    r.add6(NAT, OUTPUT_CHAIN, f"oifname lo meta l4proto tcp ip6 daddr != {LOOPBACK_V6} "
-           f"tcp dport != {ports} {owner}", f"jump {IN_REDIRECT}")
+    r.add(
+        NAT,
+        OUTPUT_CHAIN,
+        f"oifname lo meta l4proto tcp ip daddr != {cfg.host_ipv4_loopback_cidr} tcp dport != {ports} {owner}",
+        f"jump {IN_REDIRECT}",
+    )
+    r.add6(
+        NAT,
+        OUTPUT_CHAIN,
+        f"oifname lo meta l4proto tcp ip6 daddr != {LOOPBACK_V6} tcp dport != {ports} {owner}",
+        f"jump {IN_REDIRECT}",
+    )
     if keep_lo_returns:
         if dns:
             # TCP to a DNS server on localhost must still reach the DNS redirect below.
@@ -292,13 +313,20 @@ def _tproxy_marks(r: _Collector, cfg) -> None:
     r.add(MANGLE, PREROUTING, f"meta l4proto tcp mark {mark}", "ct mark set mark")
     r.add(MANGLE, OUTPUT, f"oifname lo meta l4proto tcp mark {mark}", "return")
     for owner in [f"skuid {u}" for u in cfg.proxy_uids] + [f"skgid {g}" for g in cfg.proxy_gids]:
-        r.add(MANGLE, OUTPUT, f"oifname lo meta l4proto tcp ip daddr != {loopback} {owner}",
-              f"meta mark set {OUTBOUND_MARK}")
-        r.add6(MANGLE, OUTPUT, f"oifname lo meta l4proto tcp ip6 daddr != {LOOPBACK_V6} {owner}",
-               f"meta mark set {OUTBOUND_MARK}")
+        r.add(
+            MANGLE,
+            OUTPUT,
+            f"oifname lo meta l4proto tcp ip daddr != {loopback} {owner}",
+            f"meta mark set {OUTBOUND_MARK}",
+        )
+        r.add6(
+            MANGLE,
+            OUTPUT,
+            f"oifname lo meta l4proto tcp ip6 daddr != {LOOPBACK_V6} {owner}",
+            f"meta mark set {OUTBOUND_MARK}",
+        )
     r.add(MANGLE, OUTPUT, f"meta l4proto tcp ct mark {mark}", "meta mark set ct mark")
     r.add(MANGLE, INBOUND, f"meta l4proto tcp mark {mark}", "return", index=0)
     r.add(MANGLE, INBOUND, f"iifname lo meta l4proto tcp ip saddr {PASSTHROUGH_V4}", "return", index=1)
-    r.add6(MANGLE, INBOUND, f"iifname lo meta l4proto tcp ip6 saddr {PASSTHROUGH_V6}", "return",
-           index=1)
+    r.add6(MANGLE, INBOUND, f"iifname lo meta l4proto tcp ip6 saddr {PASSTHROUGH_V6}", "return", index=1)
     r.add(MANGLE, INBOUND, f"iifname lo meta l4proto tcp mark != {OUTBOUND_MARK}", "return", index=2)
