@@ -36,9 +36,12 @@ POD_GATEWAY = "203.0.113.1"
 REF_CNI = Path("/usr/lib/cni")
 NODE_READY_TIMEOUT = 120.0
 IMPORT_TIMEOUT = 600.0
-# node-lifecycle-controller lifts the `node.kubernetes.io/not-ready` taint kubelet registers with.
+# node-lifecycle-controller lifts the `node.kubernetes.io/not-ready` taint kubelet registers with;
+# replicaset-controller and job-controller own the pods the repair tests break (delete mode
+# relies on the owner recreating the pod; a Job's pod is the restartPolicy Never case).
 CONTROLLERS = ("serviceaccount-controller,daemonset-controller,garbage-collector-controller,namespace-controller,"
-               "root-ca-certificate-publisher-controller,node-lifecycle-controller")
+               "root-ca-certificate-publisher-controller,node-lifecycle-controller,replicaset-controller,"
+               "job-controller")
 
 
 class NodeError(RuntimeError):
