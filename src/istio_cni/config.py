@@ -30,7 +30,7 @@ SELF_POD_PREFIX = "istio-cni-node-"
 
 
 class PluginConf(Value):
-    """The plugin's typed configuration (raw netconf kept for prevResult handling)."""
+    """The plugin's typed configuration (the netconf's keys this plugin reads)."""
 
     __slots__ = (
         "cni_version",
@@ -47,7 +47,6 @@ class PluginConf(Value):
         "agent_socket",
         "node_name",
         "k8s_api_root",
-        "raw",
     )
 
 
@@ -179,7 +178,6 @@ def parse_conf(conf: dict) -> PluginConf:
         agent_socket=f"{run_dir}/{AGENT_SOCKET_NAME}" if run_dir else "",
         node_name=_get(k8s, "node_name", str, "", "kubernetes."),
         k8s_api_root=_get(k8s, "k8s_api_root", str, "", "kubernetes."),
-        raw=conf,
     )
 
 

@@ -160,11 +160,15 @@ def _client(conf) -> Client:
         raise errors.KubernetesLookupError("cannot load TLS material from the kubeconfig", str(e)) from None
 
 
-def get_pod(conf, namespace: str, name: str, sleep=time.sleep, client=None) -> dict:
-    """GET the pod, retrying as the module docstring describes. Never logs the token."""
+def get_pod(conf, namespace: str, name: str, sleep=time.sleep, client=None, ref_checked: bool = False) -> dict:
+    """GET the pod, retrying as the module docstring describes. Never logs the token.
+
+    ``ref_checked``: the caller already ran ``check_pod_ref`` on this reference (the ADD
+    does, once, before it tries the agent)."""
     from .transport import HTTPError
 
-    check_pod_ref(namespace, name)
+    if not ref_checked:
+        check_pod_ref(namespace, name)
     path = pod_path(namespace, name)
     if client is None:
         client = _client(conf)

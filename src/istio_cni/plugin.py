@@ -53,35 +53,34 @@ def _pass_through_reason(conf, k8s) -> str:
     return ""
 
 
-def plan(conf, k8s, netconf: dict, get_pod=None, addresses=None):
+def plan(conf, k8s, addresses, get_pod=None):
     """Look the pod up and decide: returns (RuleSet | None, reason). Shared by ADD/CHECK
     and the node agent (which passes its cache-backed ``get_pod``).
 
     ``addresses()`` returns the pod netns' own addresses (``netfilter.routes.
     netns_addresses``); it is called only for a pod that redirects, and decides IPv6 as
-    upstream does. Callers without a netns (the repair controller) leave it None: then the
-    addresses of ``prevResult`` stand in (the decision depends only on which families have
-    a usable address, not on their order)."""
-    from .decide import REDIRECT, decide
-
+    upstream does. The default ``get_pod`` is the API lookup (``k8s.get_pod``)."""
     if get_pod is None:
         from .k8s import get_pod as k8s_get_pod
 
         def get_pod(ns, name):
             return k8s_get_pod(conf, ns, name)
 
-    pod = get_pod(k8s.pod_namespace, k8s.pod_name)
+    return plan_pod(get_pod(k8s.pod_namespace, k8s.pod_name), addresses)
+
+
+def plan_pod(pod: dict, addresses):
+    """``plan`` for a pod already in hand (the repair controller has it from its cache):
+    the decision ladder, then the rules; ``addresses`` as in ``plan``."""
+    from .decide import REDIRECT, decide
+
     verdict = decide(pod)
     if verdict is not REDIRECT:
         return None, verdict.reason
     from .redirect import redirect_from_pod
     from .rules.builder import build
 
-    if addresses is None:
-        found = [str(ip.get("address", "")) for ip in prev_result(netconf).get("ips") or []]
-    else:
-        found = addresses()
-    return build(redirect_from_pod(pod, addresses=found)), "sidecar injected"
+    return build(redirect_from_pod(pod, addresses=addresses())), "sidecar injected"
 
 
 def _netns_addresses(netns: str):
@@ -104,16 +103,22 @@ def cmd_add(args) -> dict:
     if reason:
         log.info("skipping pod", reason=reason)
         return result
+    from .k8s import check_pod_ref, get_pod
+
+    # Once, before any request (the agent's included): a name the API cannot hold is code 7.
+    check_pod_ref(k8s.pod_namespace, k8s.pod_name)
     if conf.agent_socket:
         from .agent_client import try_agent
-        from .k8s import check_pod_ref
 
-        # Before any request, the agent's included: a name the API cannot hold is code 7.
-        check_pod_ref(k8s.pod_namespace, k8s.pod_name)
         answer = try_agent(conf, args, result)  # None: agent absent/slow/garbled -> direct path
         if answer is not None:
             return answer
-    ruleset, reason = plan(conf, k8s, args.netconf, addresses=_netns_addresses(args.netns))
+    ruleset, reason = plan(
+        conf,
+        k8s,
+        _netns_addresses(args.netns),
+        get_pod=lambda ns, name: get_pod(conf, ns, name, ref_checked=True),
+    )
     if ruleset is None:
         log.info("skipping pod", reason=reason)
         return result
@@ -128,7 +133,7 @@ def cmd_check(args) -> None:
     conf, k8s = _setup(args)
     if _pass_through_reason(conf, k8s):
         return None
-    ruleset, reason = plan(conf, k8s, args.netconf, addresses=_netns_addresses(args.netns))
+    ruleset, reason = plan(conf, k8s, _netns_addresses(args.netns))
     if ruleset is None:
         return None
     from . import netfilter

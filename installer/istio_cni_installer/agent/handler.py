@@ -41,8 +41,8 @@ def _default_apply(netns: str, ruleset, preferred: str) -> str:
     return netfilter.apply(netns, ruleset, preferred=preferred)
 
 
-def _default_plan(conf, k8s, netconf, get_pod, addresses=None):
-    return plan(conf, k8s, netconf, get_pod=get_pod, addresses=addresses)
+def _default_plan(conf, k8s, get_pod, addresses):
+    return plan(conf, k8s, addresses, get_pod=get_pod)
 
 
 def warm_up() -> None:
@@ -143,9 +143,7 @@ class Handler:
             budget_end = min(budget_end, started + (expires - time.time()) - DEADLINE_MARGIN)
         if budget_end <= time.monotonic():
             raise Fallback("request expired while queued in the agent (plugin has given up)")
-        ruleset, reason = self.plan(
-            conf, k8s, netconf, self.pod_getter(budget_end, k8s.pod_uid), self._addresses(req["netns"])
-        )
+        ruleset, reason = self.plan(conf, k8s, self.pod_getter(budget_end, k8s.pod_uid), self._addresses(req["netns"]))
         result = prev_result(netconf)
         if ruleset is None:
             log.info("skipping pod", pod=pod, reason=reason, via="agent")

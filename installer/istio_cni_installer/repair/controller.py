@@ -27,9 +27,8 @@ import threading
 from datetime import datetime, timezone
 
 from istio_cni import netfilter
-from istio_cni.config import K8sArgs, parse_conf
 from istio_cni.log import log
-from istio_cni.plugin import plan
+from istio_cni.plugin import plan_pod
 
 from ..kube.podcache import PodCache
 from .detect import RepairSettings, name_of, pod_ips, uid_of, validation_failure
@@ -42,29 +41,13 @@ class RepairError(Exception):
     """An action could not be carried out (message says why); retried, then reported."""
 
 
-def _netconf_for(pod: dict, backend: str) -> dict:
-    # The plugin widens to IPv6 when prevResult holds a v6 address; give it the pod's IPs.
-    ips = [{"address": f"{ip}/{128 if ':' in ip else 32}"} for ip in pod_ips(pod)]
-    return {
-        "cniVersion": "1.0.0",
-        "name": "istio-cni-repair",
-        "type": "istio-cni",
-        "netfilter_backend": backend,
-        "prevResult": {"cniVersion": "1.0.0", "ips": ips},
-    }
-
-
 def _default_plan(pod: dict, settings: RepairSettings):
-    """(RuleSet | None, reason) for ``pod`` through the plugin's own decision and rule code."""
-    netconf = _netconf_for(pod, settings.netfilter_backend)
-    meta = pod.get("metadata") or {}
-    k8s = K8sArgs(
-        pod_namespace=meta.get("namespace", ""),
-        pod_name=meta.get("name", ""),
-        infra_container_id="",
-        pod_uid=meta.get("uid", ""),
-    )
-    return plan(parse_conf(netconf), k8s, netconf, get_pod=lambda ns, name: pod)
+    """(RuleSet | None, reason) for ``pod`` through the plugin's own decision and rule code.
+
+    Without a netns at hand, the pod's IPs stand in for the netns addresses that decide
+    IPv6 (only which families have a usable address matters). ``settings`` is there for
+    planners that need it; this one does not."""
+    return plan_pod(pod, lambda: pod_ips(pod))
 
 
 def pod_cache_for(api_client, settings: RepairSettings, **kw):
