@@ -1,7 +1,7 @@
 """Extension and package-layout configuration; metadata lives in pyproject.toml.
 
-Both compiled modules are mandatory: a build that cannot compile ``_fastpath`` or the
-cffi module fails, it never falls back to pure Python silently.
+The compiled modules are mandatory: a build that cannot compile ``_fastpath`` or a
+cffi module (``_nf``, ``_nft``) fails, it never falls back to pure Python silently.
 
 Two import packages ship in one distribution: ``istio_cni`` (``src/``, the plugin, kept
 lean) and ``istio_cni_installer`` (``installer/``, the node program).
@@ -21,5 +21,6 @@ setup(
         [Extension("istio_cni._fastpath", ["src/istio_cni/_fastpath.pyx"])],
         language_level=3,
     ),
-    cffi_modules=["src/istio_cni/_nf.cffi.py:ffibuilder"],
+    # _nf: libiptc + the rule encoder; _nft: libnftables, loaded only by the nft backend.
+    cffi_modules=["src/istio_cni/_nf.cffi.py:ffibuilder", "src/istio_cni/_nft.cffi.py:ffibuilder"],
 )

@@ -21,8 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     log.set_level(settings.log_level)
 
     try:
-        app = App(settings)
-        app.extra = node_services(settings, app.metrics)
+        app = App(settings, service_factories=[node_services])
         return app.run_until_signal()
     except (OSError, ValueError) as e:
         log.error("cannot start", error=str(e))

@@ -22,23 +22,22 @@ from .upgrade import ApiClient, decide
 
 
 class App:
-    def __init__(self, settings, extra_services: list | None = None, service_factories: tuple | list = ()) -> None:
+    def __init__(self, settings, service_factories: tuple | list = ()) -> None:
         self.s = settings
         self.metrics = Metrics()
         self.installer = Installer(settings, self.metrics)
-        self.extra = list(extra_services or [])
         self.factories = list(service_factories)
+        self.extra: list = []  # what the factories (and the startup taint) made; built in start()
         self.services: list = []
         self.stopping = threading.Event()
 
     def start(self) -> None:
+        self.extra = [svc for make in self.factories for svc in make(self.s, self.metrics)]
         if self.s.startup_taint_key:
             # Removes this node's startup taint once the installer finds every part in place.
             taint = StartupTaint(self.s, self.installer.installed_now, self.metrics)
             self.installer.ready_listeners.append(taint.kick)
             self.extra.append(taint)
-        for make in self.factories:
-            self.extra.extend(make(self.s, self.metrics))
         self.services = [
             HealthServer(self.metrics, self.s.bind_address, self.s.readiness_port, "readiness"),
             HealthServer(self.metrics, self.s.bind_address, self.s.monitoring_port, "monitoring"),

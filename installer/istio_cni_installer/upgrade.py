@@ -11,13 +11,10 @@ pods started unmeshed are not.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from istio_cni.errors import KubernetesLookupError
 from istio_cni.log import log
 
-from .kube.client import ApiError, KubeClient
+from .kube.client import ApiError, NoCredentials, in_cluster_client
 from .nodematch import mismatch
 
 
@@ -35,20 +32,11 @@ class ApiClient:
 
     @classmethod
     def from_settings(cls, s, timeout: float = 3.0) -> ApiClient | None:
-        sa = Path(s.service_account_dir)
-        if not os.access(sa / "token", os.R_OK) or not s.k8s_service_host:
+        """The installer's own in-cluster identity, or None without one (no token, no host)."""
+        try:
+            return cls(in_cluster_client(s, timeout))
+        except NoCredentials:
             return None
-        return cls(
-            KubeClient.in_cluster(
-                s.k8s_service_host,
-                s.k8s_service_port,
-                str(sa),
-                s.kube_ca_file,
-                s.skip_tls_verify,
-                s.k8s_service_protocol,
-                timeout=timeout,
-            )
-        )
 
     def get(self, path: str) -> tuple[int, dict | None]:
         try:

@@ -14,8 +14,8 @@ def mini_api():
 
 @pytest.fixture
 def api_client(mini_api, tmp_path):
-    from istio_cni_installer.agent import make_api_client
+    from istio_cni_installer.kube.client import KubeClient
 
-    client = make_api_client(mini_api.kubeconfig(tmp_path / "agent-kubeconfig"))
+    client = KubeClient.from_kubeconfig(mini_api.kubeconfig(tmp_path / "agent-kubeconfig"))
     yield client
     client.close()

@@ -8,7 +8,8 @@ from cpsupport import events_for, manifest, set_status, unique
 from nodeharness import rules_in
 from pods import injected_pod, validation_failed
 
-from istio_cni_installer.agent import PodCache, make_api_client
+from istio_cni_installer.agent import PodCache
+from istio_cni_installer.kube.client import KubeClient
 from istio_cni_installer.repair import RepairController, RepairSettings
 
 pytestmark = [pytest.mark.root, pytest.mark.peers]
@@ -20,7 +21,7 @@ def cp_repair(control_plane):
     ns, node = unique("repair"), unique("node")
     control_plane.create_namespace(ns)
     control_plane.api.ensure_service_account(ns, "default")
-    api = make_api_client(str(control_plane.kubeconfig))
+    api = KubeClient.from_kubeconfig(str(control_plane.kubeconfig))
     cache = PodCache(api, node, relist_backoff=0.2).start()
     assert cache.wait_synced(WAIT)
     made = []
@@ -100,7 +101,7 @@ def test_label_and_field_selectors_narrow_the_pods_server_side(control_plane):
     for name in ("wanted-1", "wanted-2", "other-1"):
         control_plane.create_pod(manifest(injected_pod(name), ns, node))
         set_status(control_plane, ns, name, broken_status())
-    api = make_api_client(str(control_plane.kubeconfig))
+    api = KubeClient.from_kubeconfig(str(control_plane.kubeconfig))
     rs = RepairSettings(mode="label", node_name=node, label_selectors="app=wanted",
                         field_selectors="metadata.name!=wanted-2")
     cache = pod_cache_for(api, rs, relist_backoff=0.2).start()

@@ -27,20 +27,8 @@ __all__ = [
     "AgentServer",
     "KubeClient",
     "ApiError",
-    "make_api_client",
     "SOCKET_NAME",
 ]
-
-
-def make_api_client(kubeconfig: str = "") -> KubeClient:
-    """An API client from ``kubeconfig`` or, when empty, the pod's service account."""
-    if kubeconfig:
-        return KubeClient.from_kubeconfig(kubeconfig)
-    return KubeClient.in_cluster(
-        os.environ.get("KUBERNETES_SERVICE_HOST", ""),
-        int(os.environ.get("KUBERNETES_SERVICE_PORT", "443")),
-        "/var/run/secrets/kubernetes.io/serviceaccount",
-    )
 
 
 class NodeAgent:

@@ -14,8 +14,10 @@ import sys
 import threading
 
 from ..health import HealthServer, Metrics
+from ..kube.client import KubeClient, NoCredentials, api_client_from_settings
 from ..repair import RepairController, RepairSettings
-from . import NodeAgent, make_api_client
+from ..settings import SettingError, parse
+from . import NodeAgent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.node_name:
         p.error("--node-name (or KUBERNETES_NODE_NAME) is required")
-    api = make_api_client(a.kubeconfig)
+    if a.kubeconfig:
+        api = KubeClient.from_kubeconfig(a.kubeconfig)
+    else:  # in-cluster: the node program's own settings (service account, KUBERNETES_SERVICE_*)
+        try:
+            api = api_client_from_settings(parse([]))
+        except (SettingError, NoCredentials) as e:
+            p.error(str(e))
     metrics = monitoring = None
     if a.monitoring_port >= 0:
         metrics = Metrics()

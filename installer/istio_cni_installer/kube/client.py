@@ -186,16 +186,34 @@ class KubeClient:
         return self.request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", event)
 
 
-def api_client_from_settings(s):
-    """The node program's API client (agent, repair, startup taint): ``AGENT_KUBECONFIG`` if
-    set, else the service account the installer itself uses (token re-read per request, so
-    rotation needs nothing)."""
-    if getattr(s, "agent_kubeconfig", ""):
-        return KubeClient.from_kubeconfig(s.agent_kubeconfig)
+class NoCredentials(ValueError):
+    """No in-cluster identity to use: no readable service-account token, or no API server address."""
+
+
+def in_cluster_client(s, timeout: float = DEFAULT_TIMEOUT) -> KubeClient:
+    """The installer's own identity from settings ``s``: the projected service account
+    (token re-read per request, so rotation needs nothing) and ``KUBERNETES_SERVICE_*``.
+    Raises ``NoCredentials`` when either is missing."""
     sa = s.service_account_dir.rstrip("/")
     token = f"{sa}/token"
     if not os.access(token, os.R_OK):
-        raise ValueError(f"service-account token {token} not readable")
+        raise NoCredentials(f"service-account token {token} not readable")
+    if not s.k8s_service_host:
+        raise NoCredentials("no API server address (KUBERNETES_SERVICE_HOST)")
     return KubeClient.in_cluster(
-        s.k8s_service_host, s.k8s_service_port, sa, s.kube_ca_file, s.skip_tls_verify, s.k8s_service_protocol
+        s.k8s_service_host,
+        s.k8s_service_port,
+        sa,
+        s.kube_ca_file,
+        s.skip_tls_verify,
+        s.k8s_service_protocol,
+        timeout=timeout,
     )
+
+
+def api_client_from_settings(s):
+    """The node program's API client (agent, repair, startup taint): ``AGENT_KUBECONFIG`` if
+    set, else the service account the installer itself uses (``in_cluster_client``)."""
+    if getattr(s, "agent_kubeconfig", ""):
+        return KubeClient.from_kubeconfig(s.agent_kubeconfig)
+    return in_cluster_client(s)

@@ -75,7 +75,7 @@ class Nft:
     """
 
     def __init__(self) -> None:
-        from .._nf import ffi, lib
+        from .._nft import ffi, lib
 
         self.ffi, self.lib = ffi, lib
         LOCK.acquire()

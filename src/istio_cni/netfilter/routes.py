@@ -59,8 +59,11 @@ def _route_msg(r) -> bytes:
 
 
 class Netlink:
-    def __init__(self) -> None:
-        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    """One netlink socket in the current netns (rtnetlink unless ``protocol`` says otherwise:
+    ``detect.nft_tables`` dumps nf_tables' table list over NETLINK_NETFILTER with it)."""
+
+    def __init__(self, protocol: int = NETLINK_ROUTE) -> None:
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol)
         self.sock.settimeout(2.0)  # the kernel answers at once; never hang an ADD
         self.sock.bind((0, 0))
         self.seq = 0
