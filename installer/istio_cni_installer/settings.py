@@ -13,6 +13,7 @@ import socket
 import textwrap
 
 from istio_cni import backends
+from istio_cni.decide import STATUS_KEY
 from istio_cni.log import log
 from istio_cni.value import Value
 
@@ -538,7 +539,7 @@ SPECS = (
         "repair_sidecar_annotation",
         "--repair-sidecar-annotation",
         _upstream("REPAIR_SIDECAR_ANNOTATION"),
-        "sidecar.istio.io/status",
+        STATUS_KEY,
         _str,
         "only pods with this annotation key are checked (empty: all pods)",
     ),

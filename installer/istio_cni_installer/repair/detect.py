@@ -9,6 +9,7 @@ is no previous termination, so upstream never repairs such pods (istio/istio#492
 
 from __future__ import annotations
 
+from istio_cni.decide import STATUS_KEY
 from istio_cni.value import Value
 
 MODES = ("repair", "label", "delete")
@@ -35,7 +36,7 @@ class RepairSettings(Value):
         "field_selectors",
     )
     _defaults = {
-        "sidecar_annotation": "sidecar.istio.io/status",
+        "sidecar_annotation": STATUS_KEY,
         "init_container_name": "istio-validation",
         "exit_code": 126,
         "termination_message": "",
