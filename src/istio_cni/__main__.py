@@ -36,7 +36,9 @@ def main() -> None:
     except Exception as e:
         sys.exit(_broken_install(e))
 
-    sys.modules[__package__].ONE_SHOT_PROCESS = True  # lets TLS skip encodings.idna (transport._ascii_idna)
+    import istio_cni  # this package, already loaded: costs nothing
+
+    istio_cni.ONE_SHOT_PROCESS = True  # lets TLS skip encodings.idna (transport._ascii_idna)
 
     code = plugin_main(FUNCS)
     if addtiming.agent_socket:  # set by a direct-path ADD that wanted the agent

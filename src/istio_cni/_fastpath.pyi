@@ -5,6 +5,7 @@ library's C engine. The netns exception types are ``istio_cni.errors``' (re-expo
 """
 
 from types import TracebackType
+from typing import Literal
 
 from .errors import NetnsRestoreFailed as NetnsRestoreFailed, NotANetns as NotANetns
 
@@ -24,7 +25,7 @@ class Entered:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool: ...
+    ) -> Literal[False]: ...  # never swallows: a failed restore raises NetnsRestoreFailed
 
 def parse_cni_args(raw: str) -> list[tuple[str, str]]: ...
 def json_loads(data: bytes | bytearray | memoryview | str) -> object: ...

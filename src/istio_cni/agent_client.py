@@ -78,6 +78,7 @@ def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
         if left <= 0:
             raise TimeoutError("agent exchange deadline passed")
         s.settimeout(left)
+        sent: OSError | None
         try:
             s.sendall(head.encode() + body)
         except (BrokenPipeError, ConnectionResetError) as e:

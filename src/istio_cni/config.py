@@ -48,6 +48,20 @@ class PluginConf(Value):
         "node_name",
         "k8s_api_root",
     )
+    cni_version: str
+    name: str
+    log_level: str
+    kubeconfig: str
+    run_dir: str
+    exclude_namespaces: tuple[str, ...]
+    pod_namespace: str
+    netfilter_backend: str
+    lookup_attempts: int
+    retry_interval: float
+    agent_timeout: float
+    agent_socket: str
+    node_name: str
+    k8s_api_root: str
 
 
 def _get(conf: dict, key: str, kind, default, where: str = ""):
@@ -185,6 +199,10 @@ class K8sArgs(Value):
     """The Kubernetes keys of ``CNI_ARGS`` (as kubelet/containerd send them)."""
 
     __slots__ = ("pod_namespace", "pod_name", "infra_container_id", "pod_uid")
+    pod_namespace: str
+    pod_name: str
+    infra_container_id: str
+    pod_uid: str
 
 
 _K8S_KEYS = {"K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IgnoreUnknown"}
@@ -208,7 +226,7 @@ def parse_k8s_args(raw: str) -> K8sArgs:
         raise errors.InvalidNetworkConfig("invalid CNI_ARGS", str(e)) from None
     values: dict[str, str] = {}
     unknown: list[str] = []
-    ignore = False
+    ignore: bool | None = False
     for key, value in pairs:  # in order, as LoadArgs sets each field
         if key == "IgnoreUnknown":
             ignore = _ARG_BOOLS.get(value.lower())

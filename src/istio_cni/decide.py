@@ -28,6 +28,7 @@ class Skip(Value):
     """No redirection for this pod; ``reason`` is a short machine-friendly phrase."""
 
     __slots__ = ("reason",)
+    reason: str
 
 
 REDIRECT = "redirect"
@@ -107,8 +108,9 @@ def decide(pod: dict):
         return Skip("pod has no istio-proxy container")
     ptype = ""
     for c in _containers(pod):  # upstream: the last istio-proxy whose args say "proxy X"
-        if c.get("name") == PROXY_CONTAINER and proxy_type(c) is not None:
-            ptype = proxy_type(c)
+        this = proxy_type(c) if c.get("name") == PROXY_CONTAINER else None
+        if this is not None:
+            ptype = this
     if ptype not in ("", "sidecar"):
         return Skip(f"istio-proxy runs as {ptype!r}, not a sidecar")
     meta = _strings(pod.get("metadata"))

@@ -192,17 +192,19 @@ def internal_error(exc: BaseException) -> InternalError:
     """A code-999 error for an exception nobody turned into a ``CNIError``: the types, the
     frames (file, line, function) and safe messages of its chain; no locals, no source
     lines, no reprs."""
-    chain, seen, e = [], set(), exc
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         chain.append(e)
         e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
     lines = ["Traceback (most recent call last):"]
-    for e in reversed(chain):
-        tb = e.__traceback__
+    for link in reversed(chain):
+        tb = link.__traceback__
         while tb is not None:
             code = tb.tb_frame.f_code
             lines.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}')
             tb = tb.tb_next
-        lines.append(f"{type(e).__name__}: {describe(e)}")
+        lines.append(f"{type(link).__name__}: {describe(link)}")
     return InternalError(f"internal error: {type(exc).__name__}: {describe(exc)}", "\n".join(lines))

@@ -204,7 +204,8 @@ def resolv_conf_servers(text: str) -> tuple:
     netip-based split prints them (``::127.0.0.53`` becomes ``::7f00:35``)."""
     import ipaddress
 
-    v4, v6 = [], []
+    v4: list[str] = []
+    v6: list[str] = []
     for line in text.splitlines():
         words = line.split()
         if len(words) < 2 or words[0] != "nameserver":
@@ -243,8 +244,8 @@ def config_from_options(opts: Options, enable_ipv6: bool, dns_servers: tuple) ->
     try:
         return RedirectConfig(**kwargs)
     except ConfigError as exc:
-        flag = FLAG_OF_FIELD.get(exc.field)
-        where = f"--{flag}" if flag else ENV_ONLY.get(exc.field, (exc.field,))[0]
+        bad_flag = FLAG_OF_FIELD.get(exc.field)
+        where = f"--{bad_flag}" if bad_flag else ENV_ONLY.get(exc.field, (exc.field,))[0]
         raise UsageError(f"{where}: {exc.reason} (got {exc.value!r})") from None
 
 

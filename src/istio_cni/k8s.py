@@ -142,9 +142,12 @@ def _status_message(body: bytes) -> str:
     try:
         from ._fastpath import json_loads
 
-        return str(json_loads(body).get("message", ""))[:300]
+        doc = json_loads(body)
+        if isinstance(doc, dict):
+            return str(doc.get("message", ""))[:300]
     except Exception:
-        return body[:200].decode("utf-8", "replace")
+        pass
+    return body[:200].decode("utf-8", "replace")  # not JSON, or JSON but not an object
 
 
 def _client(conf) -> Client:

@@ -52,9 +52,20 @@ class Cluster(Value):
         "client_key_data",
         "namespace",
     )
+    server: str
+    ca_file: str
+    ca_data: str
+    insecure: bool
+    token: str
+    token_file: str
+    client_cert_file: str
+    client_cert_data: str
+    client_key_file: str
+    client_key_data: str
+    namespace: str
 
     def __repr__(self) -> str:
-        def show(name):
+        def show(name: str) -> str:
             val = getattr(self, name)
             return f"<{len(val)} chars hidden>" if name in _HIDDEN_FIELDS and val else repr(val)
 
@@ -81,7 +92,8 @@ def _yaml_loader(yaml):
     base = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
     import re
 
-    class Loader(base):
+    # The base is chosen at run time (CSafeLoader only when PyYAML was built with libyaml).
+    class Loader(base):  # type: ignore[valid-type,misc]  # a run-time choice of base class
         """PyYAML's safe loader resolving plain scalars as yaml.v2 (client-go) does."""
 
         bool_values = dict(base.bool_values, y=True, n=False)

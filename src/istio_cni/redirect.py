@@ -37,6 +37,10 @@ from .errors import InvalidAnnotation, InvalidNetNS
 from .rules import checks
 from .value import Value
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 FIXED_INBOUND_EXCLUDES = ("15020", "15021", "15090")  # status, health, Envoy prometheus
 DEFAULT_PROXY_ID = "1337"
 
@@ -51,12 +55,12 @@ class Annotation(Value):
     ``RedirectConfig`` field it fills as is (None: read by ``decide``, or combined in
     ``redirect_from_pod``). A new annotation that maps to one field is one row here."""
 
-    # key: str
-    # default: str
-    # parse: callable(str) -> object (rules.checks.annotation_*)
-    # field: str | None
     __slots__ = ("key", "default", "parse", "field")
     _defaults = {"field": None}
+    key: str
+    default: str
+    parse: Callable[[str], object]  # rules.checks.annotation_*
+    field: str | None
 
 
 # Every annotation upstream's plugin reads, in the order it reads them. ``inject`` and

@@ -156,7 +156,8 @@ def _ascii_idna() -> None:
         def getregentry():
             return codecs.CodecInfo(encode, decode, name="idna")
 
-    sys.modules["encodings.idna"] = _IdnaStub
+    # A class stands in for the module: the codec search function only calls getregentry().
+    sys.modules["encodings.idna"] = _IdnaStub  # type: ignore[assignment]  # not a ModuleType, see above
 
 
 class TLSConn:

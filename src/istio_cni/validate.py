@@ -68,8 +68,10 @@ class Listeners:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for key, _ in self.sel.select(0.05):
+                listener = key.fileobj
+                assert isinstance(listener, socket.socket)  # only listening sockets are registered
                 try:
-                    conn, _peer = key.fileobj.accept()
+                    conn, _peer = listener.accept()
                 except BlockingIOError:
                     continue
                 with conn:

@@ -42,7 +42,8 @@ def _ip_version(addr: str) -> str:
 def _from_legacy(res: dict) -> dict:
     """0.1/0.2 -> 0.3-style dict (ips with version)."""
     out: dict = {}
-    ips, routes = [], []
+    ips: list[dict] = []
+    routes: list[dict] = []
     for key in ("ip4", "ip6"):
         block = res.get(key)
         if not block:

@@ -373,7 +373,9 @@ def _with_stale_tables(work: list) -> list:
     """``work`` plus an empty target for every live table the new rule set does not name,
     so ours there (from a previous rule set) is removed in the same commit round."""
     named = {(f, t.name) for f, t, _ in work}
-    extra = [(f, Table(name, (), ()), []) for f in (4, 6) for name in sorted(live_tables(f)) if (f, name) not in named]
+    extra: list[tuple[int, Table, list]] = [
+        (f, Table(name, (), ()), []) for f in (4, 6) for name in sorted(live_tables(f)) if (f, name) not in named
+    ]
     return list(work) + extra
 
 

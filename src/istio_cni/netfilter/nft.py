@@ -155,9 +155,7 @@ def _expected_chains(t: NftTable) -> dict:
             counts[toks[4]] = counts.get(toks[4], 0) + 1
     out = {}
     for c in t.chains:
-        hook = None
-        if c.hook is not None:
-            hook = (c.type, c.hook, int(c.priority))
+        hook = (c.type, c.hook, c.priority) if c.hook is not None else None  # base chains carry all three
         out[c.name] = (hook, counts[c.name])
     return out
 

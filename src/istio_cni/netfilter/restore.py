@@ -216,7 +216,7 @@ class _Attempt:
 
     def __init__(self, family: int) -> None:
         self.family = family
-        self.before = None
+        self.before: str | None = None
         self.tables: set = set()
 
 

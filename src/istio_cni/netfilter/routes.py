@@ -76,7 +76,7 @@ class Netlink:
         self.seq += 1
         msg = _struct.pack("<IHHII", 16 + len(body), kind, F_REQUEST | flags, self.seq, 0) + body
         self.sock.send(msg)
-        out = []
+        out: list[tuple[int, bytes]] = []  # (message type, payload)
         while True:
             data = self.sock.recv(65536)
             off = 0
@@ -142,7 +142,7 @@ def add_lo_addresses(nl: Netlink, addresses) -> None:
             nl.request(RTM_NEWADDR, F_ACK | F_CREATE | F_EXCL, _addr_msg(text))
         except OSError as e:
             if e.errno != EEXIST:  # upstream ignores "file exists" too
-                raise NetfilterError("address add on lo failed", f"{text}: {e.strerror}", e.errno) from None
+                raise NetfilterError("address add on lo failed", f"{text}: {e.strerror}", e.errno or 0) from None
 
 
 def program(routes, lo_addresses=()) -> None:
@@ -159,12 +159,12 @@ def program(routes, lo_addresses=()) -> None:
             except OSError as e:
                 if e.errno != EEXIST:
                     raise NetfilterError(
-                        "policy rule add failed", f"fwmark {r.fwmark} lookup {r.table}: {e.strerror}", e.errno
+                        "policy rule add failed", f"fwmark {r.fwmark} lookup {r.table}: {e.strerror}", e.errno or 0
                     ) from e
             try:
                 nl.request(RTM_NEWROUTE, F_ACK | F_CREATE | F_REPLACE, _route_msg(r))
             except OSError as e:
-                raise NetfilterError("local route add failed", f"table {r.table}: {e.strerror}", e.errno) from None
+                raise NetfilterError("local route add failed", f"table {r.table}: {e.strerror}", e.errno or 0) from None
     finally:
         nl.close()
 
@@ -261,6 +261,6 @@ def remove(routes) -> None:
                     nl.request(kind, F_ACK, body)
                 except OSError as e:
                     if e.errno not in (ENOENT, ESRCH):
-                        raise NetfilterError("policy routing removal failed", e.strerror, e.errno) from e
+                        raise NetfilterError("policy routing removal failed", e.strerror or str(e), e.errno or 0) from e
     finally:
         nl.close()

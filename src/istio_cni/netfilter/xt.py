@@ -28,12 +28,15 @@ class XtParseError(ValueError):
 class XtRule(Value):
     """One rule, normalised. Addresses are (packed bytes, prefix length, inverted)."""
 
-    # src, dst: tuple[bytes, int, bool] | None
-    # iniface, outiface: tuple[str, bool] | None
-    # proto: tuple[str, bool] | None
-    # matches: tuple[tuple[str, tuple], ...]  -- (name, sorted (key, value) pairs)
-    # target: tuple[str, tuple]               -- (name, sorted (key, value) pairs)
     __slots__ = ("family", "src", "dst", "iniface", "outiface", "proto", "matches", "target")
+    family: int
+    src: tuple[bytes, int, bool] | None
+    dst: tuple[bytes, int, bool] | None
+    iniface: tuple[str, bool] | None
+    outiface: tuple[str, bool] | None
+    proto: tuple[str, bool] | None
+    matches: tuple[tuple[str, tuple[tuple[str, object], ...]], ...]  # (name, sorted (key, value) pairs)
+    target: tuple[str, tuple[tuple[str, object], ...]]  # (name, sorted (key, value) pairs)
 
     def __init__(self, family, src, dst, iniface, outiface, proto, matches, target):
         # Spelled out instead of Value's generic loop: one is built per rule per commit.
@@ -214,7 +217,7 @@ TARGETS = {
     },
     "CT": {"--zone": _ct, "--notrack": _ct},
 }
-TARGET_DEFAULTS = {
+TARGET_DEFAULTS: dict[str, dict[str, object]] = {
     "TPROXY": {"ip": None, "mark": 0, "mask": 0},
     "CONNMARK": {"ctmask": ALL, "nfmask": ALL},
     "CT": {"zone": 0, "notrack": False},
@@ -254,9 +257,9 @@ _BASIC = {
 def parse(spec, family: int = 4, names=system_names) -> XtRule:
     """Parse one rule's tokens (no ``-A CHAIN`` head) into an ``XtRule``."""
     toks = list(spec)
-    fields = {"src": None, "dst": None, "iniface": None, "outiface": None, "proto": None}
+    fields: dict[str, tuple | None] = {"src": None, "dst": None, "iniface": None, "outiface": None, "proto": None}
     matches: list = []  # [name, params]
-    target = None
+    target: str | None = None
     tparams: dict = {}
     neg = False
     i = 0
@@ -267,6 +270,7 @@ def parse(spec, family: int = 4, names=system_names) -> XtRule:
             neg = True
             i += 1
             continue
+        val: str | None
         if tok in FLAG_OPTIONS:
             val = None
             i += 1
@@ -284,6 +288,8 @@ def parse(spec, family: int = 4, names=system_names) -> XtRule:
                 handler(tparams, tok, neg, val, names)
             else:
                 _match_option(matches, fields, tok, neg, val, names)
+        elif val is None:  # not reached: the rule's own options are not FLAG_OPTIONS
+            raise XtParseError(f"option {tok!r} needs a value in {' '.join(toks)!r}")
         elif kind == "src" or kind == "dst":
             fields[kind] = _cidr(val, family) + (neg,)
         elif kind == "iniface" or kind == "outiface":
@@ -342,9 +348,9 @@ def _match_option(matches: list, fields: dict, tok: str, neg: bool, val, names) 
             if m[0] == proto:
                 MATCHES[proto][tok](m[1], tok, neg, val, names)
                 return
-        params: dict = {}
-        MATCHES[proto][tok](params, tok, neg, val, names)
-        matches.append([proto, params])
+        implicit: dict = {}
+        MATCHES[proto][tok](implicit, tok, neg, val, names)
+        matches.append([proto, implicit])
         return
     raise XtParseError(f"unknown token {tok!r}")
 

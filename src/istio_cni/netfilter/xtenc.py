@@ -323,7 +323,7 @@ def ip_header(rule: XtRule) -> bytes:
     return _IP4.pack(src, dst, smsk, dmsk, iif, oif, imsk, omsk, proto, flags, inv)
 
 
-def encode_parts(rule: XtRule) -> tuple:
+def encode_parts(rule: XtRule) -> tuple[bytes, bytes, bytes]:
     """(ip header, matches blob, target blob) for ``rule``."""
     matches = b"".join(MATCH_ENCODERS[name](name, dict(p), rule.family) for name, p in rule.matches)
     tname, tparams = rule.target

@@ -116,10 +116,10 @@ def parse_interfaces(field: str, value: object) -> tuple:
 # CIDR / loopback text -> canonical form or error reason. Seeded with upstream's default
 # host loopback CIDR, which every pod uses: validating it would import ipaddress (~8 ms with
 # its functools/collections imports) on every ADD for a value known to be valid.
-_CANONICAL: dict = {("loopback", "127.0.0.1/32"): ""}
+_CANONICAL: dict[tuple[str, str], str | ValueError] = {("loopback", "127.0.0.1/32"): ""}
 
 
-def _remember(text: str, result: object) -> object:
+def _remember(text: tuple[str, str], result: str | ValueError) -> str | ValueError:
     # The warm node agent sees the same few CIDR lists for every pod; parsing them with
     # ipaddress each time would dominate building the config. Bounded so odd inputs
     # cannot grow it without limit.
@@ -130,7 +130,7 @@ def _remember(text: str, result: object) -> object:
     return result
 
 
-def _cidr(text: str):
+def _cidr(text: str) -> str | ValueError:
     """Canonical spelling of one CIDR, or a ValueError naming what is wrong."""
     known = _CANONICAL.get(("cidr", text))
     if known is not None:
@@ -139,6 +139,7 @@ def _cidr(text: str):
         return _remember(("cidr", text), ValueError("missing /prefix"))
     import ipaddress  # lazily: most pods carry no CIDR lists
 
+    result: str | ValueError
     try:
         # Upstream renders netip.Prefix.String(): address bits kept, IPv6 compressed.
         result = ipaddress.ip_interface(text).with_prefixlen
@@ -202,8 +203,8 @@ def parse_loopback_cidr(field: str, value: object) -> str:
     reason = _CANONICAL.get(("loopback", text))
     if reason is None:
         reason = _remember(("loopback", text), _loopback_reason(text))
-    if reason:
-        raise ConfigError(field, value, reason)
+    if reason:  # loopback entries hold a reason (str), never a ValueError
+        raise ConfigError(field, value, str(reason))
     return text
 
 

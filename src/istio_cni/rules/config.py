@@ -39,10 +39,14 @@ from .checks import (  # noqa: F401  (ConfigError, WILDCARD, split_list are part
     split_list,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from typing import Any
 
-def _normalise(cfg: RedirectConfig) -> dict:
+
+def _normalise(cfg: RedirectConfig) -> dict[str, Any]:
     get = cfg.__getattribute__
-    out = {
+    out: dict[str, Any] = {
         "proxy_port": parse_port("proxy_port", get("proxy_port")),
         "inbound_capture_port": parse_port("inbound_capture_port", get("inbound_capture_port")),
         "inbound_tunnel_port": parse_port("inbound_tunnel_port", get("inbound_tunnel_port")),
@@ -152,8 +156,35 @@ class RedirectConfig(Value):
         "enable_ipv6": False,
         "dual_stack": False,
     }
+    # The fields as ``__init__`` leaves them (normalised by ``_normalise``).
+    proxy_port: str
+    inbound_capture_port: str
+    inbound_tunnel_port: str
+    proxy_uids: tuple[str, ...]
+    proxy_gids: tuple[str, ...]
+    interception_mode: str
+    inbound_tproxy_mark: str
+    inbound_tproxy_route_table: str
+    inbound_ports_include: tuple[str, ...]
+    inbound_ports_exclude: tuple[str, ...]
+    outbound_ip_ranges_include: tuple[str, ...]
+    outbound_ip_ranges_exclude: tuple[str, ...]
+    outbound_ports_include: tuple[str, ...]
+    outbound_ports_exclude: tuple[str, ...]
+    exclude_interfaces: tuple[str, ...]
+    reroute_virtual_interfaces: tuple[str, ...]
+    redirect_dns: bool
+    capture_all_dns: bool
+    dns_servers_v4: tuple[str, ...]
+    dns_servers_v6: tuple[str, ...]
+    drop_invalid: bool
+    owner_groups_include: tuple[str, ...]
+    owner_groups_exclude: tuple[str, ...]
+    host_ipv4_loopback_cidr: str
+    enable_ipv6: bool
+    dual_stack: bool
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         set_ = object.__setattr__
         for name, value in _normalise(self).items():

@@ -24,11 +24,11 @@ from ..value import Value
 class Rule(Value):
     """One ``-A CHAIN <spec>`` (append) or ``-I CHAIN <insert_at> <spec>`` (insert)."""
 
-    # chain: str
-    # spec: tuple[str, ...]
-    # insert_at: int | None = None  -- 1-based position as in ``iptables -I``; None appends
     __slots__ = ("chain", "spec", "insert_at")
     _defaults = {"insert_at": None}
+    chain: str
+    spec: tuple[str, ...]
+    insert_at: int | None  # 1-based position as in ``iptables -I``; None appends
 
     def render(self) -> str:
         head = f"-A {self.chain}" if self.insert_at is None else f"-I {self.chain} {self.insert_at}"
@@ -42,10 +42,10 @@ class Table(Value):
     into our chains and must be replaced, never duplicated, on a second commit.
     """
 
-    # name: str  -- "nat" | "mangle" | "raw" | "filter"
-    # chains: tuple[str, ...]
-    # rules: tuple[Rule, ...]
     __slots__ = ("name", "chains", "rules")
+    name: str  # "nat" | "mangle" | "raw" | "filter"
+    chains: tuple[str, ...]
+    rules: tuple[Rule, ...]
 
     def render(self) -> str:
         """The ``iptables-restore`` payload for this table (``* name`` ... ``COMMIT``)."""
@@ -60,21 +60,21 @@ class PolicyRoute(Value):
     """TPROXY's routing: ``ip [-6] rule add fwmark <mark> lookup <table>`` and
     ``ip [-6] route add local default dev lo table <table>``."""
 
-    # family: int  -- 4 or 6
-    # fwmark: int
-    # table: int
     __slots__ = ("family", "fwmark", "table")
+    family: int  # 4 or 6
+    fwmark: int
+    table: int
 
 
 class NftChain(Value):
     """A chain in an inet table; base chains carry type/hook/priority."""
 
-    # name: str
-    # type: str | None = None  -- "nat" | "filter" | "route"
-    # hook: str | None = None  -- "prerouting" | "output" | ...
-    # priority: int | None = None
     __slots__ = ("name", "type", "hook", "priority")
     _defaults = {"type": None, "hook": None, "priority": None}
+    name: str
+    type: str | None  # "nat" | "filter" | "route"
+    hook: str | None  # "prerouting" | "output" | ...
+    priority: int | None
 
 
 class NftTable(Value):
@@ -84,10 +84,10 @@ class NftTable(Value):
     ``insert rule inet <table> <chain> index N ...``), exactly as upstream emits them.
     """
 
-    # name: str  -- e.g. "istio-proxy-nat"
-    # chains: tuple[NftChain, ...]
-    # statements: tuple[str, ...]
     __slots__ = ("name", "chains", "statements")
+    name: str  # e.g. "istio-proxy-nat"
+    chains: tuple[NftChain, ...]
+    statements: tuple[str, ...]
 
     def render(self) -> str:
         lines = [f"add table inet {self.name}", f"flush table inet {self.name}"]
@@ -105,13 +105,13 @@ class NftTable(Value):
 class RuleSet(Value):
     """Everything one ADD programs into a pod netns. Empty tuples mean "nothing of that kind"."""
 
-    # v4: tuple[Table, ...] = ()
-    # v6: tuple[Table, ...] = ()
-    # routes: tuple[PolicyRoute, ...] = ()
-    # nft: tuple[NftTable, ...] = ()
-    # lo_addresses: tuple[str, ...] = ()  -- "address/prefix" strings added to lo
     __slots__ = ("v4", "v6", "routes", "nft", "lo_addresses")
     _defaults = {"v4": (), "v6": (), "routes": (), "nft": (), "lo_addresses": ()}
+    v4: tuple[Table, ...]
+    v6: tuple[Table, ...]
+    routes: tuple[PolicyRoute, ...]
+    nft: tuple[NftTable, ...]
+    lo_addresses: tuple[str, ...]  # "address/prefix" strings added to lo
 
     def restore_text(self, family: int = 4) -> str:
         """The ``iptables-restore`` (family 4) or ``ip6tables-restore`` (6) payload."""

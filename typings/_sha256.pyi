@@ -1,0 +1,6 @@
+"""CPython's builtin SHA-256 module before 3.12 (``_sha2`` since). typeshed has no stub for it;
+``netfilter.nft`` imports it directly because ``hashlib`` costs milliseconds on the ADD path."""
+
+from _hashlib import HASH
+
+def sha256(string: bytes = ..., *, usedforsecurity: bool = ...) -> HASH: ...
