@@ -30,11 +30,11 @@ venv: $(STAMP)
 
 # Build deps are installed into the venv and the package built without isolation, so a
 # rebuild after editing the .pyx / cffi script takes seconds rather than a minute.
-$(STAMP): pyproject.toml setup.py src/istio_cni/_fastpath.pyx src/istio_cni/_nf.cffi.py
+$(STAMP): pyproject.toml setup.py src/istio_cni/_fastpath.pyx src/istio_cni/_nf.cffi.py src/istio_cni/_front.c src/istio_cni/_nft.cffi.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check --upgrade pip "setuptools>=77" wheel "Cython>=3.0" "cffi>=1.16"
 	$(PIP) install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
-	$(PY) -c "import istio_cni._fastpath, istio_cni._nf"
+	$(PY) -c "import istio_cni._fastpath, istio_cni._nf, istio_cni._nft"
 	@touch $@
 
 go-tools:
@@ -80,4 +80,4 @@ wheel: apt venv
 	@tools/wheel-check.sh
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/istio_cni/*.so src/istio_cni/_fastpath.c src/istio_cni/_nf.c
+	rm -rf build dist *.egg-info src/*.egg-info src/istio_cni/*.so src/istio_cni/_fastpath.c src/istio_cni/_nf.c src/istio_cni/_nft.c

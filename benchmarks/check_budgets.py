@@ -12,6 +12,9 @@ because this machine's speed moves by tens of percent between runs):
 * plugin peak RSS         <= 15 MiB (``peak_rss_kb`` of ``rss-direct``: max over its rounds)
 * 64 concurrent ADDs      every exec succeeded (CPU seconds per ADD reported)
 * 64-ADD burst wall time  <= 0.25 x upstream's Go plugin burst (median of the bursts)
+* pod sandbox, direct     latency our plugin adds to ``RunPodSandbox`` (CRI, real node) over the
+                          primary CNI alone <= 0.25 x what upstream's Go plugin adds
+* pod sandbox, agent      the same through the node agent <= 0.08 x (bench_sandbox.py)
 
 The ``phases`` benchmark (bench_phases.py), when present, adds the phase table of the direct
 and the agent path, each phase next to its floor.
@@ -51,6 +54,20 @@ RATIO_BUDGETS = (
     Budget("skipped-pod ADD median", "add-skip", ("add-skip-upstream-go",), 0.25),
 )
 BURST_BUDGET = Budget("64-ADD burst wall time", "concurrent-64", ("concurrent-64-upstream-go",), 0.25)
+
+# bench_sandbox.py: latency added to RunPodSandbox over the primary CNI alone, each variant
+# against what upstream's Go plugin adds (paired rounds). (title, variant, max ratio)
+SANDBOX_ROLE = "sandbox-paired"
+SANDBOX_BUDGETS = (
+    ("pod sandbox: direct path added latency", "direct", 0.25),
+    ("pod sandbox: agent path added latency", "agent", 0.08),
+)
+SANDBOX_VARIANTS = (
+    ("primary", "primary CNI alone (bridge)"),
+    ("direct", "+ istio-cni (this project), direct path"),
+    ("agent", "+ istio-cni (this project), node agent path"),
+    ("upstream-go", "+ istio-cni (upstream Go)"),
+)
 
 
 # The phase table's rows (bench_phases.py keys): key, title. Floors: see bench_phases.py.
@@ -219,7 +236,51 @@ def evaluate(data: dict) -> tuple[list[Row], list[str]]:
         rows.append(Row("64 concurrent ADDs", f"{info.get('execs', 0) - info.get('failures', 0)}/"
                         f"{info.get('execs', 0)} ok", "all succeed", detail, "PASS" if ok else "FAIL"))
     rows.append(_ratio_row(roles, present, BURST_BUDGET, notes))
+    rows += _sandbox_rows(roles)
     return rows, notes
+
+
+def _sandbox_rows(roles: dict) -> list[Row]:
+    """Added RunPodSandbox latency of our plugin vs upstream's (bench_sandbox.py, paired)."""
+    info = (roles.get(SANDBOX_ROLE) or {}).get("extra_info") or {}
+    added = info.get("sandbox_added_ms") or {}
+    primary = (info.get("sandbox_medians_ms") or {}).get("primary")
+    rows = []
+    for title, variant, limit in SANDBOX_BUDGETS:
+        mine, ref = added.get(variant), added.get("upstream-go")
+        if not isinstance(mine, (int, float)) or not isinstance(ref, (int, float)):
+            rows.append(Row(title, "-", f"<= {limit:g}x upstream Go's added latency",
+                            f"not measured: {SANDBOX_ROLE} ({variant}, upstream-go)", "MISSING"))
+            continue
+        how = f"paired, {info.get('sandbox_rounds', '?')} rounds; primary alone {primary} ms median"
+        if ref <= 0:  # upstream added nothing measurable: no ratio can be formed
+            rows.append(Row(title, f"{mine:+.1f} ms", f"<= {limit:g}x upstream Go's {ref:+.1f} ms",
+                            f"upstream added no latency ({how})", "FAIL"))
+            continue
+        ratio = mine / ref
+        rows.append(Row(title, f"{mine:+.1f} ms", f"<= {limit:g}x upstream Go's {ref:+.1f} ms",
+                        f"ratio {ratio:.2f} ({how})", "PASS" if ratio <= limit else "FAIL"))
+    return rows
+
+
+def sandbox_table(data: dict, markdown: bool) -> list[str]:
+    """bench_sandbox.py's per-variant RunPodSandbox figures (medians, p99, added)."""
+    roles, _ = by_role(data["benchmarks"])
+    info = (roles.get(SANDBOX_ROLE) or {}).get("extra_info") or {}
+    medians, p99 = info.get("sandbox_medians_ms") or {}, info.get("sandbox_p99_ms") or {}
+    if not medians:
+        return []
+    added = info.get("sandbox_added_ms") or {}
+    rows = []
+    for key, title in SANDBOX_VARIANTS:
+        if key not in medians:
+            continue
+        plus = added.get(key)
+        rows.append([title, f"{medians[key]:.1f}", f"{p99.get(key, float('nan')):.1f}",
+                     "-" if plus is None else f"{plus:+.1f}"])
+    return ["", f"RunPodSandbox through the CRI on a real node ({info.get('sandbox_rounds', '?')} paired rounds, "
+            f"rotating order; {info.get('runtime', '')})", "",
+            _table(["variant", "median ms", "p99 ms", "added ms (median - primary median)"], rows, markdown)]
 
 
 def _cpu_note(info: dict) -> str:
@@ -256,7 +317,8 @@ def phase_tables(data: dict, markdown: bool) -> list[str]:
 def _info_cell(b: dict) -> str:
     info = dict(b.get("extra_info") or {})
     for k in ("role", "api_server_note", "paired_medians_ms", "phases_direct_ms", "phases_agent_ms",
-              "floors_direct_ms", "floors_agent_ms"):
+              "floors_direct_ms", "floors_agent_ms", "sandbox_medians_ms", "sandbox_p99_ms", "sandbox_added_ms",
+              "runtime"):
         info.pop(k, None)
     parts = []
     if "peak_rss_kb" in info:
@@ -318,6 +380,7 @@ def report(data: dict, rows: list[Row], notes: list[str], markdown: bool = False
     apis = sorted({(b.get("extra_info") or {}).get("api_server_note") for b in data["benchmarks"]} - {None})
     notes = notes + [f"API server: {a}" for a in apis]
     if notes:
+    parts += sandbox_table(data, markdown)
         parts += [""] + [f"- {n}" for n in notes]
     return "\n".join(parts) + "\n"
 

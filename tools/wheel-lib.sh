@@ -1,7 +1,7 @@
 # Shared by tools/wheel-check.sh (x86_64, native) and tools/wheel-aarch64.sh (cross + qemu-user).
 # Sourced, not run. Defines the repair policy, the test requirements and the shared steps.
 
-# Sonames the compiled _nf module links that stay with the system (GPL; docs/wheels.md). Must
+# Sonames the compiled _nf / _nft modules link that stay with the system (GPL; docs/wheels.md). Must
 # match pyproject's [tool.cibuildwheel] repair-wheel-command.
 EXCLUDE=(libip4tc.so.2 libip6tc.so.2 libnftables.so.1)
 TEST_REQS=("pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "PyYAML>=6")
@@ -37,7 +37,7 @@ copy_tree() {
   tar -C "$1" --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./dist \
       --exclude='*.egg-info' --exclude=__pycache__ --exclude='*.so' --exclude=./.benchmarks \
       --exclude=./.hypothesis --exclude=./.pytest_cache --exclude=./wheelhouse \
-      --exclude=./src/istio_cni/_fastpath.c --exclude=./src/istio_cni/_nf.c -cf - . | tar -C "$2" -xf -
+      --exclude=./src/istio_cni/_fastpath.c --exclude=./src/istio_cni/_nf.c --exclude=./src/istio_cni/_nft.c -cf - . | tar -C "$2" -xf -
 }
 
 # repair_wheel RAW OUTDIR LOG (auditwheel from PATH): prints the repaired wheel's path.
@@ -61,7 +61,7 @@ names = zf.namelist()
 problems = []
 if not wheel.endswith(f"_{arch}.whl"):
     problems.append(f"platform tag of {wheel} is not {arch}")
-for mod in ("istio_cni/_fastpath.", "istio_cni/_nf."):
+for mod in ("istio_cni/_fastpath.", "istio_cni/_nf.", "istio_cni/_nft."):
     sos = [n for n in names if n.startswith(mod) and n.endswith(".so")]
     if not sos:
         problems.append(f"compiled module {mod}*.so missing")

@@ -121,7 +121,8 @@ def test_every_copy_source_exists_and_is_in_the_build_context():
 def test_build_context_keeps_sources_and_drops_host_build_products():
     patterns = ignore_patterns()
     for needed in ("pyproject.toml", "setup.py", "README.md", "src/istio_cni/_fastpath.pyx",
-                   "src/istio_cni/_nf.cffi.py", "installer/istio_cni_installer/bundle.py",
+                   "src/istio_cni/_nf.cffi.py", "src/istio_cni/_nft.cffi.py",
+                   "installer/istio_cni_installer/bundle.py",
                    "installer/istio_cni_installer/__main__.py"):
         assert (REPO / needed).exists(), needed
         assert not ignored(needed, patterns), f"{needed} would not reach the build"
@@ -192,7 +193,7 @@ def _debian_package_of(soname: str) -> str:
     return out.stdout.split(":")[0]
 
 
-@pytest.mark.parametrize("module", ["istio_cni._nf", "istio_cni._fastpath"])
+@pytest.mark.parametrize("module", ["istio_cni._nf", "istio_cni._nft", "istio_cni._fastpath"])
 def test_node_stage_installs_the_runtime_libraries_of_the_compiled_modules(module):
     import importlib
 

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 FORBIDDEN = ("dataclasses", "typing", "logging", "json", "kubernetes", "pyroute2", "subprocess",
-             "re", "http.client", "socket", "hashlib", "threading", "ipaddress")
+             "re", "http.client", "socket", "hashlib", "threading", "ipaddress",
+             "istio_cni._nft")  # libnftables: loaded by the nft backend only, when it runs
 
 PROBE = """
 import sys

@@ -36,7 +36,16 @@ def healthy() -> list[dict]:
               cpu_s_per_add=0.0123),
         bench("bench_add_concurrent_64_upstream_go", 4000.0, "concurrent-64-upstream-go", execs=192,
               failures=0, p99_ms=3900.0),
+        sandbox({"primary": 100.0, "direct": 110.0, "agent": 102.0, "upstream-go": 200.0}),
     ]
+
+
+def sandbox(medians: dict, rounds: int = 20) -> dict:
+    """bench_sandbox.py's paired RunPodSandbox figures (added = median - primary median)."""
+    return bench("bench_run_pod_sandbox_paired", sum(medians.values()), "sandbox-paired",
+                 sandbox_medians_ms=medians, sandbox_p99_ms={k: v * 1.5 for k, v in medians.items()},
+                 sandbox_added_ms={k: round(v - medians["primary"], 2) for k, v in medians.items() if k != "primary"},
+                 sandbox_rounds=rounds, runtime="containerd CRI")
 
 
 def run(tmp_path, benchmarks, capsys, *extra) -> tuple[int, str]:
@@ -249,3 +258,29 @@ def test_paired_agent_figure_wins_over_the_chained_one(tmp_path, capsys):
     rc, out = run(tmp_path, benchmarks, capsys)
     assert status(out, "agent-path ADD median") == "FAIL", out
     assert "ratio 0.20 (paired, 25 interleaved rounds)" in out
+
+
+def test_sandbox_added_latency_budgets(tmp_path, capsys):
+    rc, out = run(tmp_path, healthy(), capsys)
+    assert rc == 0, out
+    assert status(out, "pod sandbox: direct path added latency") == "PASS"
+    assert "ratio 0.10 (paired, 20 rounds; primary alone 100.0 ms median)" in out  # +10 / +100
+    assert status(out, "pod sandbox: agent path added latency") == "PASS"  # +2 / +100
+    assert "+ istio-cni (upstream Go)" in out and "+100.0" in out  # the per-variant table
+
+
+@pytest.mark.parametrize(("direct", "agent", "failed"), [(126.0, 102.0, "direct"), (110.0, 109.0, "agent")])
+def test_sandbox_added_latency_over_the_ratio_fails(tmp_path, capsys, direct, agent, failed):
+    # Limits: direct +26 > 0.25 x +100; agent +9 > 0.08 x +100. The absolute medians do not matter.
+    benchmarks = [b for b in healthy() if b["extra_info"]["role"] != "sandbox-paired"]
+    benchmarks.append(sandbox({"primary": 100.0, "direct": direct, "agent": agent, "upstream-go": 200.0}))
+    rc, out = run(tmp_path, benchmarks, capsys)
+    assert rc == 1
+    assert status(out, f"pod sandbox: {failed} path added latency") == "FAIL", out
+
+
+def test_sandbox_not_measured_is_not_a_pass(tmp_path, capsys):
+    rc, out = run(tmp_path, without("sandbox-paired"), capsys)
+    assert rc == 1
+    assert status(out, "pod sandbox: direct path added latency") == "MISSING"
+    assert status(out, "pod sandbox: agent path added latency") == "MISSING"

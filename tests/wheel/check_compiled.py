@@ -1,7 +1,7 @@
-"""Fail unless the installed istio_cni carries both compiled modules (run against a wheel).
+"""Fail unless the installed istio_cni carries its compiled modules (run against a wheel).
 
 Used by tools/wheel-check.sh (``make wheel``) and cibuildwheel's test-command: a wheel whose
-build silently lost ``_fastpath`` (Cython) or ``_nf`` (cffi) must not pass. Also refuses to
+build silently lost ``_fastpath`` (Cython), ``_nf`` or ``_nft`` (cffi) must not pass. Also refuses to
 run against the source tree, so it always tests what the wheel installed.
 """
 
@@ -12,7 +12,7 @@ import importlib.machinery
 import sys
 from pathlib import Path
 
-COMPILED = ("istio_cni._fastpath", "istio_cni._nf")
+COMPILED = ("istio_cni._fastpath", "istio_cni._nf", "istio_cni._nft")
 
 
 def main() -> int:
@@ -43,6 +43,10 @@ def main() -> int:
             problems.append("istio_cni._fastpath: JSON round trip is wrong")
         if not ffi.string(lib.iptc_strerror(0)):
             problems.append("istio_cni._nf: iptc_strerror returned nothing")
+        from istio_cni import _nft
+
+        if _nft.lib.NFT_CTX_DEFAULT != 0:  # the libnftables header's value
+            problems.append(f"istio_cni._nft: NFT_CTX_DEFAULT is {_nft.lib.NFT_CTX_DEFAULT}")
     for p in problems:
         print(f"check_compiled: {p}", file=sys.stderr)
     return 1 if problems else 0

@@ -262,7 +262,7 @@ def usable(preferred: str = "auto") -> str:
 
     def nft_ok() -> bool:
         try:
-            from .._nf import lib
+            from .._nft import lib
         except ImportError as e:
             problems.append(f"libnftables bindings: {e}")
             return False
