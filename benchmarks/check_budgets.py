@@ -377,10 +377,10 @@ def report(data: dict, rows: list[Row], notes: list[str], markdown: bool = False
     if ratios:
         parts += ["", _table(["ratio (information, same run)", "medians", "ratio", "source"], ratios, markdown)]
     parts += phase_tables(data, markdown)
+    parts += sandbox_table(data, markdown)
     apis = sorted({(b.get("extra_info") or {}).get("api_server_note") for b in data["benchmarks"]} - {None})
     notes = notes + [f"API server: {a}" for a in apis]
     if notes:
-    parts += sandbox_table(data, markdown)
         parts += [""] + [f"- {n}" for n in notes]
     return "\n".join(parts) + "\n"
 
