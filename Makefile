@@ -56,10 +56,11 @@ test: apt venv
 	@$(MAKE) --no-print-directory -j2 go-tools images
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-# Rules in pyproject.toml ([tool.ruff]); ruff is pinned in the test extra.
+# Rules in pyproject.toml ([tool.ruff], [tool.mypy]); ruff and mypy are pinned in the test extra.
 lint: venv
 	$(PY) -m ruff check src installer
 	$(PY) -m ruff format --check src installer
+	$(PY) -m mypy
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -97,7 +97,7 @@ def remove_atomic(path: Path | str) -> bool:
 
 def remove_stale_temps(d: Path | str, names: tuple[str, ...] | None = None) -> list[str]:
     """Delete our temp files left by a crashed run (only names that look like ours)."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(d))
     except FileNotFoundError:

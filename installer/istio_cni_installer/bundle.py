@@ -90,6 +90,11 @@ GLIBC = (
 
 class BundleInfo(Value):
     __slots__ = ("path", "bundle_id", "python", "size_bytes", "files")
+    path: str
+    bundle_id: str
+    python: str  # the interpreter, relative to the bundle
+    size_bytes: int
+    files: int
 
 
 def _ignore_stdlib(src: str, names: list[str]) -> set[str]:

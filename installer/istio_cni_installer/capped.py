@@ -10,11 +10,18 @@ it, which wakes their handler's blocked read.
 from __future__ import annotations
 
 import socket
+import socketserver
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what the mixin's super() calls resolve to in the servers that use it
+    _ServerBase = socketserver.BaseServer
+else:
+    _ServerBase = object
 
 
-class ConnectionCap:
+class ConnectionCap(_ServerBase):
     """Mixin for a ``socketserver.ThreadingMixIn`` server; call ``init_cap`` before serving."""
 
     busy_reply = b""

@@ -85,7 +85,8 @@ def _read_bounded(path: Path) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigFileError("not a regular file")
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while size <= MAX_CONF_BYTES:
             chunk = os.read(fd, 65536)
             if not chunk:

@@ -28,9 +28,15 @@ class Waiting(Exception):
 class Plan(Value):
     __slots__ = ("source", "dest", "desired", "remove", "mode", "source_sig")
     _defaults = {"source": None, "remove": None, "source_sig": None}
+    source: str | None  # the primary config we read (None: standalone file)
+    dest: str  # the file we write
+    desired: dict
+    remove: str | None  # the source, when a .conf becomes a .conflist
+    mode: int
+    source_sig: tuple[int, int, int] | None  # (inode, mtime ns, size) of the source as read
 
 
-def _sig(p: Path):
+def _sig(p: Path) -> tuple[int, int, int] | None:
     try:
         st = os.stat(p)
     except FileNotFoundError:

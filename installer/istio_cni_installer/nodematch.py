@@ -22,6 +22,8 @@ def _expr_ok(expr: dict, values_of: dict) -> bool:
     if op == "DoesNotExist":
         return not present
     if op in ("Gt", "Lt"):
+        if val is None:  # no such label: nothing to compare
+            return False
         try:
             a, b = int(val), int(vals[0])
         except (TypeError, ValueError, IndexError):

@@ -11,6 +11,8 @@ import argparse
 import os
 import socket
 import textwrap
+from collections.abc import Mapping
+from typing import Any
 
 from istio_cni import backends
 from istio_cni.decide import STATUS_KEY
@@ -94,7 +96,7 @@ def _conf_name(s: str) -> str:
     return s
 
 
-def _seconds(s: str):
+def _seconds(s: str) -> float | None:
     if s == "":
         return None
     try:
@@ -120,7 +122,7 @@ def _str(s: str) -> str:
     return s
 
 
-def _opt_bool(s: str):
+def _opt_bool(s: str) -> bool | None:
     """None when empty (unset: another setting decides), else a boolean."""
     return None if s.strip() == "" else _bool(s)
 
@@ -694,6 +696,74 @@ def _positive_float(s: str) -> float:
 
 class Settings(Value):
     __slots__ = tuple(s[0] for s in SPECS)
+    # Each field's type, what its converter in SPECS returns (same names, same order: a unit
+    # test holds the two together), for the type checker; annotations cost nothing at run time.
+    mounted_cni_net_dir: str
+    cni_net_dir: str
+    cni_conf_name: str
+    chained: bool
+    istio_owned_config: bool
+    istio_owned_config_filename: str
+    conflist_style: str
+    cni_network_config: str
+    cni_network_config_file: str
+    mounted_cni_bin_dir: str
+    cni_bin_dir: str
+    mounted_secondary_bin_dir: str
+    secondary_bin_dir: str
+    skip_cni_binaries: tuple[str, ...]
+    update_cni_binaries: bool
+    del_standin_on_uninstall: bool
+    plugin_bundle_dir: str
+    cni_agent_run_dir: str
+    mounted_cni_agent_run_dir: str
+    kubecfg_file_name: str
+    kubeconfig_mode: int
+    service_account_dir: str
+    kube_ca_file: str
+    skip_tls_verify: bool
+    k8s_service_host: str
+    k8s_service_port: int
+    k8s_service_protocol: str
+    node_name: str
+    log_level: str
+    plugin_log_level: str
+    exclude_namespaces: tuple[str, ...]
+    pod_namespace: str
+    pod_name: str
+    daemonset_name: str
+    native_nftables: bool
+    netfilter_backend: str
+    lookup_deadline_seconds: float | None
+    lookup_retry_interval_seconds: float | None
+    bind_address: str
+    readiness_port: int
+    monitoring_port: int
+    disable_safe_upgrade: bool
+    shutdown_grace_seconds: float | None
+    rewrite_burst: int
+    rewrite_rate: float
+    agent_enabled: bool
+    agent_kubeconfig: str
+    repair_enabled: bool
+    repair_mode: str
+    repair_repair_pods: bool | None
+    repair_label_pods: bool | None
+    repair_delete_pods: bool | None
+    repair_create_events: bool
+    repair_run_as_daemon: bool
+    repair_sidecar_annotation: str
+    repair_init_container_name: str
+    repair_init_container_exit_code: int
+    repair_init_container_termination_message: str
+    repair_broken_pod_label_key: str
+    repair_broken_pod_label_value: str
+    repair_label_selectors: str
+    repair_field_selectors: str
+    repair_node_name: str
+    repair_check_netns: bool
+    startup_taint_key: str
+    host_proc_dir: str
 
     @property
     def run_dir(self) -> str:
@@ -748,10 +818,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: list[str] | None = None, env: dict | None = None) -> Settings:
-    env = os.environ if env is None else env
+def parse(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    if env is None:
+        env = os.environ
     ns = build_parser().parse_args(argv)
-    values, source = {}, {}
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
     for field, flag, names, default, conv, _text in SPECS:
         raw, name = getattr(ns, field), flag
         if raw is None:

@@ -28,6 +28,11 @@ from .bundle import build
 
 class PluginBundle(Value):
     __slots__ = ("bundle_dir", "bin_dir", "launcher", "bundle_id", "size_bytes")
+    bundle_dir: Path
+    bin_dir: Path
+    launcher: Path
+    bundle_id: str
+    size_bytes: int
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +56,11 @@ class HostLayout(Value):
     """Temp stand-ins for the host paths the DaemonSet mounts."""
 
     __slots__ = ("root", "net_dir", "bin_dir", "run_dir", "sa_dir")
+    root: Path
+    net_dir: Path
+    bin_dir: Path
+    run_dir: Path
+    sa_dir: Path
 
     def env(self, bundle: PluginBundle | None = None, **extra: str) -> dict:
         env = {
@@ -149,6 +159,7 @@ class InstallerProcess:
         self._reader.start()
 
     def _read(self) -> None:
+        assert self.proc.stdout is not None  # started with stdout=PIPE
         for line in self.proc.stdout:
             try:
                 rec = json.loads(line)

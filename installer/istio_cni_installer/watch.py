@@ -103,7 +103,7 @@ class Watcher:
         return self._read()
 
     def _read(self) -> list[Event]:
-        out = []
+        out: list[Event] = []
         while True:
             try:
                 buf = os.read(self.fd, 65536)

@@ -147,3 +147,20 @@ def test_rewrite_rate_limit_names_and_their_deprecated_aliases(monkeypatch):
     assert (old.rewrite_burst, old.rewrite_rate) == (4, 1.0)
     assert '"name":"REPAIR_BURST","use":"REWRITE_BURST"' in sink.getvalue()
     assert repair_env(REWRITE_BURST="5", REPAIR_BURST="4").rewrite_burst == 5  # the new name wins
+
+
+_TYPES = {"str": str, "bool": bool, "int": int, "float": float, "tuple[str, ...]": tuple, "None": type(None)}
+
+
+def test_settings_annotations_name_every_spec_in_order_with_the_defaults_type():
+    """``Settings``' annotations (for the type checker) stay in step with SPECS: same fields,
+    same order, and each default parses to a value of the annotated type."""
+    from istio_cni_installer.settings import Settings
+
+    assert list(Settings.__annotations__) == [spec[0] for spec in SPECS]
+    s = parse([], {"KUBERNETES_NODE_NAME": "n"})
+    for field, annotation in Settings.__annotations__.items():
+        kinds = tuple(_TYPES[part] for part in annotation.split(" | "))
+        value = getattr(s, field)
+        assert isinstance(value, kinds), (field, annotation, value)
+        assert not isinstance(value, bool) or bool in kinds, (field, annotation, value)

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import threading
+from typing import TypeGuard
 
 from istio_cni import addtiming
 from istio_cni.log import log
@@ -57,7 +58,7 @@ def is_report(doc) -> bool:
     return isinstance(doc, dict) and doc.get("report") == addtiming.REPORT
 
 
-def _is_seconds(v) -> bool:
+def _is_seconds(v: object) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= MAX_SECONDS
 
 

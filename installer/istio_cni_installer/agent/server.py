@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 from istio_cni.log import log
 
@@ -146,7 +147,7 @@ class _Server(ConnectionCap, socketserver.ThreadingMixIn, socketserver.UnixStrea
     # the plugins' connect() fail with EAGAIN and fall back to the slow path.
     request_queue_size = 1024
     busy_reply = BUSY_REPLY
-    agent_handler = None
+    agent_handler: Any = None  # the agent's Handler (or a test's stand-in), set before serving
     log_stream = None
     max_connections = MAX_CONNECTIONS
     request_read_seconds = REQUEST_READ_SECONDS

@@ -50,8 +50,23 @@ class RepairSettings(Value):
         "label_selectors": "",
         "field_selectors": "",
     }
+    mode: str  # one of MODES
+    node_name: str
+    sidecar_annotation: str
+    init_container_name: str
+    exit_code: int  # 0..255, 0 = any
+    termination_message: str
+    label_key: str
+    label_value: str
+    check_netns: bool
+    proc_root: str
+    netfilter_backend: str
+    max_attempts: int
+    create_events: bool
+    label_selectors: str
+    field_selectors: str
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         if self.mode not in MODES:
             raise ValueError(f"repair mode {self.mode!r} is not one of {', '.join(MODES)}")
@@ -98,7 +113,7 @@ def validation_failure(pod: dict, s: RepairSettings) -> str:
 
 def pod_ips(pod: dict) -> tuple[str, ...]:
     status = pod.get("status") or {}
-    ips = [x.get("ip") for x in status.get("podIPs") or [] if isinstance(x, dict) and x.get("ip")]
+    ips = [x["ip"] for x in status.get("podIPs") or [] if isinstance(x, dict) and x.get("ip")]
     if not ips and status.get("podIP"):
         ips = [status["podIP"]]
     return tuple(ips)
