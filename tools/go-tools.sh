@@ -32,8 +32,12 @@ declare -A SPEC=(
   [kube-scheduler]="k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-scheduler"
   [kube-controller-manager]="k8s.io/kubernetes k8s.io/kubernetes/cmd/kube-controller-manager"
   [kubelet]="k8s.io/kubernetes k8s.io/kubernetes/cmd/kubelet"
+  # The chart's docs (tests/chart/test_chart_docs.py): README.md and values.schema.json are
+  # generated from the annotated values.yaml by these two.
+  [helm-docs]="github.com/norwoodj/helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs"
+  [helm-values-schema-json]="github.com/losisin/helm-values-schema-json/v2 github.com/losisin/helm-values-schema-json/v2"
 )
-ORDER=(istio-iptables helm cnitool portmap kube-apiserver istio-cni crictl kube-scheduler kube-controller-manager kubelet)
+ORDER=(istio-iptables helm helm-docs helm-values-schema-json cnitool portmap kube-apiserver istio-cni crictl kube-scheduler kube-controller-manager kubelet)
 
 export PATH="$PATH:/usr/local/go/bin"  # where the machine image keeps Go, if PATH lacks it
 if ! command -v go >/dev/null; then

@@ -16,7 +16,9 @@ CACHE = Path(os.environ.get("ISTIO_CNI_TOOLS_CACHE", Path.home() / ".cache" / "i
 REPO = Path(__file__).resolve().parents[2]
 KNOWN = ("istio-iptables", "helm", "cnitool", "portmap", "kube-apiserver", "istio-cni",
          # the node tier (tests/node): kubelet and the controllers beside kube-apiserver, and crictl
-         "kube-controller-manager", "kube-scheduler", "kubelet", "crictl")
+         "kube-controller-manager", "kube-scheduler", "kubelet", "crictl",
+         # the chart's docs generators (charts/istio-cni/hack/gen-docs.sh)
+         "helm-docs", "helm-values-schema-json")
 
 
 def _read(path: Path) -> str | None:
