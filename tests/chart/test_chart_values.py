@@ -32,12 +32,39 @@ def test_values_yaml_satisfies_its_own_schema():
     ({"repair": {"labelPods": "yes"}}, ["labelPods", "true", "false"]),
     ({"repair": {"createEvents": "TRUE"}}, ["createEvents", "true", "false"]),
     ({"logLevel": "trace"}, ["logLevel", "panic", "fatal"]),
+    # rules values.yaml states through patternProperties / allOf (helm-values-schema-json has no
+    # annotation for item rules of its own, nor for properties of a map whose default is empty)
+    ({"env": {"1BAD": "x"}}, ["env", "1BAD"]),
+    ({"env": {"GOOD": ["x"]}}, ["env", "GOOD", "string"]),
+    ({"securityContext": {"seccompProfile": {"type": "Bogus"}}}, ["seccompProfile", "RuntimeDefault"]),
+    ({"securityContext": {"appArmorProfile": {"type": "Bogus"}}}, ["appArmorProfile", "Unconfined"]),
+    ({"securityContext": {"seLinuxOptions": {"bogus": "x"}}}, ["seLinuxOptions", "bogus"]),
+    ({"resources": {"limits": {"cpu": [1]}}}, ["limits", "cpu"]),
+    ({"resources": {"limit": {}}}, ["resources", "limit"]),
+    ({"imagePullSecrets": [""]}, ["imagePullSecrets", "minLength"]),
+    ({"excludeNamespaces": ["Bad_NS"]}, ["excludeNamespaces", "Bad_NS"]),
+    ({"nodeSelector": {"a": 1}}, ["nodeSelector", "string"]),
+    ({"podLookup": {"retryIntervalSeconds": -1}}, ["retryIntervalSeconds"]),
 ])
 def test_schema_rejects_with_a_readable_message(render_error, values, must_mention):
     err = render_error(values)
     assert "schema" in err, err
     for word in must_mention:
         assert word in err, f"{word!r} not in helm's message:\n{err}"
+
+
+def test_free_form_values_stay_free_form(render):
+    """The schema is strict where the chart reads the keys, and open where Kubernetes does."""
+    toleration = {"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule", "tolerationSeconds": 5}
+    m = render({"tolerations": [toleration],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "k", "operator": "In", "values": ["v"]}]}]}}},
+                "resources": {"limits": {"cpu": 1, "memory": "200Mi"}},
+                "securityContext": {"seLinuxOptions": {"type": "spc_t", "level": "s0"},
+                                    "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}},
+                "env": {"DEL_STANDIN_ON_UNINSTALL": "false", "_X1": 3}})
+    assert toleration in m.daemonset["spec"]["template"]["spec"]["tolerations"]
 
 
 def test_schema_rejects_a_bad_set_flag(render_error):
