@@ -20,6 +20,10 @@ from .backends import CHOICES as BACKENDS
 from .value import Value
 from .versions import SUPPORTED_VERSIONS
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from typing import Any
+
 DEFAULT_RUN_DIR = "/var/run/istio-cni"
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
 AGENT_SOCKET_NAME = "agent.sock"
@@ -64,7 +68,7 @@ class PluginConf(Value):
     k8s_api_root: str
 
 
-def _get(conf: dict, key: str, kind, default, where: str = ""):
+def _get(conf: dict, key: str, kind: type, default: Any, where: str = "") -> Any:
     if key not in conf or conf[key] is None:
         return default
     val = conf[key]
@@ -97,7 +101,7 @@ def _path(conf: dict, key: str, where: str = "") -> str:
     return val
 
 
-def _prev_result_problem(prev) -> str:
+def _prev_result_problem(prev: object) -> str:
     """Where ``prevResult`` has a shape ``versions.convert_result`` cannot read ("" if none).
 
     The CNI spec fixes the result's shape; only the parts we read or convert are checked,

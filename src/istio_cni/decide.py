@@ -38,7 +38,7 @@ GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
 GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 
-def parse_go_bool(text) -> bool | None:
+def parse_go_bool(text: object) -> bool | None:
     """``strconv.ParseBool``: True/False, or None where Go returns an error."""
     if text in GO_TRUE:
         return True
@@ -90,11 +90,11 @@ def proxy_type(container: dict) -> str | None:
     return None
 
 
-def _strings(obj) -> dict:
+def _strings(obj: object) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def decide(pod: dict):
+def decide(pod: dict) -> Skip | str:
     """``REDIRECT`` or ``Skip(reason)`` for ``pod`` (the API's Pod object as a dict)."""
     if not isinstance(pod, dict):
         pod = {}

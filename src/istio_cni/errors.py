@@ -23,7 +23,7 @@ _SECRETS: set[str] = set()
 _MIN_SECRET = 6  # shorter strings are not credentials; redacting them would garble messages
 
 
-def register_secret(value) -> None:
+def register_secret(value: str | bytes) -> None:
     """Remember a credential (bearer token, private key data) read by this process, so that
     ``redact`` removes it from every error and log line, whatever path it took there."""
     if isinstance(value, bytes):

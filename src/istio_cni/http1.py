@@ -14,6 +14,17 @@ from __future__ import annotations
 
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Receiver(Protocol):
+        """What the reader needs of a connection: a socket or ``transport.TLSConn``."""
+
+        def settimeout(self, seconds: float) -> None: ...
+        def recv(self, n: int) -> bytes: ...
+
+
 # Bounds of one answer (the agent client passes its own, smaller body cap). The head of a
 # kube-apiserver answer is a few hundred bytes (Content-Type, Date, Audit-Id,
 # X-Kubernetes-Pf-*); 64 KiB leaves room for proxies in between. The body: kube-apiserver
@@ -99,7 +110,7 @@ class _Stream:
 
     __slots__ = ("sock", "deadline", "buf", "pos", "eof")
 
-    def __init__(self, sock, deadline: float) -> None:
+    def __init__(self, sock: Receiver, deadline: float) -> None:
         self.sock, self.deadline = sock, deadline
         self.buf = bytearray()
         self.pos = 0
@@ -197,7 +208,7 @@ def _read_chunked(stream: _Stream, out: bytearray, limit: int) -> None:
         budget -= len(line) + 2
 
 
-def read_response(sock, deadline: float | None = None, max_body: int = MAX_BODY) -> tuple[int, str, bytes]:
+def read_response(sock: Receiver, deadline: float | None = None, max_body: int = MAX_BODY) -> tuple[int, str, bytes]:
     """Read one HTTP/1.1 response from ``sock`` (``recv``/``settimeout``) -> (status, reason, body).
 
     Everything is read by ``deadline`` (monotonic; default 30 s from now) or ``TimeoutError``.

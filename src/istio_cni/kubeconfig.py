@@ -25,6 +25,10 @@ from __future__ import annotations
 from . import errors
 from .value import Value
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from typing import Any
+
 MAX_BYTES = 1 << 20  # kubeconfigs with embedded certificates are a few KiB
 
 _SECRET_FIELDS = ("token", "client_key_data")
@@ -88,7 +92,7 @@ def _read(path: str) -> bytes:
     return data
 
 
-def _yaml_loader(yaml):
+def _yaml_loader(yaml: Any) -> type:
     base = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
     import re
 
@@ -103,7 +107,7 @@ def _yaml_loader(yaml):
     return Loader
 
 
-def _yaml_problem(e) -> str:
+def _yaml_problem(e: Exception) -> str:
     """A PyYAML error without its snippet of the file (which could hold a token)."""
     problem = getattr(e, "problem", None) or getattr(e, "context", None) or "not valid YAML"
     if "'" in problem or '"' in problem:  # quotes a tag, an anchor or a character from the file
@@ -113,7 +117,7 @@ def _yaml_problem(e) -> str:
     return f"not valid YAML: {problem}{where}"
 
 
-def _parse(data: bytes, path: str):
+def _parse(data: bytes, path: str) -> object:
     if data.startswith(b"\xef\xbb\xbf"):
         raise KubeconfigError(f"kubeconfig {path} starts with a byte-order mark; save it as UTF-8 without one")
     try:
@@ -147,14 +151,14 @@ class _Fields:
 
     __slots__ = ("obj", "where", "path")
 
-    def __init__(self, obj, where: str, path: str) -> None:
+    def __init__(self, obj: object, where: str, path: str) -> None:
         if obj is None:
             obj = {}
         if not isinstance(obj, dict):
             raise KubeconfigError(f"kubeconfig {path}: {where or 'the document'} must be a mapping")
         self.obj, self.where, self.path = obj, where, path
 
-    def fail(self, key: str, what: str):
+    def fail(self, key: str, what: str) -> KubeconfigError:
         return KubeconfigError(f"kubeconfig {self.path}: {self.where}{key} {what}")
 
     def string(self, key: str) -> str:
@@ -262,7 +266,7 @@ def _server(server: str, where: str, path: str) -> str:
     return server.rstrip("/")
 
 
-def resolve(doc, path: str = "<kubeconfig>") -> Cluster:
+def resolve(doc: object, path: str = "<kubeconfig>") -> Cluster:
     """The current context's cluster and user from a parsed kubeconfig document.
 
     Every entry of ``clusters``/``users``/``contexts`` is type-checked (client-go decodes the

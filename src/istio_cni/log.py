@@ -19,6 +19,10 @@ from _json import encode_basestring_ascii as _quote
 
 from .errors import redact
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from typing import TextIO
+
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "none": 100}
 
 
@@ -51,7 +55,7 @@ class Logger:
 
     __slots__ = ("level", "context", "stream", "sinks")
 
-    def __init__(self, level: str = "info", stream=None) -> None:
+    def __init__(self, level: str = "info", stream: TextIO | None = None) -> None:
         self.level = LEVELS.get(level.lower(), 20) if isinstance(level, str) else 20
         self.context: dict = {}
         self.stream = stream if stream is not None else sys.stderr

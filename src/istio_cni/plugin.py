@@ -72,10 +72,10 @@ def plan(conf, k8s, addresses, get_pod=None):
 def plan_pod(pod: dict, addresses):
     """``plan`` for a pod already in hand (the repair controller has it from its cache):
     the decision ladder, then the rules; ``addresses`` as in ``plan``."""
-    from .decide import REDIRECT, decide
+    from .decide import Skip, decide
 
     verdict = decide(pod)
-    if verdict is not REDIRECT:
+    if isinstance(verdict, Skip):  # else REDIRECT
         return None, verdict.reason
     from .redirect import redirect_from_pod
     from .rules.builder import build

@@ -39,7 +39,10 @@ from .value import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from .rules.config import RedirectConfig
 
 FIXED_INBOUND_EXCLUDES = ("15020", "15021", "15090")  # status, health, Envoy prometheus
 DEFAULT_PROXY_ID = "1337"
@@ -103,7 +106,7 @@ ANNOTATIONS = {
 _SOURCE = {a.field: a.key for a in ANNOTATIONS.values() if a.field}
 
 
-def read_annotation(name: str, annotations: dict):
+def read_annotation(name: str, annotations: dict) -> Any:  # each row parses to its own type
     """The parsed value of registry entry ``name``: the annotation when present, else the
     default. A present but invalid value raises ``InvalidAnnotation`` (never a fallback)."""
     spec = ANNOTATIONS[name]
@@ -116,7 +119,7 @@ def read_annotation(name: str, annotations: dict):
         raise InvalidAnnotation(f"annotation {spec.key}={raw!r} is invalid: {exc}") from None
 
 
-def _mapping(obj, what: str) -> dict:
+def _mapping(obj: object, what: str) -> dict:
     if obj is None:
         return {}
     if not isinstance(obj, dict):
@@ -179,7 +182,7 @@ def _address_family(text: str) -> tuple:
     return 6, not (raw == _V6_LOOPBACK or link_local or link_local_multicast)
 
 
-def ipv6_enabled(addresses, dual_stack: bool) -> bool:
+def ipv6_enabled(addresses: Sequence[str], dual_stack: bool) -> bool:
     """Upstream's getLocalIP over the pod netns' own addresses (``netfilter.routes.
     local_addresses``: kernel dump order, every IPv4 address before any IPv6 one).
 
@@ -202,7 +205,7 @@ def ipv6_enabled(addresses, dual_stack: bool) -> bool:
     )
 
 
-def redirect_from_pod(pod: dict, addresses=None):
+def redirect_from_pod(pod: dict, addresses: Sequence[str] | None = None) -> RedirectConfig:
     """The ``RedirectConfig`` for ``pod`` (the Pod object as the API returns it, a dict).
 
     ``addresses`` are the pod netns' own addresses (``netfilter.routes.local_addresses``,

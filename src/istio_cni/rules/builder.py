@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from .model import PolicyRoute, Rule, RuleSet, Table
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from .config import RedirectConfig
+
 # Upstream constants (tools/istio-iptables/pkg/constants).
 INBOUND = "ISTIO_INBOUND"
 OUTPUT = "ISTIO_OUTPUT"
@@ -50,13 +54,13 @@ class _Collector:
         self.v6: list = []
         self.ipv6 = ipv6
 
-    def add(self, table: str, chain: str, *spec, at: int | None = None, v4: bool = True, v6: bool = True) -> None:
+    def add(self, table: str, chain: str, *spec: str, at: int | None = None, v4: bool = True, v6: bool = True) -> None:
         if v4:
             self.v4.append(_rule(table, chain, spec, at))
         if v6 and self.ipv6:
             self.v6.append(_rule(table, chain, spec, at))
 
-    def add_versioned(self, table: str, chain: str, *spec, at: int | None = None) -> None:
+    def add_versioned(self, table: str, chain: str, *spec: str | _Family, at: int | None = None) -> None:
         """``add`` for a spec holding ``_Family`` tokens (upstream's AppendVersionedRule)."""
         self.v4.append(_rule(table, chain, _pick(spec, 4), at))
         if self.ipv6:
@@ -99,7 +103,7 @@ def _tables(rules: list) -> tuple:
     return tuple(Table(name, tuple(chains[name]), tuple(by_table[name])) for name in sorted(by_table))
 
 
-def _short_circuit_interfaces(r: _Collector, cfg) -> None:
+def _short_circuit_interfaces(r: _Collector, cfg: RedirectConfig) -> None:
     for nic in cfg.exclude_interfaces:
         r.add("nat", "PREROUTING", "-i", nic, "-j", "RETURN")
         r.add("nat", "OUTPUT", "-o", nic, "-j", "RETURN")
@@ -112,7 +116,7 @@ def _short_circuit_interfaces(r: _Collector, cfg) -> None:
         r.add("nat", "PREROUTING", "-i", nic, "-j", "RETURN", at=1)
 
 
-def _inbound(r: _Collector, cfg, loopback: _Family) -> None:
+def _inbound(r: _Collector, cfg: RedirectConfig, loopback: _Family) -> None:
     ports = cfg.inbound_ports_include
     if not ports:
         return
@@ -168,7 +172,7 @@ def _inbound(r: _Collector, cfg, loopback: _Family) -> None:
             r.add("nat", INBOUND, "-p", "tcp", "--dport", port, "-j", IN_REDIRECT)
 
 
-def _proxy_owner(r: _Collector, cfg, loopback: _Family, dns: bool, keep_lo: bool) -> None:
+def _proxy_owner(r: _Collector, cfg: RedirectConfig, loopback: _Family, dns: bool, keep_lo: bool) -> None:
     """Per proxy uid and gid: hairpin to the inbound listener, skip app lo, skip the proxy."""
     tunnel = cfg.inbound_tunnel_port
     for kind, ids in (("--uid-owner", cfg.proxy_uids), ("--gid-owner", cfg.proxy_gids)):
@@ -247,7 +251,7 @@ def _proxy_owner(r: _Collector, cfg, loopback: _Family, dns: bool, keep_lo: bool
             r.add("nat", OUTPUT, "-m", "owner", kind, ident, "-j", "RETURN")
 
 
-def _owner_groups(r: _Collector, cfg) -> None:
+def _owner_groups(r: _Collector, cfg: RedirectConfig) -> None:
     include = cfg.owner_groups_include
     if include == ("*",):
         for group in cfg.owner_groups_exclude:
@@ -259,7 +263,7 @@ def _owner_groups(r: _Collector, cfg) -> None:
     r.add("nat", OUTPUT, *spec, "-j", "RETURN")
 
 
-def _dns(r: _Collector, cfg) -> None:
+def _dns(r: _Collector, cfg: RedirectConfig) -> None:
     all_dns = cfg.capture_all_dns
     v4s, v6s = cfg.dns_servers_v4, cfg.dns_servers_v6
     r.add("raw", "OUTPUT", "-j", OUTPUT_DNS)
@@ -303,7 +307,7 @@ def _dns(r: _Collector, cfg) -> None:
     _dns_conntrack_zones(r, cfg)
 
 
-def _dns_conntrack_zones(r: _Collector, cfg) -> None:
+def _dns_conntrack_zones(r: _Collector, cfg: RedirectConfig) -> None:
     """Zone 1: proxy <-> upstream resolvers; zone 2: app <-> proxy. Keeps the two UDP
     flows that share a 5-tuple after NAT from racing in one conntrack zone."""
     for kind, ids in (("--uid-owner", cfg.proxy_uids), ("--gid-owner", cfg.proxy_gids)):
@@ -370,7 +374,7 @@ def _dns_conntrack_zones(r: _Collector, cfg) -> None:
             )
 
 
-def _outbound_include(r: _Collector, cfg, cidrs: tuple, v4: bool) -> None:
+def _outbound_include(r: _Collector, cfg: RedirectConfig, cidrs: tuple, v4: bool) -> None:
     if cidrs == ("*",):
         r.add("nat", OUTPUT, "-j", REDIRECT, v4=v4, v6=not v4)
         for nic in cfg.reroute_virtual_interfaces:
@@ -382,7 +386,7 @@ def _outbound_include(r: _Collector, cfg, cidrs: tuple, v4: bool) -> None:
         r.add("nat", OUTPUT, "-d", cidr, "-j", REDIRECT, v4=v4, v6=not v4)
 
 
-def _tproxy_marks(r: _Collector, cfg, loopback: _Family) -> None:
+def _tproxy_marks(r: _Collector, cfg: RedirectConfig, loopback: _Family) -> None:
     mark = cfg.inbound_tproxy_mark
     # Keep the mark set by Envoy's original_src filter on the connection.
     r.add("mangle", "PREROUTING", "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "CONNMARK", "--save-mark")
@@ -430,7 +434,7 @@ def _is_loopback(cidr: str) -> bool:
     return addr.startswith("127.") or addr in ("::1", "0:0:0:0:0:0:0:1")
 
 
-def _collect(cfg) -> _Collector:
+def _collect(cfg: RedirectConfig) -> _Collector:
     """All rules for ``cfg`` in upstream's order, per family."""
     r = _Collector(cfg.enable_ipv6)
     loopback = _Family(cfg.host_ipv4_loopback_cidr, LOOPBACK_V6)
@@ -473,7 +477,7 @@ def _collect(cfg) -> _Collector:
     return r
 
 
-def policy_routes(cfg) -> tuple:
+def policy_routes(cfg: RedirectConfig) -> tuple:
     """TPROXY's ``ip rule fwmark M lookup T`` + local default route, when inbound is captured."""
     if not (cfg.tproxy and cfg.inbound_ports_include):
         return ()
@@ -484,14 +488,14 @@ def policy_routes(cfg) -> tuple:
     return tuple(routes)
 
 
-def lo_addresses(cfg) -> tuple:
+def lo_addresses(cfg: RedirectConfig) -> tuple:
     """``ip -6 addr add ::6/128 dev lo`` when IPv6 is on (upstream's configureIPv6Addresses):
     Envoy binds ``::6`` as the source of its IPv6 inbound passthrough, which the
     ``-s ::6/128 -o lo -j RETURN`` rule keeps from looping."""
     return (PASSTHROUGH_V6,) if cfg.enable_ipv6 else ()
 
 
-def _nft_tables(cfg) -> tuple:
+def _nft_tables(cfg: RedirectConfig) -> tuple:
     try:
         from .nft_builder import build_nft
     except ModuleNotFoundError as exc:
@@ -503,13 +507,13 @@ def _nft_tables(cfg) -> tuple:
     return tuple(build_nft(cfg))
 
 
-def build_xtables(cfg) -> RuleSet:
+def build_xtables(cfg: RedirectConfig) -> RuleSet:
     """The x_tables view only (v4, v6, routes), without the native-nftables rendering."""
     r = _collect(cfg)
     return RuleSet(v4=_tables(r.v4), v6=_tables(r.v6), routes=policy_routes(cfg), lo_addresses=lo_addresses(cfg))
 
 
-def build(cfg) -> RuleSet:
+def build(cfg: RedirectConfig) -> RuleSet:
     """Everything one pod needs for ``cfg``: x_tables for both families, TPROXY routes,
     and the native-nftables tables when ``rules.nft_builder`` is present."""
     return build_xtables(cfg).replace(nft=_nft_tables(cfg))

@@ -8,6 +8,10 @@ list is actually present.
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 WILDCARD = ("*",)
 MAX_OWNER_GROUPS_INCLUDE = 64  # upstream's limit: one rule carries one match per group
 
@@ -55,7 +59,7 @@ def parse_port(field: str, text: object) -> str:
     return parse_number(field, text, 0, 65535, "port number")
 
 
-def _each(field: str, value: object, items: tuple, check) -> tuple:
+def _each(field: str, value: object, items: tuple, check: Callable[[str, str], str]) -> tuple:
     """Apply ``check`` to every list item; an error names the whole value and the item."""
     out = []
     for item in items:

@@ -21,6 +21,10 @@ from __future__ import annotations
 
 from .model import NftChain, NftTable
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from .config import RedirectConfig
+
 NAT = "istio-proxy-nat"
 MANGLE = "istio-proxy-mangle"
 RAW = "istio-proxy-raw"
@@ -119,7 +123,7 @@ def _has_loopback(cidrs: tuple) -> bool:
     return any(c.startswith("127.") or c.partition("/")[0] == "::1" for c in cidrs)
 
 
-def build_nft(cfg) -> tuple:
+def build_nft(cfg: RedirectConfig) -> tuple:
     """The ``inet`` tables for ``cfg`` (a ``RedirectConfig``), in upstream's order."""
     r = _Collector(cfg.enable_ipv6)
     include_all = cfg.outbound_ip_ranges_include == ("*",)
@@ -164,7 +168,7 @@ def build_nft(cfg) -> tuple:
     return r.tables()
 
 
-def _skip_interfaces(r: _Collector, cfg) -> None:
+def _skip_interfaces(r: _Collector, cfg: RedirectConfig) -> None:
     for nic in cfg.exclude_interfaces:
         r.add(NAT, PREROUTING, f"iifname {nic}", "return")
         r.add(NAT, OUTPUT, f"oifname {nic}", "return")
@@ -176,7 +180,7 @@ def _skip_interfaces(r: _Collector, cfg) -> None:
         r.add(NAT, PREROUTING, f"iifname {nic}", "return", index=0)
 
 
-def _inbound(r: _Collector, cfg) -> None:
+def _inbound(r: _Collector, cfg: RedirectConfig) -> None:
     ports = cfg.inbound_ports_include
     if not ports:
         return
@@ -219,7 +223,13 @@ def _inbound(r: _Collector, cfg) -> None:
 
 
 def _proxy_owner(
-    r: _Collector, cfg, owner: str, not_owner: str, skip_dns_hairpin: bool, dns: bool, keep_lo_returns: bool
+    r: _Collector,
+    cfg: RedirectConfig,
+    owner: str,
+    not_owner: str,
+    skip_dns_hairpin: bool,
+    dns: bool,
+    keep_lo_returns: bool,
 ) -> None:
     """The three per-uid (per-gid) rules: hairpin via the service VIP goes to the inbound
     listener, app-to-itself over lo is left alone, everything else the proxy sends RETURNs
@@ -247,7 +257,7 @@ def _proxy_owner(
     r.add(NAT, OUTPUT_CHAIN, owner, "return")
 
 
-def _owner_groups(r: _Collector, cfg) -> None:
+def _owner_groups(r: _Collector, cfg: RedirectConfig) -> None:
     include, exclude = cfg.owner_groups_include, cfg.owner_groups_exclude
     if include == ("*",):
         for group in exclude:
@@ -257,7 +267,7 @@ def _owner_groups(r: _Collector, cfg) -> None:
     r.add(NAT, OUTPUT_CHAIN, " ".join(f"skgid != {g}" for g in include), "return")
 
 
-def _dns(r: _Collector, cfg) -> None:
+def _dns(r: _Collector, cfg: RedirectConfig) -> None:
     """DNS to the agent (nat) and the conntrack zones that keep its flows apart (raw)."""
     v4, v6, capture_all = cfg.dns_servers_v4, cfg.dns_servers_v6, cfg.capture_all_dns
     to_agent = f"redirect to :{DNS_AGENT_PORT}"
@@ -289,7 +299,7 @@ def _dns(r: _Collector, cfg) -> None:
         r.add6(RAW, INBOUND, f"udp sport 53 ip6 saddr {server}/128", "ct zone set 1")
 
 
-def _outbound_include(r: _Collector, cfg, include_all: bool, v4: tuple, v6: tuple) -> None:
+def _outbound_include(r: _Collector, cfg: RedirectConfig, include_all: bool, v4: tuple, v6: tuple) -> None:
     nics = cfg.reroute_virtual_interfaces
     if include_all:
         r.add(NAT, OUTPUT_CHAIN, "", f"jump {REDIRECT}")
@@ -306,7 +316,7 @@ def _outbound_include(r: _Collector, cfg, include_all: bool, v4: tuple, v6: tupl
         r.add6(NAT, OUTPUT_CHAIN, f"ip6 daddr {cidr}", f"jump {REDIRECT}")
 
 
-def _tproxy_marks(r: _Collector, cfg) -> None:
+def _tproxy_marks(r: _Collector, cfg: RedirectConfig) -> None:
     """TPROXY bookkeeping: keep the original-src mark on the connection, mark proxy -> app
     traffic over lo (1338) so the inbound chain lets it through, and never re-capture."""
     mark, loopback = cfg.inbound_tproxy_mark, cfg.host_ipv4_loopback_cidr
