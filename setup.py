@@ -9,10 +9,22 @@ lean) and ``istio_cni_installer`` (``installer/``, the node program).
 
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_py import build_py
 
 INSTALLER = "installer/istio_cni_installer"
 
+
+class BuildPyWithoutBuildScripts(build_py):
+    """``*.cffi.py`` are build scripts (``cffi_modules``), not modules: they stay out of the wheel.
+    ``exclude-package-data`` cannot do it (it filters data files; build_py takes every ``*.py``)."""
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        return [m for m in modules if not m[2].endswith(".cffi.py")]
+
+
 setup(
+    cmdclass={"build_py": BuildPyWithoutBuildScripts},
     package_dir={"": "src", "istio_cni_installer": INSTALLER},
     packages=find_packages("src")
     + ["istio_cni_installer"]

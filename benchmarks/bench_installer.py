@@ -64,7 +64,7 @@ def bundle(tmp_path_factory):
 
 
 def _layout(root: Path):
-    from istio_cni_installer.testing import HostLayout, project_token
+    from support.installer_fixtures import HostLayout, project_token
 
     lay = HostLayout(root=root, net_dir=root / "net", bin_dir=root / "bin", run_dir=root / "run",
                      sa_dir=root / "sa")
@@ -76,7 +76,7 @@ def _layout(root: Path):
 
 
 def _start_installer(lay, bundle, **env):
-    from istio_cni_installer.testing import InstallerProcess
+    from support.installer_fixtures import InstallerProcess
 
     p = InstallerProcess(lay.env(None, PLUGIN_BUNDLE_DIR=bundle.path, LOG_LEVEL="warn", **env))
     from istio_cni_installer.watch import Watcher

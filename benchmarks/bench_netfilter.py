@@ -29,7 +29,7 @@ import subprocess
 import pytest
 
 from istio_cni._fastpath import Entered
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni.netfilter import iptc as iptc_mod
 from istio_cni.netfilter.iptc import IptcBackend
 from istio_cni.netfilter.nft import NftBackend, transaction_text

@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 
 TIME = "/usr/bin/time"  # GNU time (Debian package ``time``), for peak RSS
 POD_SUBNET = "192.0.2"  # TEST-NET-1, only ever assigned inside benchmark namespaces

@@ -49,7 +49,7 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=0, help="also list the N largest cumulative imports")
     args = ap.parse_args()
 
-    from istio_cni.devtools import netns as nsutil
+    from istio_cni.tools import netns as nsutil
     from istio_cni_installer.binaries import Binaries
     from istio_cni_installer.bundle import build
     from peers.fakeapi import FakeAPI

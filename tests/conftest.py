@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["peers.fixtures", "istio_cni_installer.testing"]
+pytest_plugins = ["peers.fixtures", "support.installer_fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -61,7 +61,7 @@ def netns():
     end of a veth pair kept inside the netns: this kernel has no dummy links), as a primary
     CNI would: the plugin (like upstream) reads the pod netns' own
     addresses to decide on IPv6 and fails an ADD that redirects in a netns without one."""
-    from istio_cni.devtools import netns as nsutil
+    from istio_cni.tools import netns as nsutil
 
     made: list[str] = []
 

@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
-from istio_cni.devtools import netns as nsutil  # noqa: E402
-from istio_cni.devtools.chain import Chain, bridge_conflist  # noqa: E402
+from istio_cni.tools import netns as nsutil  # noqa: E402
+from istio_cni.tools.chain import Chain, bridge_conflist  # noqa: E402
 from support.pods import sidecar_pod  # noqa: E402
 from traffic import Listeners, connect  # noqa: E402
 

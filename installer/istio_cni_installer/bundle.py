@@ -69,7 +69,7 @@ DYNLOAD_SKIP_PREFIXES = (
 )
 # Build inputs and type stubs (.pyi: for type checkers, the wheel ships them) stay out.
 PACKAGE_SKIP_SUFFIXES = (".c", ".pyx", ".cffi.py", ".pyc", ".o", ".pyi")
-PACKAGE_SKIP_DIRS = {"__pycache__", "devtools"}  # devtools is test tooling, never on the ADD path
+PACKAGE_SKIP_DIRS = {"__pycache__", "tools"}  # side tools (istio_cni.tools): kubelet only execs the plugin
 # glibc's own libraries: present on every host and must match its ld.so, so never bundled.
 GLIBC = (
     "linux-vdso",

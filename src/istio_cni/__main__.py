@@ -27,7 +27,10 @@ def main() -> None:
 
     addtiming.mark_start()
     if len(sys.argv) > 1 and sys.argv[1] == "validate":  # the istio-validation init container
-        from .validate import main as validate_main
+        try:
+            from .tools.validate import main as validate_main
+        except ImportError:  # the host bundle carries the plugin only, not istio_cni.tools
+            sys.exit("istio-cni validate: not part of this installation (the node image has it)")
 
         sys.exit(validate_main(sys.argv[2:]))
     try:

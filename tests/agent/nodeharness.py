@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / ".venv" / "bin" / "istio-cni"

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
 
 pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def validate_bin():
+    """``istio-cni`` as the node image installs it (the venv's entry point): the validation
+    init container runs it from there; the host bundle carries the plugin only."""
+    script = Path(sys.executable).with_name("istio-cni")
+    if not script.exists():
+        pytest.fail(f"{script} missing: run `make setup`")
+    return script
 
 
 def load_rules(name: str, cfg: RedirectConfig) -> None:
@@ -19,43 +31,43 @@ def load_rules(name: str, cfg: RedirectConfig) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def validate(plugin_bin, name: str, *args: str) -> subprocess.CompletedProcess:
-    return nsutil.exec_in(name, str(plugin_bin), "validate", *args, timeout=60)
+def validate(validate_bin, name: str, *args: str) -> subprocess.CompletedProcess:
+    return nsutil.exec_in(name, str(validate_bin), "validate", *args, timeout=60)
 
 
-def test_passes_when_the_redirect_rules_are_in_place(plugin_bin, netns):
+def test_passes_when_the_redirect_rules_are_in_place(validate_bin, netns):
     ns = netns("val")
     load_rules(ns, RedirectConfig())
-    out = validate(plugin_bin, ns, "--timeout", "5")
+    out = validate(validate_bin, ns, "--timeout", "5")
     assert out.returncode == 0, out.stderr
     assert "redirected to the proxy" in out.stderr
 
 
-def test_fails_with_126_and_points_at_repair_without_rules(plugin_bin, netns):
+def test_fails_with_126_and_points_at_repair_without_rules(validate_bin, netns):
     ns = netns("val")
-    out = validate(plugin_bin, ns, "--timeout", "0.5")
+    out = validate(validate_bin, ns, "--timeout", "0.5")
     assert out.returncode == 126
     assert "Connection refused" in out.stderr
     assert "repair" in out.stderr
 
 
-def test_fails_when_the_rules_exempt_a_different_uid(plugin_bin, netns):
+def test_fails_when_the_rules_exempt_a_different_uid(validate_bin, netns):
     # Rules for proxy uid 1337, probe as 1338: the owner match must not fire.
     ns = netns("val")
     load_rules(ns, RedirectConfig())
-    out = validate(plugin_bin, ns, "--timeout", "0.5", "-u", "1338")
+    out = validate(validate_bin, ns, "--timeout", "0.5", "-u", "1338")
     assert out.returncode == 126, out.stderr
 
 
-def test_custom_proxy_ports_follow_the_rules(plugin_bin, netns):
+def test_custom_proxy_ports_follow_the_rules(validate_bin, netns):
     ns = netns("val")
     load_rules(ns, RedirectConfig(inbound_capture_port="16006", proxy_port="16001"))
-    assert validate(plugin_bin, ns, "--timeout", "0.5").returncode == 126  # listens on 15006: misses
-    out = validate(plugin_bin, ns, "--timeout", "5", "-z", "16006", "-p", "16001")
+    assert validate(validate_bin, ns, "--timeout", "0.5").returncode == 126  # listens on 15006: misses
+    out = validate(validate_bin, ns, "--timeout", "5", "-z", "16006", "-p", "16001")
     assert out.returncode == 0, out.stderr
 
 
-def test_bad_port_is_named(plugin_bin, netns):
-    out = validate(plugin_bin, netns("val"), "--probe-port", "70000")
+def test_bad_port_is_named(validate_bin, netns):
+    out = validate(validate_bin, netns("val"), "--probe-port", "70000")
     assert out.returncode != 0
     assert "--probe-port 70000" in out.stderr

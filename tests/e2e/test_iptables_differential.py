@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from istio_cni import iptables_cli
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import iptables_cli
+from istio_cni.tools import netns as nsutil
 from istio_cni.rules.builder import build, build_xtables
 from istio_cni.rules.config import RedirectConfig
 from peers.tools import tool_path
@@ -66,7 +66,7 @@ def namespaces():
 @pytest.fixture(scope="module")
 def netns_addresses(namespaces):
     """What our CLI's address probe sees inside each namespace (run there for real)."""
-    probe = "from istio_cni.iptables_cli import local_addresses; print(' '.join(local_addresses()))"
+    probe = "from istio_cni.tools.iptables_cli import local_addresses; print(' '.join(local_addresses()))"
     out = {}
     for family, name in namespaces.items():
         res = nsutil.exec_in(name, sys.executable, "-c", probe, capture_output=True, text=True,

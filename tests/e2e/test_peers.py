@@ -23,8 +23,8 @@ import uuid
 
 import pytest
 
-from istio_cni.devtools import netns as nsutil
-from istio_cni.devtools.chain import bridge_conflist
+from istio_cni.tools import netns as nsutil
+from istio_cni.tools.chain import bridge_conflist
 from peers.fakeapi import Delay, Reset, SlowBody, Status
 from peers.tools import tool_version
 from support.pods import sidecar_pod

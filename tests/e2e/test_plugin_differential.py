@@ -42,7 +42,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from peers.tools import tool_path
 
 pytestmark = pytest.mark.peers

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from istio_cni.devtools import netns as nsutil
-from istio_cni.devtools.chain import bridge_conflist
+from istio_cni.tools import netns as nsutil
+from istio_cni.tools.chain import bridge_conflist
 from support.pods import plain_pod, sidecar_pod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))

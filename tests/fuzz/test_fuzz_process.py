@@ -20,7 +20,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni.versions import SUPPORTED_VERSIONS
 from peers.fakeapi import FakeAPI
 from support.pods import plain_pod, sidecar_pod

@@ -17,7 +17,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from istio_cni_installer.testing import InstallerProcess, project_token
+from support.installer_fixtures import InstallerProcess, project_token
 
 FAKE_PRIMARY = Path(__file__).with_name("fake_primary.py")
 CALICO = {"name": "k8s-pod-network", "cniVersion": "0.3.1",

@@ -11,7 +11,7 @@ import yaml
 
 from istio_cni_installer.kubeconfig import Kubeconfig, KubeconfigWriteError, render, server_url
 from istio_cni_installer.settings import parse
-from istio_cni_installer.testing import project_token
+from support.installer_fixtures import project_token
 
 TOKEN = "service_account_token_string"
 

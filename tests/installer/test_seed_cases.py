@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from istio_cni_installer.standin import is_standin
-from istio_cni_installer.testing import InstallerProcess, project_token
+from support.installer_fixtures import InstallerProcess, project_token
 
 SNIPPET = json.dumps({"type": "istio-cni", "log_level": "info", "kubernetes": {
     "kubeconfig": "__KUBECONFIG_FILEPATH__", "cni_bin_dir": "/opt/cni/bin",

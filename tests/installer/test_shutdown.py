@@ -12,7 +12,7 @@ import pytest
 from istio_cni_installer.nodematch import mismatch
 from istio_cni_installer.settings import parse
 from istio_cni_installer.standin import is_standin
-from istio_cni_installer.testing import InstallerProcess, project_token
+from support.installer_fixtures import InstallerProcess, project_token
 from istio_cni_installer.upgrade import ApiClient, decide
 
 NS, DS, NODE = "istio-system", "istio-cni-node", "node-a"

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from istio_cni.devtools.chain import Chain, PluginFailed, bridge_conflist, exec_plugin
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools.chain import Chain, PluginFailed, bridge_conflist, exec_plugin
+from istio_cni.tools import netns as nsutil
 
 # The Debian reference plugins (1.1.1) implement up to 1.0.0; 1.1.0 is tested below
 # with a bridge result produced at 1.0.0 and handed to istio-cni as a 1.1.0 prevResult.

@@ -22,8 +22,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from istio_cni.devtools import netns as nsutil
-from istio_cni.devtools.chain import bridge_conflist
+from istio_cni.tools import netns as nsutil
+from istio_cni.tools.chain import bridge_conflist
 from istio_cni_installer.installer import Installer
 from istio_cni_installer.settings import parse
 from istio_cni_installer.standin import is_standin

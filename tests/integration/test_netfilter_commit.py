@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from istio_cni import netfilter
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni.errors import NetfilterError
 from istio_cni.netfilter import iptc as iptc_mod
 from istio_cni.rules.builder import build

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from istio_cni._fastpath import Entered
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni.errors import NetfilterError
 from istio_cni.netfilter import routes
 from istio_cni.rules.model import PolicyRoute

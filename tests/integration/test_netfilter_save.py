@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from istio_cni import netfilter
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni.netfilter import xt
 from istio_cni.rules.model import Rule, RuleSet, Table
 

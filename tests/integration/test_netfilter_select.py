@@ -9,7 +9,7 @@ import pytest
 
 from istio_cni import netfilter
 from istio_cni._fastpath import Entered
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni.errors import NetfilterError
 from istio_cni.netfilter.dryrun import DryRunBackend
 from istio_cni.rules.builder import build

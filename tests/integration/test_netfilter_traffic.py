@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from istio_cni import netfilter
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
 

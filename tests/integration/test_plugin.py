@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from istio_cni.devtools import netns as nsutil
-from istio_cni.devtools.chain import PluginFailed, exec_plugin
+from istio_cni.tools import netns as nsutil
+from istio_cni.tools.chain import PluginFailed, exec_plugin
 from peers.fakeapi import Delay, Reset
 from support.pods import plain_pod, sidecar_pod
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from istio_cni import netfilter
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni.netfilter import routes
 from istio_cni.redirect import ipv6_enabled, redirect_from_pod
 from istio_cni.rules.builder import build

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni_installer.repair.netns import local_v4, namespaces
 
 EVENTUALLY = 30.0

@@ -9,7 +9,7 @@ from repairsupport import eventually
 from nodeharness import rules_in
 from pods import NODE, injected_pod, validation_failed
 
-from istio_cni.devtools import netns as nsutil
+from istio_cni.tools import netns as nsutil
 from istio_cni_installer.agent import PodCache
 from istio_cni_installer.repair import RepairController, RepairSettings
 

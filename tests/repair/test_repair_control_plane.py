@@ -76,7 +76,7 @@ def test_delete_mode_deletes_the_real_pod(control_plane, cp_repair):
 
 
 def test_repair_mode_fixes_the_netns_of_a_real_pod(control_plane, cp_repair, sandbox, plugin_bin):
-    from istio_cni.devtools import netns as nsutil
+    from istio_cni.tools import netns as nsutil
 
     ns, node, start = cp_repair
     netns_name, ip = sandbox()

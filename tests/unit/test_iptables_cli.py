@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from istio_cni import iptables_cli as cli
+from istio_cni.tools import iptables_cli as cli
 from istio_cni.rules.model import PolicyRoute, RuleSet
 
 
@@ -196,14 +196,14 @@ def test_commit_goes_through_netfilter_apply(monkeypatch):
 @pytest.mark.parametrize("text, seconds", [("5s", 5.0), ("500ms", 0.5), ("1m30s", 90.0),
                                            ("0", 0.0), ("1.5h", 5400.0), ("250us", 0.00025)])
 def test_parse_duration_like_go(text, seconds):
-    from istio_cni.iptables_validation import parse_duration
+    from istio_cni.tools.iptables_validation import parse_duration
 
     assert parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["5", "", "s", "5 seconds", "1d"])
 def test_parse_duration_rejects(text):
-    from istio_cni.iptables_validation import parse_duration
+    from istio_cni.tools.iptables_validation import parse_duration
 
     with pytest.raises(ValueError):
         parse_duration(text)

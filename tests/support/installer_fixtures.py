@@ -1,9 +1,11 @@
-"""pytest plugin: the plugin bundle and host layouts for tests (never imported by the product).
+"""pytest plugin: the plugin bundle and host layouts for tests and benchmarks (test-only code,
+so it lives under tests/ and never ships in the wheel).
 
-Register with ``pytest_plugins = ["istio_cni_installer.testing"]`` in the root conftest, or
-import the fixtures into a conftest. ``plugin_bundle`` builds the bundle from the test venv once
-per session and deploys it with the real installer code into a temp bin dir, so tests exec
-``plugin_bundle.launcher`` exactly as kubelet would exec ``/opt/cni/bin/istio-cni``.
+Registered with ``pytest_plugins = [..., "support.installer_fixtures"]`` in the root conftest
+(``tests/`` is on ``sys.path``; benchmarks/conftest.py adds it too). ``plugin_bundle`` builds
+the bundle from the test venv once per session and deploys it with the real installer code into
+a temp bin dir, so tests exec ``plugin_bundle.launcher`` exactly as kubelet would exec
+``/opt/cni/bin/istio-cni``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from pathlib import Path
 import pytest
 
 from istio_cni.value import Value
-
-from .binaries import Binaries
-from .bundle import build
+from istio_cni_installer.binaries import Binaries
+from istio_cni_installer.bundle import build
 
 
 class PluginBundle(Value):

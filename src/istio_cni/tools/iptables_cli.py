@@ -19,8 +19,8 @@ import argparse
 import os
 import sys
 
-from .decide import parse_go_bool
-from .rules.config import ConfigError, RedirectConfig
+from ..decide import parse_go_bool
+from ..rules.config import ConfigError, RedirectConfig
 
 # (long flag, short flag, RedirectConfig field or None, help). String-valued.
 STRING_FLAGS = (
@@ -282,7 +282,7 @@ def _preferred_backend(opts: Options) -> str:
 
 def _netfilter():
     try:
-        from . import netfilter
+        from .. import netfilter
     except ImportError as exc:
         raise RuntimeError(f"netfilter backend unavailable: {exc}") from None
     if not hasattr(netfilter, "apply"):
@@ -291,8 +291,8 @@ def _netfilter():
 
 
 def run(opts: Options, out=sys.stdout) -> int:
-    from .log import log
-    from .rules.builder import build
+    from ..log import log
+    from ..rules.builder import build
 
     preferred = _preferred_backend(opts)
     netns = _netns_path(opts.string("network-namespace"))
