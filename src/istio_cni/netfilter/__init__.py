@@ -43,11 +43,27 @@ from ..backends import NAMES, RESTORE_VARIANTS
 from ..errors import NetfilterError
 from ..log import log
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from typing import Protocol, TextIO
+
+    from ..rules.model import RuleSet
+
+    class Backend(Protocol):
+        """What every backend (iptc, nft, restore-*, dry-run) offers."""
+
+        @property
+        def name(self) -> str: ...
+        def commit(self, rs: RuleSet) -> None: ...
+        def check(self, rs: RuleSet) -> list: ...
+        def remove(self, rs: RuleSet | None = None) -> None: ...
+
+
 DEFAULT = "iptc"
 ENV = "ISTIO_CNI_NETFILTER_BACKEND"
 
 
-def make_backend(name: str, sink=None, long_lived: bool = False):
+def make_backend(name: str, sink: TextIO | None = None, long_lived: bool = False) -> Backend:
     """``long_lived``: the caller (node agent) outlives the commit, so slow cleanup such as
     freeing the libnftables context may happen on a background thread."""
     if name == "iptc":
@@ -79,7 +95,7 @@ def _legacy_available() -> bool:
         return False
 
 
-def choose(preferred: str = "auto", rs=None) -> tuple:
+def choose(preferred: str = "auto", rs: RuleSet | None = None) -> tuple[str, str]:
     """(backend name, reason) for the current netns."""
     import os
 
@@ -113,19 +129,21 @@ def choose(preferred: str = "auto", rs=None) -> tuple:
     return DEFAULT, "netns holds no rules: default"
 
 
-def select_backend(preferred: str = "auto", rs=None, sink=None, long_lived: bool = False):
+def select_backend(
+    preferred: str = "auto", rs: RuleSet | None = None, sink: TextIO | None = None, long_lived: bool = False
+) -> Backend:
     """The backend for the netns the calling thread is in (see the module docstring)."""
     name, reason = choose(preferred, rs)
     log.info("netfilter backend selected", backend=name, reason=reason)
     return make_backend(name, sink, long_lived)
 
 
-def _nft_choice(rs) -> str:
+def _nft_choice(rs: RuleSet | None) -> str:
     """The nf_tables backend for ``rs``: native nft when it carries that form."""
     return "nft" if rs is not None and rs.nft else "restore-nft"
 
 
-def commit(rs, preferred: str = "auto", *, long_lived: bool = False):
+def commit(rs: RuleSet, preferred: str = "auto", *, long_lived: bool = False) -> Backend:
     """Commit ``rs``'s rules in the current netns; returns the backend that did it.
 
     Under ``auto`` a legacy table that the kernel does not offer (``iptc.TableUnavailable``:
@@ -159,7 +177,7 @@ def _auto(preferred: str) -> bool:
     return not os.environ.get(ENV) and preferred == "auto"
 
 
-def apply(netns_path: str, rs, preferred: str = "auto", *, long_lived: bool = False) -> str:
+def apply(netns_path: str, rs: RuleSet, preferred: str = "auto", *, long_lived: bool = False) -> str:
     """Enter ``netns_path``, commit ``rs`` (rules and policy routes), return the backend name.
 
     ``long_lived=True`` for the node agent (see ``make_backend``)."""
@@ -176,7 +194,7 @@ def apply(netns_path: str, rs, preferred: str = "auto", *, long_lived: bool = Fa
     return backend.name
 
 
-def check(netns_path: str, rs, preferred: str = "auto") -> list:
+def check(netns_path: str, rs: RuleSet, preferred: str = "auto") -> list:
     from .._fastpath import Entered
 
     with Entered(netns_path):
@@ -191,7 +209,7 @@ def check(netns_path: str, rs, preferred: str = "auto") -> list:
         return diffs
 
 
-def _check_after_fallback(rs, iptc_diffs: list) -> list:
+def _check_after_fallback(rs: RuleSet, iptc_diffs: list) -> list:
     """Under ``auto`` an ADD into a netns holding legacy rules commits through nf_tables when
     the kernel lacks a legacy table (``commit``); CHECK then accepts rules found complete in
     nf_tables, and otherwise reports what libiptc found missing."""
@@ -202,7 +220,7 @@ def _check_after_fallback(rs, iptc_diffs: list) -> list:
     return [] if not make_backend(_nft_choice(rs)).check(rs) else iptc_diffs
 
 
-def remove(netns_path: str, preferred: str = "auto", rs=None) -> None:
+def remove(netns_path: str, preferred: str = "auto", rs: RuleSet | None = None) -> None:
     """Remove everything we own from the netns (``rs`` adds its built-in-chain rules and
     policy routes to what is recognised as ours)."""
     from .._fastpath import Entered
@@ -216,7 +234,7 @@ def remove(netns_path: str, preferred: str = "auto", rs=None) -> None:
             routes.remove(rs.routes)
 
 
-def _removers(preferred: str, rs) -> list:
+def _removers(preferred: str, rs: RuleSet | None) -> list[Backend]:
     """Explicit choice: that backend. Auto: every subsystem that may hold our rules."""
     import os
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from ..rules.model import RuleSet
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from typing import TextIO
+
 
 class DryRunBackend:
     """``sink`` is any text stream (never the plugin's stdout: that is the CNI protocol).
@@ -13,7 +17,7 @@ class DryRunBackend:
 
     name = "dry-run"
 
-    def __init__(self, sink, nft: bool = False) -> None:
+    def __init__(self, sink: TextIO, nft: bool = False) -> None:
         self.sink = sink
         self.nft = nft
 

@@ -47,6 +47,11 @@ from .xtenc import (
     standard_target,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 LOCK = _thread.allocate_lock()
 EAGAIN = 11
 RETRIES = 5
@@ -110,7 +115,7 @@ class _Lib:
         self._lib, self._prefix = lib, p
         self.names_file = "ip_tables_names" if family == 4 else "ip6_tables_names"
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:  # a cffi function
         """``iptc_<name>`` / ``ip6tc_<name>``, bound on first use: cffi builds each function
         object lazily, and a one-shot commit into a fresh netns needs only half of them."""
         if name not in FUNCTIONS:
@@ -218,7 +223,7 @@ class Handle:
             target,
         )
 
-    def call(self, fn, what: str, *args) -> None:
+    def call(self, fn: Callable[..., int], what: str, *args: object) -> None:
         if not fn(*args, self.h):
             raise self.lib.error(what)
 

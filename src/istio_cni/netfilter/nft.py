@@ -103,10 +103,10 @@ class Nft:
         else:
             self.lib.nft_ctx_free(ctx)
 
-    def __enter__(self):
+    def __enter__(self) -> Nft:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -160,7 +160,7 @@ def _expected_chains(t: NftTable) -> dict:
     return out
 
 
-def _hook_of(line: str | None):
+def _hook_of(line: str | None) -> tuple[str, str, int] | None:
     """'type nat hook prerouting priority dstnat' -> ('nat', 'prerouting', -100)."""
     if line is None:
         return None

@@ -15,6 +15,13 @@ Comparison is generic over the rule identity: the libiptc backend compares entry
 
 from __future__ import annotations
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..rules.model import Table
+    from .xt import XtRule
+
 PREFIX = "ISTIO_"
 
 
@@ -23,7 +30,14 @@ def is_our_chain(name: str) -> bool:
 
 
 def upstream_shape(
-    table: str, chain: str, iniface, outiface, proto, has_addr: bool, matches: tuple, target: str
+    table: str,
+    chain: str,
+    iniface: str | None,
+    outiface: str | None,
+    proto: str | None,
+    has_addr: bool,
+    matches: tuple,
+    target: str,
 ) -> bool:
     """True for the built-in-chain rules upstream istio-iptables writes that jump nowhere
     (every such rule in every upstream golden has one of these shapes)."""
@@ -40,7 +54,7 @@ def upstream_shape(
     return chain == "OUTPUT" and target == "RETURN" and outiface == "lo" and matches == ("mark",)
 
 
-def xt_shape(table: str, chain: str, rule) -> bool:
+def xt_shape(table: str, chain: str, rule: XtRule | str) -> bool:
     """``upstream_shape`` for a parsed ``XtRule`` (None-safe for unparsed foreign text)."""
     if isinstance(rule, str):
         return False
@@ -69,7 +83,7 @@ def expected_order(desired: list) -> dict:
     return out
 
 
-def compare(where: str, table, desired: list, present: set, rules_of) -> list:
+def compare(where: str, table: Table, desired: list, present: set, rules_of: Callable[..., list]) -> list:
     """Differences between ``desired`` (see ``expected_order``) and the live table.
 
     ``rules_of(chain)`` yields [(identity, target label, upstream shape?)] for a live chain.

@@ -18,7 +18,11 @@ from ..errors import NetfilterError
 from ..log import log
 from ..rules.model import RuleSet, Table
 from . import owned
-from .xt import XtParseError, parse, parse_save_line
+from .xt import XtParseError, XtRule, parse, parse_save_line
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 TIMEOUT = 20.0
 RETRIES = 3
@@ -71,6 +75,7 @@ def parse_save(text: str, family: int) -> dict:
         elif line.startswith("-A ") and cur is not None:
             toks = line.split()
             label = toks[toks.index("-j") + 1] if "-j" in toks else ""
+            rule: XtRule | str  # a line the parser does not know stays text (not ours)
             try:
                 chain, rule = parse_save_line(line, family)
             except XtParseError:
@@ -132,7 +137,7 @@ class RestoreBackend:
                 self._roll_back(done + [attempt])
                 raise
 
-    def _commit_family(self, attempt: _Attempt, tables) -> None:
+    def _commit_family(self, attempt: _Attempt, tables: Sequence[Table]) -> None:
         family = attempt.family
         for n in range(RETRIES):
             attempt.before = _run([_tool(self.variant, family, "save")])

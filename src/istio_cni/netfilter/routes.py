@@ -23,6 +23,12 @@ import _struct
 
 from ..errors import NetfilterError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from ..rules.model import PolicyRoute
+
 NETLINK_ROUTE = 0
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
@@ -44,13 +50,13 @@ def _attr(kind: int, value: int) -> bytes:
     return _struct.pack("<HHI", 8, kind, value)
 
 
-def _rule_msg(r) -> bytes:
+def _rule_msg(r: PolicyRoute) -> bytes:
     # struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags
     hdr = _struct.pack("<BBBBBBBBI", AF[r.family], 0, 0, 0, r.table if r.table < 256 else 252, 0, 0, FR_ACT_TO_TBL, 0)
     return hdr + _attr(FRA_FWMARK, r.fwmark) + _attr(FRA_TABLE, r.table)
 
 
-def _route_msg(r) -> bytes:
+def _route_msg(r: PolicyRoute) -> bytes:
     # struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
     hdr = _struct.pack(
         "<BBBBBBBBI", AF[r.family], 0, 0, 0, r.table if r.table < 256 else 252, RTPROT_BOOT, RT_SCOPE_HOST, RTN_LOCAL, 0
@@ -116,7 +122,7 @@ def _attrs(payload: bytes, start: int) -> dict:
     return out
 
 
-def _u32(b: bytes | None):
+def _u32(b: bytes | None) -> int | None:
     return _struct.unpack("<I", b[:4])[0] if b else None
 
 
@@ -136,7 +142,7 @@ def _addr_msg(text: str) -> bytes:
     return hdr + attr + _struct.pack("<HH", 4 + len(packed), IFA_ADDRESS) + packed
 
 
-def add_lo_addresses(nl: Netlink, addresses) -> None:
+def add_lo_addresses(nl: Netlink, addresses: Iterable[str]) -> None:
     for text in addresses:
         try:
             nl.request(RTM_NEWADDR, F_ACK | F_CREATE | F_EXCL, _addr_msg(text))
@@ -145,7 +151,7 @@ def add_lo_addresses(nl: Netlink, addresses) -> None:
                 raise NetfilterError("address add on lo failed", f"{text}: {e.strerror}", e.errno or 0) from None
 
 
-def program(routes, lo_addresses=()) -> None:
+def program(routes: Sequence[PolicyRoute], lo_addresses: Sequence[str] = ()) -> None:
     """Upstream's order: the addresses on lo first, then each policy rule and its route."""
     if not routes and not lo_addresses:
         return
@@ -218,7 +224,7 @@ def netns_addresses(netns_path: str) -> list:
         return local_addresses()
 
 
-def missing(routes, lo_addresses=()) -> list:
+def missing(routes: Sequence[PolicyRoute], lo_addresses: Sequence[str] = ()) -> list:
     """Descriptions of the addresses, policy rules and routes not present in the netns."""
     if not routes and not lo_addresses:
         return []
@@ -249,7 +255,7 @@ def missing(routes, lo_addresses=()) -> list:
         nl.close()
 
 
-def remove(routes) -> None:
+def remove(routes: Sequence[PolicyRoute]) -> None:
     """Delete ``routes``' rules and local routes; absent ones are fine."""
     if not routes:
         return

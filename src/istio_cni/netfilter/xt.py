@@ -16,6 +16,12 @@ from __future__ import annotations
 
 from ..value import Value
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    Names = Callable[[str, str], int]  # (kind "uid" | "gid", name) -> id: system_names or a test's
+
 ALL = 0xFFFFFFFF
 STD_VERDICTS = ("ACCEPT", "DROP", "RETURN", "QUEUE")
 CT_STATES = ("INVALID", "ESTABLISHED", "RELATED", "NEW", "UNTRACKED", "SNAT", "DNAT")
@@ -38,7 +44,17 @@ class XtRule(Value):
     matches: tuple[tuple[str, tuple[tuple[str, object], ...]], ...]  # (name, sorted (key, value) pairs)
     target: tuple[str, tuple[tuple[str, object], ...]]  # (name, sorted (key, value) pairs)
 
-    def __init__(self, family, src, dst, iniface, outiface, proto, matches, target):
+    def __init__(
+        self,
+        family: int,
+        src: tuple[bytes, int, bool] | None,
+        dst: tuple[bytes, int, bool] | None,
+        iniface: tuple[str, bool] | None,
+        outiface: tuple[str, bool] | None,
+        proto: tuple[str, bool] | None,
+        matches: tuple[tuple[str, tuple[tuple[str, object], ...]], ...],
+        target: tuple[str, tuple[tuple[str, object], ...]],
+    ) -> None:
         # Spelled out instead of Value's generic loop: one is built per rule per commit.
         set_ = object.__setattr__
         set_(self, "family", family)
@@ -90,7 +106,7 @@ def _cidr(tok: str, family: int) -> tuple:
     return (masked, n)
 
 
-def _id(tok: str, kind: str, names) -> tuple:
+def _id(tok: str, kind: str, names: Names) -> tuple:
     """uid/gid or range ``a-b``; names go through ``names(kind, name)``."""
     lo, sep, hi = tok.partition("-")
     if sep and lo.isdigit() and hi.isdigit():
@@ -116,19 +132,19 @@ def system_names(kind: str, name: str) -> int:
 # ---- per-extension option handlers: (params dict, neg, value token, names) -> None ------
 
 
-def _tcpudp(p, opt, neg, val, names):
+def _tcpudp(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     key = "sport" if opt in ("--sport", "--source-port") else "dport"
     p[key] = _port_range(val)
     p["inv_" + key] = neg
 
 
-def _owner(p, opt, neg, val, names):
+def _owner(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     kind = "uid" if opt == "--uid-owner" else "gid"
     p[kind] = _id(val, kind, names)
     p["inv_" + kind] = neg
 
 
-def _multiport(p, opt, neg, val, names):
+def _multiport(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     kinds = {"--dports": "d", "--destination-ports": "d", "--sports": "s", "--source-ports": "s", "--ports": "either"}
     ports = tuple(_port_range(x) for x in val.split(","))
     if len(ports) > 15:
@@ -136,7 +152,7 @@ def _multiport(p, opt, neg, val, names):
     p.update(kind=kinds[opt], ports=ports, inv=neg)
 
 
-def _conntrack(p, opt, neg, val, names):
+def _conntrack(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     states = frozenset(val.split(","))
     bad = sorted(states - set(CT_STATES))
     if bad:
@@ -144,12 +160,12 @@ def _conntrack(p, opt, neg, val, names):
     p.update(ctstate=tuple(sorted(states)), inv=neg)
 
 
-def _mark_match(p, opt, neg, val, names):
+def _mark_match(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     p["mark"], p["mask"] = _value_mask(val, "mark")
     p["inv"] = neg
 
 
-def _flag(p, opt, neg, val, names):
+def _flag(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     p[opt.lstrip("-")] = True
 
 
@@ -168,12 +184,12 @@ MATCHES = {
 FLAG_OPTIONS = {"--transparent", "--nowildcard", "--restore-skmark", "--save-mark", "--restore-mark", "--notrack"}
 
 
-def _redirect(p, opt, neg, val, names):
+def _redirect(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     lo, _, hi = val.partition("-")
     p["ports"] = (_num(lo, "port"), _num(hi, "port") if hi else _num(lo, "port"))
 
 
-def _tproxy(p, opt, neg, val, names):
+def _tproxy(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     if opt == "--on-port":
         p["port"] = _num(val, "port")
     elif opt == "--on-ip":
@@ -182,13 +198,13 @@ def _tproxy(p, opt, neg, val, names):
         p["mark"], p["mask"] = _value_mask(val, "mark")
 
 
-def _mark_target(p, opt, neg, val, names):
+def _mark_target(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     v, m = _value_mask(val, "mark")
     # --set-mark v[/m] means "mask = m | v" (libxt_MARK); --set-xmark is literal.
     p["mark"], p["mask"] = (v, m | v) if opt == "--set-mark" else (v, m)
 
 
-def _connmark_target(p, opt, neg, val, names):
+def _connmark_target(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     if opt in ("--save-mark", "--restore-mark"):
         p["mode"] = opt[2:-5]
     elif opt == "--mask":
@@ -197,7 +213,7 @@ def _connmark_target(p, opt, neg, val, names):
         p[opt[2:]] = _num(val, "mask")
 
 
-def _ct(p, opt, neg, val, names):
+def _ct(p: dict, opt: str, neg: bool, val: str, names: Names) -> None:
     if opt == "--zone":
         p["zone"] = _num(val, "zone")
     else:
@@ -254,7 +270,7 @@ _BASIC = {
 }
 
 
-def parse(spec, family: int = 4, names=system_names) -> XtRule:
+def parse(spec: Iterable[str], family: int = 4, names: Names = system_names) -> XtRule:
     """Parse one rule's tokens (no ``-A CHAIN`` head) into an ``XtRule``."""
     toks = list(spec)
     fields: dict[str, tuple | None] = {"src": None, "dst": None, "iniface": None, "outiface": None, "proto": None}
@@ -270,9 +286,8 @@ def parse(spec, family: int = 4, names=system_names) -> XtRule:
             neg = True
             i += 1
             continue
-        val: str | None
         if tok in FLAG_OPTIONS:
-            val = None
+            val = ""  # a flag takes no value token; its handler does not read this
             i += 1
         else:
             if i + 1 >= n:
@@ -288,8 +303,6 @@ def parse(spec, family: int = 4, names=system_names) -> XtRule:
                 handler(tparams, tok, neg, val, names)
             else:
                 _match_option(matches, fields, tok, neg, val, names)
-        elif val is None:  # not reached: the rule's own options are not FLAG_OPTIONS
-            raise XtParseError(f"option {tok!r} needs a value in {' '.join(toks)!r}")
         elif kind == "src" or kind == "dst":
             fields[kind] = _cidr(val, family) + (neg,)
         elif kind == "iniface" or kind == "outiface":
@@ -337,7 +350,7 @@ def _target_params(target: str, tparams: dict) -> dict:
     return tparams
 
 
-def _match_option(matches: list, fields: dict, tok: str, neg: bool, val, names) -> None:
+def _match_option(matches: list, fields: dict, tok: str, neg: bool, val: str, names: Names) -> None:
     if matches and tok in MATCHES[matches[-1][0]]:
         name, params = matches[-1]
         MATCHES[name][tok](params, tok, neg, val, names)
@@ -355,7 +368,7 @@ def _match_option(matches: list, fields: dict, tok: str, neg: bool, val, names) 
     raise XtParseError(f"unknown token {tok!r}")
 
 
-def parse_save_line(line: str, family: int = 4, names=system_names) -> tuple:
+def parse_save_line(line: str, family: int = 4, names: Names = system_names) -> tuple[str, XtRule]:
     """``-A CHAIN spec...`` (an ``iptables-save`` rule line) -> (chain, XtRule)."""
     toks = line.split()
     if len(toks) < 2 or toks[0] != "-A":

@@ -25,6 +25,10 @@ import _struct
 from .._nf import ffi, lib
 from .xt import STD_VERDICTS, XtParseError, XtRule
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "all": 0}
 HEADER = 32
 
@@ -43,7 +47,7 @@ def _ext(name: str, revision: int, payload: bytes) -> bytes:
     return _EXT_HEAD.pack(HEADER + len(payload), name.encode(), revision) + payload
 
 
-def _struct_bytes(cdecl: str, **fields) -> bytes:
+def _struct_bytes(cdecl: str, **fields: int | list[int]) -> bytes:
     p = ffi.new(cdecl + " *")
     for k, v in fields.items():
         setattr(p, k, v)
@@ -95,7 +99,7 @@ def _m_tcpudp(name: str, p: dict, family: int) -> bytes:
     return _ext(name, 0, st.pack(*sport, *dport, inv))
 
 
-def _m_owner(name, p, family):
+def _m_owner(name: str, p: dict, family: int) -> bytes:
     match = invert = 0
     ids = {"uid": (0, 0), "gid": (0, 0)}
     for kind, flag in (("uid", lib.XT_OWNER_UID), ("gid", lib.XT_OWNER_GID)):
@@ -111,7 +115,7 @@ def _m_owner(name, p, family):
     return _ext("owner", 1, st.pack(*ids["uid"], *ids["gid"], match, invert))
 
 
-def _m_multiport(name, p, family):
+def _m_multiport(name: str, p: dict, family: int) -> bytes:
     kinds = {"s": lib.XT_MULTIPORT_SOURCE, "d": lib.XT_MULTIPORT_DESTINATION, "either": 2}
     ports, pflags = [], []
     for lo, hi in p["ports"]:
@@ -155,7 +159,7 @@ def _ct_state_bits() -> dict:
     return _CT_BITS
 
 
-def _m_conntrack(name, p, family):
+def _m_conntrack(name: str, p: dict, family: int) -> bytes:
     bits = _ct_state_bits()
     mask = 0
     for s in p["ctstate"]:
@@ -170,13 +174,13 @@ def _m_conntrack(name, p, family):
     )
 
 
-def _m_mark(name, p, family):
+def _m_mark(name: str, p: dict, family: int) -> bytes:
     return _ext(
         name, 1, _struct_bytes(f"struct xt_{name}_mtinfo1", mark=p["mark"], mask=p["mask"], invert=1 if p["inv"] else 0)
     )
 
 
-def _m_socket(name, p, family):
+def _m_socket(name: str, p: dict, family: int) -> bytes:
     flags = (
         (1 if p.get("transparent") else 0) | (2 if p.get("nowildcard") else 0) | (4 if p.get("restore-skmark") else 0)
     )
@@ -209,7 +213,7 @@ def _t_standard(label: str) -> bytes:
     return _ext(label, 0, b"\0" * 4)
 
 
-def _t_redirect(p, family):
+def _t_redirect(p: dict, family: int) -> bytes:
     ports = p["ports"]
     if family == 4:
         buf = _struct_bytes("struct nf_nat_ipv4_multi_range_compat", rangesize=1)
@@ -225,7 +229,7 @@ def _t_redirect(p, family):
     return _ext("REDIRECT", 0, buf)
 
 
-def _t_tproxy(p, family):
+def _t_tproxy(p: dict, family: int) -> bytes:
     import _socket
 
     buf = _struct_bytes("struct xt_tproxy_target_info_v1", mark_mask=p["mask"], mark_value=p["mark"])
@@ -239,18 +243,18 @@ def _t_tproxy(p, family):
     return _ext("TPROXY", 1, buf)
 
 
-def _t_mark(p, family):
+def _t_mark(p: dict, family: int) -> bytes:
     return _ext("MARK", 2, _struct_bytes("struct xt_mark_tginfo2", mark=p["mark"], mask=p["mask"]))
 
 
-def _t_connmark(p, family):
+def _t_connmark(p: dict, family: int) -> bytes:
     mode = lib.XT_CONNMARK_SAVE if p["mode"] == "save" else lib.XT_CONNMARK_RESTORE
     return _ext(
         "CONNMARK", 2, _struct_bytes("struct xt_connmark_tginfo2", ctmask=p["ctmask"], nfmask=p["nfmask"], mode=mode)
     )
 
 
-def _t_ct(p, family):
+def _t_ct(p: dict, family: int) -> bytes:
     return _ext("CT", 2, _struct_bytes("struct xt_ct_target_info_v1", flags=1 if p["notrack"] else 0, zone=p["zone"]))
 
 
@@ -265,7 +269,7 @@ def is_standard(target_name: str) -> bool:
 # ---- the entry -----------------------------------------------------------------------
 
 
-def _iface_bytes(v) -> tuple:
+def _iface_bytes(v: tuple[str, bool] | None) -> tuple[bytes, bytes]:
     """(name, mask); the ``16s`` fields of ``_IP4``/``_IP6`` zero-fill them to 16 bytes."""
     if not v:
         return b"", b""
@@ -279,7 +283,7 @@ def _iface_bytes(v) -> tuple:
 _MASKS: dict = {}
 
 
-def _addr_bytes(v, size: int) -> tuple:
+def _addr_bytes(v: tuple[bytes, int, bool] | None, size: int) -> tuple[bytes, bytes]:
     if not v:
         return b"", b""  # zero-filled by the struct
     mask = _MASKS.get((size, v[1]))
@@ -429,7 +433,7 @@ def encode_specs(specs: list, family: int) -> list:
     return out
 
 
-def _passable(spec) -> bool:
+def _passable(spec: Sequence[str]) -> bool:
     """Can ``spec`` travel as NUL-separated ASCII (non-empty, str tokens without NULs)?
     Anything else is left to the Python path to accept or reject."""
     try:
@@ -439,7 +443,7 @@ def _passable(spec) -> bool:
     return bool(spec) and joined.isascii() and joined.count("\0") == len(spec) - 1
 
 
-def encode_spec(spec, family: int):
+def encode_spec(spec: Sequence[str], family: int) -> bytes | None:
     """``encode_specs`` for one rule."""
     return encode_specs([spec], family)[0]
 
