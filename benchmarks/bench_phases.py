@@ -42,6 +42,7 @@ import pytest
 from bench_add import _container_id
 from bench_agent import _agent_node
 from harness import REDIRECT_POD
+from istio_cni_installer.front import configure, read_config
 
 BENCH = Path(__file__).resolve().parent
 PROBE = BENCH / "phaseprobe.py"
@@ -49,17 +50,23 @@ ROUNDS = int(os.environ.get("ISTIO_CNI_BENCH_PHASE_ROUNDS", "20"))
 FLOOR_ROUNDS = 20
 
 def _bundle(plugin) -> tuple[str, str, str]:
-    """(python, lib dir, site dir) of the bundle our launcher points at."""
-    text = (plugin.bin_dir / "istio-cni").read_text()
-    lib = re.search(r"^LD_LIBRARY_PATH=(.*)$", text, re.M).group(1)
-    m = re.search(r"^exec (\S+) -I -S -c (.*) \"\$@\"$", text, re.M)
-    code = shlex.split(m.group(2))[0]
-    site = re.search(r"sys\.path\.insert\(0,'([^']+)'\)", code).group(1)
-    return shlex.split(m.group(1))[0], shlex.split(lib)[0], site
+    """(python, lib dir, site dir) of the bundle our launcher (the configured front) points at."""
+    config = read_config((plugin.bin_dir / "istio-cni").read_bytes())
+    site = re.search(r"sys\.path\.insert\(0,'([^']+)'\)", config["code"]).group(1)
+    return config["python"], config["lib"], site
 
 
-def _launcher(path: Path, python: str, lib: str, code: str) -> Path:
-    """A launcher shaped exactly like the installer's: sh, LD_LIBRARY_PATH, exec -I -S -c."""
+def _launcher(path: Path, python: str, lib: str, code: str, front: Path) -> Path:
+    """A launcher shaped exactly like the installer's: the compiled front (copied from
+    ``front``, the installed one) configured to exec ``python -I -S -c code``."""
+    path.write_bytes(configure(front.read_bytes(), {"python": python, "lib": lib, "code": code}))
+    path.chmod(0o755)
+    return path
+
+
+def _sh_launcher(path: Path, python: str, lib: str, code: str) -> Path:
+    """The ``#!/bin/sh`` launcher the front replaced (sh, LD_LIBRARY_PATH, exec -I -S -c):
+    the before of the front lever, sampled in the same rounds."""
     path.write_text("#!/bin/sh\n"
                     f"LD_LIBRARY_PATH={shlex.quote(lib)}\nexport LD_LIBRARY_PATH\n"
                     f"exec {shlex.quote(python)} -I -S -c {shlex.quote(code)} \"$@\"\n")
@@ -115,7 +122,8 @@ class Prober:
         self.python, self.lib, self.site = _bundle(plugin)
         code = (f"import time;T0=time.monotonic();P={str(PROBE)!r};"
                 "exec(compile(open(P,'rb').read(),P,'exec'))")
-        self.launcher = _launcher(tmp / "istio-cni-probe", self.python, self.lib, code)
+        self.front = plugin.bin_dir / "istio-cni"
+        self.launcher = _launcher(tmp / "istio-cni-probe", self.python, self.lib, code, self.front)
         self.modules: list[str] = []
 
     def add(self, ns, run_dir: Path, pod: str = REDIRECT_POD, normal_exit: bool = False) -> tuple[float, float, dict]:
@@ -164,13 +172,13 @@ class ProcessFloors:
 
     def __init__(self, prober: Prober, tmp: Path, tag: str, compiled: list[str]) -> None:
         self.compiled = compiled
-        self.bare = _launcher(tmp / f"bare-{tag}", prober.python, prober.lib,
-                              "import time,sys,posix;sys.stderr.write(repr(time.monotonic()));"
-                              "sys.stderr.flush();posix._exit(0)")
+        bare = "import time,sys,posix;sys.stderr.write(repr(time.monotonic()));sys.stderr.flush();posix._exit(0)"
+        self.bare = _launcher(tmp / f"bare-{tag}", prober.python, prober.lib, bare, prober.front)
+        self.bare_sh = _sh_launcher(tmp / f"bare-sh-{tag}", prober.python, prober.lib, bare)
         code = ("import time,sys;t=time.monotonic();sys.path.insert(0,%r);"
                 "[__import__(m) for m in %r];sys.stderr.write(repr(time.monotonic()-t))" % (prober.site, compiled))
-        self.dlopen = _launcher(tmp / f"dlopen-{tag}", prober.python, prober.lib, code)
-        self.starts, self.exits, self.loads = [], [], []
+        self.dlopen = _launcher(tmp / f"dlopen-{tag}", prober.python, prober.lib, code, prober.front)
+        self.starts, self.exits, self.loads, self.starts_sh = [], [], [], []
 
     def sample(self) -> None:
         t0, t1, rc, _out, err = _spawn([self.bare], {"PATH": "/usr/bin:/bin"}, b"")
@@ -178,12 +186,16 @@ class ProcessFloors:
         first = float(err.decode())
         self.starts.append(first - t0)
         self.exits.append(t1 - first)
+        t0, _t1, rc, _out, err = _spawn([self.bare_sh], {"PATH": "/usr/bin:/bin"}, b"")
+        assert rc == 0, err
+        self.starts_sh.append(float(err.decode()) - t0)
         _t0, _t1, rc, _out, err = _spawn([self.dlopen], {"PATH": "/usr/bin:/bin"}, b"")
         assert rc == 0, err
         self.loads.append(float(err.decode()))
 
     def medians(self) -> dict:
         return {"interpreter": round(statistics.median(self.starts) * 1e3, 3),
+                "interpreter_sh": round(statistics.median(self.starts_sh) * 1e3, 3),
                 "exit": round(statistics.median(self.exits) * 1e3, 3),
                 "imports": round(statistics.median(self.loads) * 1e3, 3),
                 "imports_what": f"{len(self.compiled)} compiled modules: " + " ".join(self.compiled)}

@@ -132,7 +132,7 @@ class Plugin:
 
 
 def _our_bin_dir(base: Path) -> tuple[Path, str]:
-    """The plugin as kubelet runs it: the installer's bundle + ``#!/bin/sh`` launcher.
+    """The plugin as kubelet runs it: the installer's bundle + its compiled front.
 
     Falls back to the venv console script (recorded in ``launcher``) when the bundle cannot
     be built, so the numbers always say which one they measured.
@@ -148,7 +148,7 @@ def _our_bin_dir(base: Path) -> tuple[Path, str]:
     info = build(base / "bundle")
     Binaries(info.path, mounted=str(bin_dir), host=str(bin_dir)).ensure()
     mib = info.size_bytes / 2**20
-    return bin_dir, f"bundle launcher (#!/bin/sh -> bundled python -I -S), bundle {mib:.1f} MiB"
+    return bin_dir, f"bundle front (compiled launcher -> bundled python -I -S), bundle {mib:.1f} MiB"
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 
 On the host::
 
-    <bin>/istio-cni                    #!/bin/sh launcher (written atomically, last)
+    <bin>/istio-cni                    the compiled front, configured for this bundle (front.py;
+                                       written atomically, last)
     <bin>/istio-cni.d/<bundle id>/     the bundle, complete before the launcher points at it
 
 A new bundle goes into a temp directory that is renamed into place once every file is
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,6 +30,7 @@ from istio_cni.log import log
 
 from .atomic import TMP_MARK, fsync_dir, remove_atomic, remove_stale_temps, write_atomic
 from .bundle import read_manifest
+from .front import configure
 from .standin import is_standin, standin_text
 
 PLUGIN = "istio-cni"
@@ -37,26 +38,35 @@ BUNDLE_DIR = "istio-cni.d"
 COMPLETE = ".complete"
 
 
-def launcher_text(host_bundle: str, manifest: dict) -> str:
-    """The launcher for a bundle at ``host_bundle`` (the path the host's kubelet sees)."""
-    py = f"{host_bundle}/{manifest['python']}"
-    lib = f"{host_bundle}/{manifest['lib']}"
-    site = f"{host_bundle}/{manifest['site']}"
-    # LD_LIBRARY_PATH is read by ld.so at exec and again by every later dlopen, so it is dropped
-    # from the environment right away: programs the plugin runs must not see our libraries.
-    code = (
+def launch_code(site: str) -> str:
+    """The ``-c`` program the bundled interpreter runs: the bundle's site-packages first, then
+    the plugin. LD_LIBRARY_PATH is read by ld.so at exec and again by every later dlopen, so it
+    is dropped from the environment right away: programs the plugin runs must not see our
+    libraries."""
+    return (
         f"import os,sys;os.environ.pop('LD_LIBRARY_PATH',None);sys.path.insert(0,{site!r});"
         "from istio_cni.__main__ import main;main()"
     )
-    return (
-        "#!/bin/sh\n"
-        f"# istio-cni plugin launcher written by install-cni (bundle {manifest['id']}).\n"
-        "# The host needs no Python: the bundled interpreter runs isolated (-I -S) with only\n"
-        "# the bundle on sys.path.\n"
-        f"LD_LIBRARY_PATH={shlex.quote(lib)}\n"
-        "export LD_LIBRARY_PATH\n"
-        f'exec {shlex.quote(py)} -I -S -c {shlex.quote(code)} "$@"\n'
-    )
+
+
+def front_config(host_bundle: str, manifest: dict) -> dict[str, str]:
+    """What the front execs for a bundle at ``host_bundle`` (the path the host's kubelet sees):
+    ``LD_LIBRARY_PATH=<lib> <python> -I -S -c <code> "$@"``. The host needs no Python: the
+    bundled interpreter runs isolated (-I -S) with only the bundle on sys.path."""
+    return {
+        "python": f"{host_bundle}/{manifest['python']}",
+        "lib": f"{host_bundle}/{manifest['lib']}",
+        "code": launch_code(f"{host_bundle}/{manifest['site']}"),
+    }
+
+
+def launcher_bytes(bundle_dir: Path, host_bundle: str, manifest: dict) -> bytes:
+    """``<bin>/istio-cni``: the bundle's compiled front, configured for ``host_bundle``."""
+    try:
+        front = (Path(bundle_dir) / manifest["front"]).read_bytes()
+    except OSError as e:
+        raise FileNotFoundError(f"{bundle_dir}: the bundle's front executable is unreadable ({e})") from None
+    return configure(front, front_config(host_bundle, manifest))
 
 
 def _syncfs(d: Path) -> None:
@@ -98,19 +108,19 @@ class Binaries:
         self.bundle_id = self.manifest["id"]
         self.target = self.dir / BUNDLE_DIR / self.bundle_id
         self.launcher = self.dir / PLUGIN
-        self.text = launcher_text(f"{self.host}/{BUNDLE_DIR}/{self.bundle_id}", self.manifest)
+        self.content = launcher_bytes(self.bundle, f"{self.host}/{BUNDLE_DIR}/{self.bundle_id}", self.manifest)
 
     def check(self) -> list[str]:
         problems = []
         try:
-            have = self.launcher.read_text()
-        except (FileNotFoundError, UnicodeDecodeError):
+            have = self.launcher.read_bytes()
+        except FileNotFoundError:
             return [f"{self.launcher} missing"]
         if is_standin(have):
             return [f"{self.launcher} is the DEL-only stand-in left by an uninstall"]
         if not self.update:
             return []
-        if have != self.text:
+        if have != self.content:
             problems.append(f"{self.launcher} is not our launcher for bundle {self.bundle_id}")
         if not os.access(self.launcher, os.X_OK):
             problems.append(f"{self.launcher} is not executable")
@@ -140,7 +150,7 @@ class Binaries:
             write_atomic(tmp / COMPLETE, self.bundle_id + "\n")
             os.rename(tmp, self.target)
             fsync_dir(parent)
-        write_atomic(self.launcher, self.text, 0o755, sync_dir=True)
+        write_atomic(self.launcher, self.content, 0o755, sync_dir=True)
         self._prune(parent)
         log.info("plugin installed", launcher=str(self.launcher), bundle=self.bundle_id)
         return True
@@ -153,8 +163,8 @@ class Binaries:
 
     def _is_standin(self) -> bool:
         try:
-            return is_standin(self.launcher.read_text())
-        except (OSError, UnicodeDecodeError):
+            return is_standin(self.launcher.read_bytes())
+        except OSError:
             return False
 
     def remove(self, leave_standin: bool = False) -> bool:

@@ -6,6 +6,8 @@ shared libraries those link against (libpython, libssl for the API lookup, libip
 except glibc itself, which every host has. Layout::
 
     bin/python3.X                 the interpreter (finds lib/python3.X by its own location)
+    bin/istio-cni-front           the compiled front, unconfigured (the installer configures
+                                  its copy at <bin>/istio-cni: front.py)
     lib/libpython3.X.so.1.0 ...   non-glibc shared libraries (launcher sets LD_LIBRARY_PATH)
     lib/python3.X/                stdlib minus tests, idle, tkinter, ensurepip, lib2to3, ...
     site-packages/istio_cni/      the plugin (+ _cffi_backend*.so)
@@ -69,7 +71,10 @@ DYNLOAD_SKIP_PREFIXES = (
 )
 # Build inputs and type stubs (.pyi: for type checkers, the wheel ships them) stay out.
 PACKAGE_SKIP_SUFFIXES = (".c", ".pyx", ".cffi.py", ".pyc", ".o", ".pyi")
-PACKAGE_SKIP_DIRS = {"__pycache__", "tools"}  # side tools (istio_cni.tools): kubelet only execs the plugin
+PACKAGE_SKIP_DIRS = {"__pycache__", "devtools"}  # devtools is test tooling, never on the ADD path
+# The compiled front, built by setup.py into the istio_cni package; the bundle holds it in bin/.
+FRONT_BUILT = "_front"
+FRONT = "bin/istio-cni-front"
 # glibc's own libraries: present on every host and must match its ld.so, so never bundled.
 GLIBC = (
     "linux-vdso",
@@ -110,7 +115,7 @@ def _ignore_stdlib(src: str, names: list[str]) -> set[str]:
 
 
 def _ignore_package(src: str, names: list[str]) -> set[str]:
-    return {n for n in names if n in PACKAGE_SKIP_DIRS or n.endswith(PACKAGE_SKIP_SUFFIXES)}
+    return {n for n in names if n in PACKAGE_SKIP_DIRS or n == FRONT_BUILT or n.endswith(PACKAGE_SKIP_SUFFIXES)}
 
 
 def _elf_deps(path: Path) -> list[Path]:
@@ -148,7 +153,7 @@ def _strip_elves(root: Path) -> None:
 
 # Part of the bundle id: bump when the way the bundle is made changes but its hashed inputs
 # do not (e.g. the .pyc invalidation mode below).
-BUNDLE_FORMAT = b"istio-cni-bundle 2; pyc unchecked-hash"
+BUNDLE_FORMAT = b"istio-cni-bundle 3; pyc unchecked-hash; compiled front"
 
 
 def _content_id(root: Path) -> tuple[str, int, int]:
@@ -207,6 +212,10 @@ def build(output: Path | str) -> BundleInfo:
     (stage / "bin").mkdir()
     (stage / "lib").mkdir()
     shutil.copy2(exe, stage / "bin" / ver)
+    front = Path(istio_cni.__file__).parent / FRONT_BUILT
+    if not front.is_file():  # mandatory, like the compiled modules: no shell launcher fallback
+        raise FileNotFoundError(f"{front}: the compiled front is missing (build the package: make venv)")
+    shutil.copy2(front, stage / FRONT)
     shutil.copytree(stdlib, stage / "lib" / ver, ignore=_ignore_stdlib, symlinks=False)
     if not (stage / "lib" / ver / "lib-dynload").is_dir():
         shutil.copytree(dynload, stage / "lib" / ver / "lib-dynload", ignore=_ignore_stdlib)
@@ -244,6 +253,7 @@ def build(output: Path | str) -> BundleInfo:
         "python": f"bin/{ver}",
         "site": "site-packages",
         "lib": "lib",
+        "front": FRONT,
         "size_bytes": size,
         "files": files,
         "python_version": sys.version.split()[0],
@@ -264,7 +274,7 @@ def read_manifest(bundle_dir: Path | str) -> dict:
         m = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"{path}: not a plugin bundle ({e})") from None
-    for key in ("id", "python", "site", "lib"):
+    for key in ("id", "python", "site", "lib", "front"):
         if key not in m:
             raise FileNotFoundError(f"{path}: manifest lacks {key!r}")
     return m

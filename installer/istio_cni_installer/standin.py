@@ -39,7 +39,10 @@ def version_document() -> str:
     return json.dumps({"cniVersion": LATEST, "supportedVersions": list(SUPPORTED_VERSIONS)}, separators=(",", ":"))
 
 
-def is_standin(text: str) -> bool:
+def is_standin(content: str | bytes) -> bool:
+    """Is ``content`` (the text or the bytes of ``<bin>/istio-cni``) the stand-in? The
+    installed plugin is the compiled front, an ELF file: pass its bytes."""
+    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
     lines = text.split("\n", 2)
     return len(lines) > 1 and lines[0] == "#!/bin/sh" and lines[1] == MARK
 

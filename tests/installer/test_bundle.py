@@ -8,6 +8,7 @@ import subprocess
 
 from istio_cni_installer.binaries import BUNDLE_DIR, Binaries
 from istio_cni_installer.bundle import read_manifest
+from istio_cni_installer.front import read_config
 
 
 def _run(launcher, env, stdin=b"", extra_args=()):
@@ -43,7 +44,7 @@ def test_bundle_is_pruned(plugin_bundle):
     for gone in ("test", "idlelib", "tkinter", "ensurepip", "lib2to3", "site-packages"):
         assert not (stdlib / gone).exists(), gone
     assert not list(stdlib.glob("config-*"))
-    assert not (root / "site-packages" / "istio_cni" / "tools").exists()
+    assert not (root / "site-packages" / "istio_cni" / "devtools").exists()
     assert not list((root / "site-packages").rglob("*.pyx"))
     # Test-only and type-checker-only files stay out of the runtime bundle.
     assert not list((root / "site-packages").rglob("*fastpath_py*"))
@@ -58,10 +59,12 @@ def test_deploy_is_atomic_idempotent_and_leaves_other_files(plugin_bundle, tmp_p
     b = Binaries(plugin_bundle.bundle_dir, str(bin_dir), "/opt/cni/bin")
     assert b.check() and b.ensure() is True
     assert b.check() == [] and b.ensure() is False
-    text = (bin_dir / "istio-cni").read_text()
-    assert text.startswith("#!/bin/sh\n")
-    assert f"exec /opt/cni/bin/{BUNDLE_DIR}/{b.bundle_id}/bin/python3" in text  # host path
-    assert " -I -S " in text
+    launcher = (bin_dir / "istio-cni").read_bytes()
+    assert launcher.startswith(b"\x7fELF")  # the compiled front, configured for the host path
+    config = read_config(launcher)
+    assert config["python"].startswith(f"/opt/cni/bin/{BUNDLE_DIR}/{b.bundle_id}/bin/python3")
+    assert config["lib"] == f"/opt/cni/bin/{BUNDLE_DIR}/{b.bundle_id}/lib"
+    assert f"'/opt/cni/bin/{BUNDLE_DIR}/{b.bundle_id}/site-packages'" in config["code"]
     assert os.access(bin_dir / "istio-cni", os.X_OK)
     assert sorted(p.name for p in bin_dir.iterdir()) == ["bridge", "istio-cni", BUNDLE_DIR]
     # drift: someone truncates the launcher -> check reports it, ensure repairs it

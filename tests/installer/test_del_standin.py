@@ -113,7 +113,7 @@ def test_uninstall_leaves_the_standin_and_reinstall_replaces_it(plugin_bundle, t
     # an install (a new DaemonSet pod) sees the stand-in as a problem and replaces it
     assert b.check() == [f"{exe} is the DEL-only stand-in left by an uninstall"]
     assert b.ensure() is True and b.check() == []
-    assert not is_standin(exe.read_text())
+    assert not is_standin(exe.read_bytes())
     assert _run(exe, "VERSION", b"{}").returncode == 0
 
 
@@ -142,7 +142,7 @@ def test_installer_uninstall_follows_the_setting(plugin_bundle, host_layout):
         assert inst.reconcile() is True
         inst.uninstall()
         exe = host_layout.bin_dir / "istio-cni"
-        assert (exe.exists() and is_standin(exe.read_text())) is expect_standin
+        assert (exe.exists() and is_standin(exe.read_bytes())) is expect_standin
         assert not (host_layout.bin_dir / BUNDLE_DIR).exists()
     assert parse([], host_layout.env()).del_standin_on_uninstall is True  # the default leaves it
 

@@ -67,7 +67,7 @@ def test_plugin_bundle_launcher_conflist_and_kubeconfig_on_the_node(release, nod
     launcher = node.cni_bin_dir / "istio-cni"
     assert launcher.is_file() and os.access(launcher, os.X_OK)
     bundles = list((node.cni_bin_dir / "istio-cni.d").iterdir())
-    assert len(bundles) == 1 and str(bundles[0]) in launcher.read_text(), "the launcher names the one bundle"
+    assert len(bundles) == 1 and str(bundles[0]).encode() in launcher.read_bytes(), "the launcher names the one bundle"
     conflist = json.loads(node.primary_conflist.read_text())
     assert [p["type"] for p in conflist["plugins"]] == ["bridge", "istio-cni"], "our entry ends the chain"
     kubeconfig = node.run_dir / "istio-cni-kubeconfig"

@@ -234,7 +234,7 @@ def test_paired_without_go_falls_back_to_baseline_2(tmp_path, capsys):
 def test_phase_table_puts_each_phase_next_to_its_floor(tmp_path, capsys):
     phases = bench("bench_phases", 60.0, "phases", phase_rounds=20,
                    phases_direct_ms={"interpreter": 14.0, "imports": 9.5, "commit": 1.2, "wall": 45.0},
-                   floors_direct_ms={"interpreter": 12.5, "imports": 2.0, "commit": 0.5,
+                   floors_direct_ms={"interpreter": 12.5, "interpreter_sh": 13.25, "imports": 2.0, "commit": 0.5,
                                      "imports_what": "3 compiled modules: _json _ssl _socket"},
                    phases_agent_ms={"interpreter": 14.0, "agent_work": 1.5, "wall": 25.0},
                    floors_agent_ms={"interpreter": 12.5})
@@ -242,7 +242,8 @@ def test_phase_table_puts_each_phase_next_to_its_floor(tmp_path, capsys):
     rc, out = run(tmp_path, healthy() + [phases], capsys, "--markdown", str(md))
     assert rc == 0, out
     text = md.read_text()
-    assert "| interpreter start (fork, /bin/sh launcher, exec, init) | 14.00 | 12.50 | 1.50 |" in text
+    assert "| interpreter start (fork, compiled front, exec, init) | 14.00 | 12.50 | 1.50 |" in text
+    assert "through the front 12.50 ms, through the #!/bin/sh launcher it replaced 13.25 ms" in text
     assert "| imports (every module of this ADD) | 9.50 | 2.00 | 7.50 |" in text
     assert "| setns + commit | 1.20 | 0.50 | 0.70 |" in text
     assert "| agent: decode, decision, rules, addresses, commit (agent's clock) | 1.50 | - | - |" in text
