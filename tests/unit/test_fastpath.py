@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from istio_cni import _fastpath
@@ -86,28 +84,6 @@ def test_json_roundtrip(fp, doc):
     obj = fp.json_loads(doc)
     assert obj == json.loads(doc)
     assert json.loads(fp.json_dumps(obj)) == obj
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a netns")
-def test_entered_switches_and_restores(fp, netns):
-    require_syscall("ioctl(NS_GET_NSTYPE)")
-    name = netns("fp")
-    home = os.stat("/proc/thread-self/ns/net").st_ino
-    target = os.stat(f"/run/netns/{name}").st_ino
-    with fp.Entered(f"/run/netns/{name}"):
-        assert os.stat("/proc/thread-self/ns/net").st_ino == target
-    assert os.stat("/proc/thread-self/ns/net").st_ino == home
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a netns")
-def test_entered_restores_on_error(fp, netns):
-    require_syscall("ioctl(NS_GET_NSTYPE)")
-    name = netns("fp")
-    home = os.stat("/proc/thread-self/ns/net").st_ino
-    with pytest.raises(ZeroDivisionError):
-        with fp.Entered(f"/run/netns/{name}"):
-            1 / 0
-    assert os.stat("/proc/thread-self/ns/net").st_ino == home
 
 
 # ---- JSON codec: the compiled one must agree with the stdlib on every document ----------
