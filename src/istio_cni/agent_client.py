@@ -30,6 +30,11 @@ from __future__ import annotations
 from . import addtiming, errors
 from .log import log
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from .config import PluginConf
+    from .skel import CmdArgs
+
 CNI_PATH = "/v1/cni"
 LOG_PATH = "/v1/log"
 MAX_ANSWER = 1 << 20  # a CNI result is a few KB; anything bigger is not our agent
@@ -47,7 +52,7 @@ class AgentFallback(AgentUnavailable):
     """The agent answered well-formed ``{"fallback": why}``: it is healthy, just cannot decide."""
 
 
-def _short(value, limit: int = MAX_TEXT) -> str:
+def _short(value: object, limit: int = MAX_TEXT) -> str:
     text = value if isinstance(value, str) else repr(value)
     return text[:limit]
 
@@ -104,7 +109,7 @@ def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
     return answer
 
 
-def _request_body(args, timeout: float) -> bytes:
+def _request_body(args: CmdArgs, timeout: float) -> bytes:
     import time
 
     from ._fastpath import json_dumps
@@ -171,7 +176,7 @@ def interpret(answer: bytes, expected: dict | None = None) -> dict:
     return result
 
 
-def try_agent(conf, args, expected: dict | None = None) -> dict | None:
+def try_agent(conf: PluginConf, args: CmdArgs, expected: dict | None = None) -> dict | None:
     """ADD through the agent: the CNI result, a raised CNI error, or ``None`` (direct path).
 
     Every failure of the channel (absent, refused, slow, reset, garbled, oversized, non-UTF-8,

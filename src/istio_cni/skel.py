@@ -24,6 +24,11 @@ from . import errors
 from .log import log
 from .versions import LATEST, SUPPORTED_VERSIONS, vtuple
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import IO, TextIO
+
 ABOUT = "istio-cni plugin (Python) CNI protocol versions " + ", ".join(SUPPORTED_VERSIONS)
 
 _COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
@@ -49,7 +54,17 @@ class CmdArgs:
 
     __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "netconf", "stdin")
 
-    def __init__(self, command, container_id, netns, ifname, args, path, netconf, stdin):
+    def __init__(
+        self,
+        command: str,
+        container_id: str,
+        netns: str,
+        ifname: str,
+        args: str,
+        path: str,
+        netconf: dict,
+        stdin: bytes,
+    ) -> None:
         self.command = command
         self.container_id = container_id
         self.netns = netns
@@ -60,13 +75,13 @@ class CmdArgs:
         self.stdin = stdin
 
 
-def _loads(data: bytes):
+def _loads(data: bytes) -> object:
     from ._fastpath import json_loads
 
     return json_loads(data)
 
 
-def dumps(obj) -> str:
+def dumps(obj: object) -> str:
     from ._fastpath import json_dumps
 
     return json_dumps(obj)
@@ -76,7 +91,7 @@ def _shorten(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def check_encoding(env) -> None:
+def check_encoding(env: Mapping[str, str]) -> None:
     """Every CNI variable must be valid UTF-8 (code 4 naming them; the values are not echoed)."""
     bad = []
     for name in _CNI_VARS:
@@ -90,7 +105,7 @@ def check_encoding(env) -> None:
         raise errors.InvalidEnvironmentVariables(f"env variables [{','.join(bad)}] are not valid UTF-8", "")
 
 
-def read_stdin(stdin) -> bytes:
+def read_stdin(stdin: IO[bytes] | IO[str] | None) -> bytes:
     """At most ``MAX_STDIN_BYTES`` of stdin (code 6 beyond that, code 5 if it cannot be read)."""
     if stdin is None:  # fd 0 closed: nothing to read
         return b""
@@ -109,7 +124,7 @@ def read_stdin(stdin) -> bytes:
     return data
 
 
-def check_env(command: str, env) -> None:
+def check_env(command: str, env: Mapping[str, str]) -> None:
     missing = [v for v, cmds in _REQUIRED.items() if command in cmds and not env.get(v)]
     if missing:
         raise errors.InvalidEnvironmentVariables(f"required env variables [{','.join(missing)}] missing", "")
@@ -158,7 +173,7 @@ def conf_version(conf: dict) -> str:
     return v
 
 
-def _write(stream, obj) -> bool:
+def _write(stream: TextIO | None, obj: object) -> bool:
     """Print ``obj`` as the one stdout document; False if stdout is gone (closed, EPIPE)."""
     text = dumps(obj) + "\n"
     if stream is None:
@@ -171,7 +186,12 @@ def _write(stream, obj) -> bool:
     return True
 
 
-def plugin_main(funcs, env=None, stdin=None, stdout=None) -> int:
+def plugin_main(
+    funcs: Mapping[str, Callable[[CmdArgs], dict | None]],
+    env: Mapping[str, str] | None = None,
+    stdin: IO[bytes] | IO[str] | None = None,
+    stdout: TextIO | None = None,
+) -> int:
     """Run one CNI command. ``funcs`` maps ADD/DEL/CHECK/STATUS/GC to callables
     ``f(CmdArgs) -> dict | None``. Returns the process exit code."""
     env = os.environ if env is None else env

@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from types import ModuleType
+from typing import TextIO
 
 from ..decide import parse_go_bool
 from ..rules.config import ConfigError, RedirectConfig
+from ..rules.model import RuleSet
 
 # (long flag, short flag, RedirectConfig field or None, help). String-valued.
 STRING_FLAGS = (
@@ -249,7 +252,7 @@ def config_from_options(opts: Options, enable_ipv6: bool, dns_servers: tuple) ->
         raise UsageError(f"{where}: {exc.reason} (got {exc.value!r})") from None
 
 
-def render_dry_run(rs) -> str:
+def render_dry_run(rs: RuleSet) -> str:
     """What would be committed: the restore payload per family, then policy routing."""
     parts = ["# iptables-restore --noflush\n", rs.restore_text(4)]
     if rs.v6:
@@ -280,7 +283,7 @@ def _preferred_backend(opts: Options) -> str:
     return "iptc" if forced == "legacy" else "restore-nft"
 
 
-def _netfilter():
+def _netfilter() -> ModuleType:
     try:
         from .. import netfilter
     except ImportError as exc:
@@ -290,7 +293,7 @@ def _netfilter():
     return netfilter
 
 
-def run(opts: Options, out=sys.stdout) -> int:
+def run(opts: Options, out: TextIO = sys.stdout) -> int:
     from ..log import log
     from ..rules.builder import build
 

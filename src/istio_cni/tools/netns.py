@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _counter = itertools.count()
 PREFIX = "icni"
@@ -37,14 +39,14 @@ def path(name: str) -> str:
     return f"/run/netns/{name}"
 
 
-def exec_in(name: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
+def exec_in(name: str, *cmd: str, **kw: Any) -> subprocess.CompletedProcess:
     kw.setdefault("capture_output", True)
     kw.setdefault("text", True)
     return subprocess.run(["ip", "netns", "exec", name, *cmd], **kw)
 
 
 @contextmanager
-def temporary(tag: str = "ns"):
+def temporary(tag: str = "ns") -> Iterator[str]:
     """Yield a fresh named netns; delete it whatever happens."""
     name = unique_name(tag)
     add(name)

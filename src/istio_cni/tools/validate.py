@@ -21,6 +21,10 @@ import sys
 import threading
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import argparse  # at run time imported where the parser is built
+
 FAILURE_EXIT = 126
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
 HINT = (
@@ -83,7 +87,7 @@ class Listeners:
                     self.seen.append((key.data, dst))
                     self.changed.notify_all()
 
-    def wait_for(self, dst: tuple[str, int], timeout: float):
+    def wait_for(self, dst: tuple[str, int], timeout: float) -> int | None:
         """The listener port that received a connection originally meant for ``dst``, or None."""
         end = time.monotonic() + timeout
         with self.changed:
@@ -139,7 +143,7 @@ def probe(listeners: Listeners, dst: tuple[str, int], deadline: float, interval:
         time.sleep(min(interval, max(deadline - time.monotonic(), 0)))
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     import argparse
 
     p = argparse.ArgumentParser(
