@@ -18,6 +18,15 @@ import time
 from . import errors
 from .log import log
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    import _socket
+    from collections.abc import Callable
+
+    from .config import PluginConf
+    from .kubeconfig import Cluster
+    from .transport import TLSConn
+
 # ``transport`` and ``http1`` are imported where a request is made: the agent path imports
 # this module only for ``check_pod_ref`` and never opens a TCP connection itself.
 
@@ -64,7 +73,7 @@ def pod_path(namespace: str, name: str) -> str:
 _MAX_TOKEN = 64 << 10  # projected service-account tokens are 1-2 KB
 
 
-def bearer_token(cluster) -> str:
+def bearer_token(cluster: Cluster) -> str:
     """The bearer token of a kubeconfig user (inline or from its tokenFile); "" for none.
 
     A token that could not travel in an HTTP header (control bytes, non-ASCII) is refused
@@ -97,7 +106,7 @@ def bearer_token(cluster) -> str:
 class Client:
     """GETs JSON objects from the API server named by a kubeconfig ``Cluster``."""
 
-    def __init__(self, cluster, timeout: float = 5.0) -> None:
+    def __init__(self, cluster: Cluster, timeout: float = 5.0) -> None:
         from .transport import lean_tls_context, split_server
 
         self.cluster = cluster
@@ -106,17 +115,18 @@ class Client:
         self._ctx = lean_tls_context(cluster) if self.scheme == "https" else None
         self._token = bearer_token(cluster)
 
-    def get(self, path: str, timeout: float | None = None):
+    def get(self, path: str, timeout: float | None = None) -> object:
         """One attempt, all of it (connect, TLS handshake, send, the whole answer) bounded by
         ``timeout``. Raises ``HTTPError`` for a non-200, ``OSError``/``ValueError`` else."""
         from .http1 import read_response
         from .transport import HTTPError, TLSConn, connect, host_header
 
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        sock = connect(self.host, self.port, deadline)
+        raw = connect(self.host, self.port, deadline)
+        sock: _socket.socket | TLSConn = raw
         try:
             if self._ctx is not None:
-                sock = TLSConn(self._ctx, sock, self.host, deadline)
+                sock = TLSConn(self._ctx, raw, self.host, deadline)
             req = [
                 f"GET {self.prefix}{path} HTTP/1.1",
                 f"Host: {host_header(self.host, self.port)}",
@@ -150,7 +160,7 @@ def _status_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace")  # not JSON, or JSON but not an object
 
 
-def _client(conf) -> Client:
+def _client(conf: PluginConf) -> Client:
     from .kubeconfig import load
 
     try:
@@ -163,7 +173,14 @@ def _client(conf) -> Client:
         raise errors.KubernetesLookupError("cannot load TLS material from the kubeconfig", str(e)) from None
 
 
-def get_pod(conf, namespace: str, name: str, sleep=time.sleep, client=None, ref_checked: bool = False) -> dict:
+def get_pod(
+    conf: PluginConf,
+    namespace: str,
+    name: str,
+    sleep: Callable[[float], object] = time.sleep,
+    client: Client | None = None,
+    ref_checked: bool = False,
+) -> dict:
     """GET the pod, retrying as the module docstring describes. Never logs the token.
 
     ``ref_checked``: the caller already ran ``check_pod_ref`` on this reference (the ADD

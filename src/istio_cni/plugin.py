@@ -23,6 +23,14 @@ from .config import SELF_POD_PREFIX, parse_conf, parse_k8s_args
 from .log import log
 from .versions import convert_result
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .config import K8sArgs, PluginConf
+    from .rules.model import RuleSet
+    from .skel import CmdArgs
+
 
 def prev_result(netconf: dict) -> dict:
     version = netconf.get("cniVersion") or "0.1.0"
@@ -34,7 +42,7 @@ def prev_result(netconf: dict) -> dict:
     return convert_result(prev, version)
 
 
-def _setup(args):
+def _setup(args: CmdArgs) -> tuple[PluginConf, K8sArgs]:
     conf = parse_conf(args.netconf)
     log.set_level(conf.log_level)
     k8s = parse_k8s_args(args.args)
@@ -42,7 +50,7 @@ def _setup(args):
     return conf, k8s
 
 
-def _pass_through_reason(conf, k8s) -> str:
+def _pass_through_reason(conf: PluginConf, k8s: K8sArgs) -> str:
     """Why this attachment needs no API lookup at all ("" when it does)."""
     if not k8s.pod_name or not k8s.pod_namespace:
         return "not a Kubernetes pod (no K8S_POD_NAME/K8S_POD_NAMESPACE in CNI_ARGS)"
@@ -53,7 +61,12 @@ def _pass_through_reason(conf, k8s) -> str:
     return ""
 
 
-def plan(conf, k8s, addresses, get_pod=None):
+def plan(
+    conf: PluginConf,
+    k8s: K8sArgs,
+    addresses: Callable[[], Sequence[str]],
+    get_pod: Callable[[str, str], dict] | None = None,
+) -> tuple[RuleSet | None, str]:
     """Look the pod up and decide: returns (RuleSet | None, reason). Shared by ADD/CHECK
     and the node agent (which passes its cache-backed ``get_pod``).
 
@@ -63,13 +76,13 @@ def plan(conf, k8s, addresses, get_pod=None):
     if get_pod is None:
         from .k8s import get_pod as k8s_get_pod
 
-        def get_pod(ns, name):
+        def get_pod(ns: str, name: str) -> dict:
             return k8s_get_pod(conf, ns, name)
 
     return plan_pod(get_pod(k8s.pod_namespace, k8s.pod_name), addresses)
 
 
-def plan_pod(pod: dict, addresses):
+def plan_pod(pod: dict, addresses: Callable[[], Sequence[str]]) -> tuple[RuleSet | None, str]:
     """``plan`` for a pod already in hand (the repair controller has it from its cache):
     the decision ladder, then the rules; ``addresses`` as in ``plan``."""
     from .decide import Skip, decide
@@ -83,8 +96,8 @@ def plan_pod(pod: dict, addresses):
     return build(redirect_from_pod(pod, addresses=addresses())), "sidecar injected"
 
 
-def _netns_addresses(netns: str):
-    def addresses() -> list:
+def _netns_addresses(netns: str) -> Callable[[], list[str]]:
+    def addresses() -> list[str]:
         from .netfilter.routes import netns_addresses
 
         return netns_addresses(netns)
@@ -92,7 +105,7 @@ def _netns_addresses(netns: str):
     return addresses
 
 
-def cmd_add(args) -> dict:
+def cmd_add(args: CmdArgs) -> dict:
     conf, k8s = _setup(args)
     if conf.agent_socket:
         from . import addtiming
@@ -129,7 +142,7 @@ def cmd_add(args) -> dict:
     return result
 
 
-def cmd_check(args) -> None:
+def cmd_check(args: CmdArgs) -> None:
     conf, k8s = _setup(args)
     if _pass_through_reason(conf, k8s):
         return None
@@ -146,7 +159,7 @@ def cmd_check(args) -> None:
     return None
 
 
-def cmd_del(args) -> None:
+def cmd_del(args: CmdArgs) -> None:
     conf, _ = _setup(args)
     if not args.netns:
         return None
@@ -164,7 +177,7 @@ def cmd_del(args) -> None:
     return None
 
 
-def cmd_status(args) -> None:
+def cmd_status(args: CmdArgs) -> None:
     conf = parse_conf(args.netconf)
     import os
 
@@ -180,7 +193,7 @@ def cmd_status(args) -> None:
     return None
 
 
-def cmd_gc(args) -> None:
+def cmd_gc(args: CmdArgs) -> None:
     # The plugin keeps no host-side state per attachment (rules live and die with the pod
     # netns), so there is nothing to collect for attachments missing from
     # cni.dev/valid-attachments.

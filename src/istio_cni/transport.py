@@ -13,6 +13,19 @@ from __future__ import annotations
 
 from .http1 import time_left
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    import _socket
+    import _ssl
+    import ssl
+    from typing import TypeVar
+
+    from typing_extensions import Buffer
+
+    from .kubeconfig import Cluster
+
+    _Context = TypeVar("_Context", bound=_ssl._SSLContext)  # _ssl's context or ssl.SSLContext
+
 
 class HTTPError(Exception):
     def __init__(self, status: int, reason: str, body: bytes = b"") -> None:
@@ -78,7 +91,7 @@ def quote_segment(segment: str) -> str:
     return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in raw)
 
 
-def _configure(ctx, cluster):
+def _configure(ctx: _Context, cluster: Cluster) -> _Context:
     """Trust and client credentials from the kubeconfig. Works on ``_ssl._SSLContext`` and
     on its subclass ``ssl.SSLContext`` alike."""
     import _ssl
@@ -94,7 +107,8 @@ def _configure(ctx, cluster):
         ctx.load_verify_locations(cluster.ca_file)
     else:
         ctx.set_default_verify_paths()
-    cert, key = cluster.client_cert_file, cluster.client_key_file
+    cert: str = cluster.client_cert_file
+    key: str | None = cluster.client_key_file
     if cluster.client_cert_data:
         cert = _memfile(cluster.client_cert_data)
         key = _memfile(cluster.client_key_data) if cluster.client_key_data else None
@@ -103,7 +117,7 @@ def _configure(ctx, cluster):
     return ctx
 
 
-def lean_tls_context(cluster):
+def lean_tls_context(cluster: Cluster) -> _ssl._SSLContext:
     """An OpenSSL context from the C module ``_ssl`` directly.
 
     ``import ssl`` costs 25-40 ms here (it builds enums from every OpenSSL constant) on
@@ -116,7 +130,7 @@ def lean_tls_context(cluster):
     return _configure(_ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT), cluster)
 
 
-def ssl_context(cluster):
+def ssl_context(cluster: Cluster) -> ssl.SSLContext:
     """The same TLS settings as a full ``ssl.SSLContext``, for long-lived processes (the node
     agent) that use the ``ssl``/``socket`` modules and can afford their import."""
     import ssl
@@ -141,19 +155,20 @@ def _ascii_idna() -> None:
         return
     import codecs
 
-    def encode(text, errors="strict"):
+    def encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
         if not text.isascii():
             raise UnicodeError(
                 f"non-ASCII API server host {text!r}: use its IP or punycode (xn--) form in the kubeconfig"
             )
         return text.encode("ascii"), len(text)
 
-    def decode(data, errors="strict"):
-        return bytes(data).decode("ascii", errors), len(data)
+    def decode(data: Buffer, errors: str = "strict") -> tuple[str, int]:
+        raw = bytes(data)
+        return raw.decode("ascii", errors), len(raw)
 
     class _IdnaStub:
         @staticmethod
-        def getregentry():
+        def getregentry() -> codecs.CodecInfo:
             return codecs.CodecInfo(encode, decode, name="idna")
 
     # A class stands in for the module: the codec search function only calls getregentry().
@@ -166,10 +181,10 @@ class TLSConn:
 
     __slots__ = ("raw", "tls")
 
-    def __init__(self, ctx, raw, host: str, deadline: float | None = None) -> None:
+    def __init__(self, ctx: _ssl._SSLContext, raw: _socket.socket, host: str, deadline: float | None = None) -> None:
         _ascii_idna()
         self.raw = raw
-        self.tls = ctx._wrap_socket(raw, False, host)
+        self.tls = ctx._wrap_socket(raw, False, host)  # type: ignore[attr-defined]  # C method, not in typeshed
         if deadline is not None:
             raw.settimeout(time_left(deadline))  # _ssl reads the socket's timeout per call
         self.tls.do_handshake()
@@ -196,19 +211,20 @@ class TLSConn:
         self.raw.close()
 
 
-_Socket = None
+_Socket: type[_socket.socket] | None = None
 
 
-def _socket_class():
+def _socket_class() -> type[_socket.socket]:
     """A subclass of ``_socket.socket``: ``_ssl`` keeps a weak reference to the socket it
     wraps and the C type alone does not support weak references."""
     global _Socket
     if _Socket is None:
         import _socket
 
-        class _Socket(_socket.socket):
+        class _WeakrefSocket(_socket.socket):
             __slots__ = ("__weakref__",)
 
+        _Socket = _WeakrefSocket
     return _Socket
 
 
@@ -249,7 +265,7 @@ def resolve(host: str, port: int, deadline: float) -> list:
     return box[0]
 
 
-def connect(host: str, port: int, deadline: float):
+def connect(host: str, port: int, deadline: float) -> _socket.socket:
     """TCP connect with ``_socket`` (``import socket`` alone costs ~15 ms per exec): name
     resolution and each address tried are bounded by what is left until ``deadline``."""
     sock_cls = _socket_class()
