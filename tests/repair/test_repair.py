@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from repairsupport import eventually
@@ -31,7 +32,9 @@ def controller(api_client, cache):
 
     def start(mode: str, **kw) -> RepairController:
         retry = kw.pop("retry_base", 0.05)
-        rc = RepairController(api_client, cache, RepairSettings(mode=mode, node_name=NODE, **kw), retry_base=retry)
+        ready = kw.pop("plugin_ready", None)
+        rc = RepairController(api_client, cache, RepairSettings(mode=mode, node_name=NODE, **kw), retry_base=retry,
+                              plugin_ready=ready)
         made.append(rc)
         return rc.start()
 
@@ -205,3 +208,35 @@ def test_find_netns_prefers_the_oldest_process(sandbox):
     assert found.startswith("/proc/") and found.endswith("/ns/net")
     assert os.stat(found).st_ino == os.stat(nsutil.path(name)).st_ino
     assert find_netns(["192.0.2.78"]) == ""
+
+
+def test_delete_mode_waits_until_the_plugin_is_installed_on_this_node(mini_api, api_client, cache):
+    # The node program starts repair while its first install still runs: a pod deleted then
+    # could be recreated on this node before the plugin and start unredirected again.
+    installed, checks = threading.Event(), []
+
+    def plugin_ready() -> bool:
+        checks.append(installed.is_set())
+        return installed.is_set()
+
+    mini_api.put_pod(validation_failed(injected_pod("del-wait")))
+    rc = RepairController(api_client, cache, RepairSettings(mode="delete", node_name=NODE), retry_base=0.05,
+                          plugin_ready=plugin_ready, plugin_wait=0.02).start()
+    try:
+        eventually(lambda: len(checks) >= 5, "the controller to check the plugin five times")
+        assert mini_api.get("default", "del-wait") is not None, "deleted before the plugin was installed"
+        assert not events_for(mini_api, "del-wait", "IstioCNIRepaired") and rc.counts == {}
+        installed.set()
+        eventually(lambda: mini_api.get("default", "del-wait") is None, "deletion once the plugin is in place")
+        assert rc.counts == {("delete", "success"): 1}
+    finally:
+        rc.stop()
+
+
+def test_label_mode_does_not_wait_for_the_plugin(mini_api, controller):
+    # Labelling (and repair in place) never depend on the plugin being installed here.
+    mini_api.put_pod(validation_failed(injected_pod("lbl-now")))
+    rc = controller("label", plugin_ready=lambda: False)
+    eventually(lambda: "cni.istio.io/uninitialized" in mini_api.get("default", "lbl-now")["metadata"].get("labels", {}),
+               "label")
+    assert rc.counts == {("label", "success"): 1}

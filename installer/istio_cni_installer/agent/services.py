@@ -73,6 +73,14 @@ def repair_settings(s, node: str):
     )
 
 
+def _plugin_ready(metrics):
+    """The installer's readiness (every part in place on this node), for delete mode; None
+    without the installer's Metrics (the controller then never waits)."""
+    if metrics is None or not hasattr(metrics, "ready"):
+        return None
+    return lambda: bool(metrics.ready)
+
+
 def node_services(s, metrics=None) -> list:
     agent_on = getattr(s, "agent_enabled", True)
     repair_on = getattr(s, "repair_enabled", False)
@@ -92,13 +100,15 @@ def node_services(s, metrics=None) -> list:
     if repair_on:
         rs = repair_settings(s, node)
         if agent_on and cache_serves(cache, rs):
-            services.append(RepairService(RepairController(api, cache, rs, metrics=metrics), cache, own_cache=False))
+            controller = RepairController(api, cache, rs, metrics=metrics, plugin_ready=_plugin_ready(metrics))
+            services.append(RepairService(controller, cache, own_cache=False))
         else:
             # Agent off, or repair narrowed by selectors / another node: a watch of its own, on a
             # client of its own (stopping a cache closes its client's streams).
             rapi = api if not agent_on else api_client_from_settings(s)
             rcache = pod_cache_for(rapi, rs)
-            services.append(RepairService(RepairController(rapi, rcache, rs, metrics=metrics), rcache, own_cache=True))
+            controller = RepairController(rapi, rcache, rs, metrics=metrics, plugin_ready=_plugin_ready(metrics))
+            services.append(RepairService(controller, rcache, own_cache=True))
     log.info(
         "node services configured",
         agent=agent_on,

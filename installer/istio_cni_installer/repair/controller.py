@@ -9,7 +9,8 @@ netns check that our rules are in place) and acts once per pod UID:
 * ``label``: merge-patch ``cni.istio.io/uninitialized=true`` through ``pods/status``
   (the lower-privilege subresource upstream uses);
 * ``delete``: delete with UID + resourceVersion preconditions (the pod is recreated and
-  its sandbox goes through the CNI chain again).
+  its sandbox goes through the CNI chain again), once the plugin is installed on this node
+  (``plugin_ready``), so that a replacement landing here is redirected.
 
 Each action posts a Kubernetes Event on the pod (unless ``create_events`` is off) and counts
 ``istio_cni_repair_pods_repaired_total{type,result}``. Failures retry with back-off up to
@@ -81,6 +82,8 @@ class RepairController:
         netfilter=None,
         retry_base: float = 0.5,
         metrics=None,
+        plugin_ready=None,
+        plugin_wait: float = 1.0,
     ) -> None:
         if not cache_serves(cache, settings):
             raise ValueError(
@@ -97,6 +100,11 @@ class RepairController:
         self._netfilter = netfilter
         self.retry_base = retry_base
         self.metrics = metrics  # optional: .inc(name, **labels) (the installer's Metrics)
+        # Optional () -> bool: the plugin is installed on this node now (the installer's
+        # readiness). Delete mode waits for it, checking every ``plugin_wait`` seconds.
+        self.plugin_ready = plugin_ready
+        self.plugin_wait = plugin_wait
+        self._waiting: set[str] = set()  # UIDs whose deletion waits for the plugin (logged once)
         self.counts: dict[tuple[str, str], int] = {}
         self.handled: set[str] = set()  # UIDs acted on (success or given up): never again
         self.checked: set[str] = set()  # UIDs whose netns rules were already verified
@@ -136,6 +144,7 @@ class RepairController:
             with self._lock:
                 self.handled.discard(uid)
                 self.checked.discard(uid)
+                self._waiting.discard(uid)
                 self._attempts.pop(uid, None)
             return
         if uid in self.handled:
@@ -194,6 +203,8 @@ class RepairController:
         if not why:
             return
         mode = self.settings.mode
+        if mode == "delete" and not self._plugin_in_place(namespace, name, uid):
+            return
         try:
             detail = getattr(self, f"_{mode}")(pod)
         except Exception as e:
@@ -214,6 +225,21 @@ class RepairController:
         self._count(mode, "success")
         self._event(pod, "Normal", "IstioCNIRepaired", f"pod was missing traffic redirection ({why}); {detail}")
         log.info("pod repaired", pod=name_of(pod), mode=mode, why=why, action=detail)
+
+    def _plugin_in_place(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete only once the plugin is installed on this node: the owner recreates the pod
+        at once, and a replacement landing here before the plugin would start unredirected
+        again (the node program starts repair while its first install is still running)."""
+        if self.plugin_ready is None or self.plugin_ready():
+            self._waiting.discard(uid)
+            return True
+        if uid not in self._waiting:
+            self._waiting.add(uid)
+            log.info("broken pod waits for the plugin on this node before its deletion", pod=f"{namespace}/{name}")
+        timer = threading.Timer(self.plugin_wait, self._queue.put, ((namespace, name, uid),))
+        timer.daemon = True
+        timer.start()
+        return False
 
     # ---- the three modes --------------------------------------------------------------------------
     def _repair(self, pod: dict) -> str:
