@@ -58,7 +58,7 @@ test: apt venv
 
 # Rules in pyproject.toml ([tool.ruff], [tool.mypy]); ruff and mypy are pinned in the test extra.
 lint: venv
-	$(PY) -m ruff check src installer
+	$(PY) -m ruff check src installer tools
 	$(PY) -m ruff format --check src installer
 	$(PY) -m mypy
 

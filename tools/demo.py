@@ -30,10 +30,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
-from istio_cni.tools import netns as nsutil  # noqa: E402
-from istio_cni.tools.chain import Chain, bridge_conflist  # noqa: E402
 from support.pods import sidecar_pod  # noqa: E402
 from traffic import Listeners, connect  # noqa: E402
+
+from istio_cni.tools import netns as nsutil  # noqa: E402
+from istio_cni.tools.chain import Chain, bridge_conflist  # noqa: E402
 
 SUBNET = "198.51.100.0/24"  # documentation range: a pod address upstream (and we) count, unlike link-local
 GATEWAY = "198.51.100.1"
@@ -80,7 +81,8 @@ def install(work: Path, kubeconfig: Path) -> tuple[dict, Path]:
     for d in (net_dir, bin_dir, run_dir):
         d.mkdir()
     primary = bridge_conflist("1.0.0", SUBNET, "demobr0", str(work / "ipam"), name="demo-net")["plugins"][1]
-    (net_dir / "10-bridge.conf").write_text(json.dumps({"cniVersion": "1.0.0", "name": "demo-net", **primary}, indent=2))
+    bridge_conf = {"cniVersion": "1.0.0", "name": "demo-net", **primary}
+    (net_dir / "10-bridge.conf").write_text(json.dumps(bridge_conf, indent=2))
     say("install-cni: bundle + launcher into the bin dir, entry into the primary CNI's config")
     t0 = time.monotonic()
     info = build(work / "bundle")
@@ -124,7 +126,11 @@ def main() -> int:
                       cni_args="IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=demo-sandbox-1")
         t0 = time.monotonic()
         result = chain.add()
-        print(f"ADD through the chain took {1000 * (time.monotonic() - t0):.0f} ms; result (istio-cni handed on the bridge's result unchanged):")
+        took_ms = 1000 * (time.monotonic() - t0)
+        print(
+            f"ADD through the chain took {took_ms:.0f} ms; "
+            "result (istio-cni handed on the bridge's result unchanged):"
+        )
         print(json.dumps(result, indent=2))
         pod_ip = result["ips"][0]["address"].split("/")[0]
 
@@ -136,11 +142,20 @@ def main() -> int:
         say("traffic")
         with Listeners(pod, ["15001", "15006"], lifetime=30), Listeners(node, ["80"], lifetime=30):
             out = connect(pod, GATEWAY, 80)
-            print(f"app -> {GATEWAY}:80        landed on port {out.get('port')} (the sidecar), original destination {out.get('orig')}")
+            print(
+                f"app -> {GATEWAY}:80        landed on port {out.get('port')} (the sidecar), "
+                f"original destination {out.get('orig')}"
+            )
             out = connect(pod, GATEWAY, 80, uid=1337)
-            print(f"proxy uid 1337 -> {GATEWAY}:80 landed on port {out.get('port')} at {out.get('local')} (bypasses the redirect)")
+            print(
+                f"proxy uid 1337 -> {GATEWAY}:80 landed on port {out.get('port')} at {out.get('local')} "
+                "(bypasses the redirect)"
+            )
             out = connect(node, pod_ip, 8080)
-            print(f"node -> pod {pod_ip}:8080   landed on port {out.get('port')} (inbound capture), original destination {out.get('orig')}")
+            print(
+                f"node -> pod {pod_ip}:8080   landed on port {out.get('port')} (inbound capture), "
+                f"original destination {out.get('orig')}"
+            )
         say("CNI DEL")
         chain.delete()
         chain = None

@@ -179,8 +179,8 @@ class Builder:
         c = self.buildah("from", "from", "scratch")
         try:
             self.buildah("add", "add", c, str(tar), "/")
-            self.buildah("config", "config", "--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                         "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash", c)
+            path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            self.buildah("config", "config", "--env", path, "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash", c)
             self.buildah("commit", "commit", "--rm", c, ref)
         except BaseException:
             subprocess.run(private_namespace(["buildah", "--root", str(STORE), "--runroot", str(RUNROOT), "rm", c]),
