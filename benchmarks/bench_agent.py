@@ -32,11 +32,10 @@ from pathlib import Path
 
 import harness
 import pytest
-from bench_add import _bench_single_add, _container_id, run_concurrently
-from harness import REDIRECT_POD
-
 from agent.miniapi import MiniAPI
 from agent.pods import injected_pod
+from bench_add import _bench_single_add, _container_id, run_concurrently
+from harness import REDIRECT_POD
 
 MEDIANS: dict[str, float] = {}
 READY_TIMEOUT = 120.0

@@ -13,10 +13,9 @@ design's ADD; upstream's whole Go plugin is benchmarked in bench_add.py.
 
 from __future__ import annotations
 
-from bench_add import ROUNDS, run_concurrently
-from baselines import pipeline, script2019
-
 import harness
+from baselines import pipeline, script2019
+from bench_add import ROUNDS, run_concurrently
 
 
 def _bench_script(benchmark, pool, argv_for, verify) -> None:

@@ -20,9 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import harness
+import pytest
 
 ROUNDS = int(os.environ.get("ISTIO_CNI_BENCH_ROUNDS", "30"))
 REPO = Path(__file__).resolve().parent.parent

@@ -29,12 +29,12 @@ import subprocess
 import pytest
 
 from istio_cni._fastpath import Entered
-from istio_cni.tools import netns as nsutil
 from istio_cni.netfilter import iptc as iptc_mod
 from istio_cni.netfilter.iptc import IptcBackend
 from istio_cni.netfilter.nft import NftBackend, transaction_text
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
+from istio_cni.tools import netns as nsutil
 
 RS = build(RedirectConfig())
 ROUNDS = 40

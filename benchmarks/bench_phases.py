@@ -42,6 +42,7 @@ import pytest
 from bench_add import _container_id
 from bench_agent import _agent_node
 from harness import REDIRECT_POD
+
 from istio_cni_installer.front import configure, read_config
 
 BENCH = Path(__file__).resolve().parent
@@ -175,8 +176,8 @@ class ProcessFloors:
         bare = "import time,sys,posix;sys.stderr.write(repr(time.monotonic()));sys.stderr.flush();posix._exit(0)"
         self.bare = _launcher(tmp / f"bare-{tag}", prober.python, prober.lib, bare, prober.front)
         self.bare_sh = _sh_launcher(tmp / f"bare-sh-{tag}", prober.python, prober.lib, bare)
-        code = ("import time,sys;t=time.monotonic();sys.path.insert(0,%r);"
-                "[__import__(m) for m in %r];sys.stderr.write(repr(time.monotonic()-t))" % (prober.site, compiled))
+        code = (f"import time,sys;t=time.monotonic();sys.path.insert(0,{prober.site!r});"
+                f"[__import__(m) for m in {compiled!r}];sys.stderr.write(repr(time.monotonic()-t))")
         self.dlopen = _launcher(tmp / f"dlopen-{tag}", prober.python, prober.lib, code, prober.front)
         self.starts, self.exits, self.loads, self.starts_sh = [], [], [], []
 

@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 import harness
+import pytest
+from peers.tools import tool_path
+
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
-from peers.tools import tool_path
 
 COMPLEX = {
     "interception_mode": "TPROXY", "inbound_ports_include": "*",

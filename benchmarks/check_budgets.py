@@ -311,7 +311,8 @@ def phase_tables(data: dict, markdown: bool) -> list[str]:
                 _table(["phase", "ms", "floor ms", "left to win ms"], table, markdown)]
         if floors.get("imports_what"):
             out += ["", f"- imports floor: {floors['imports_what']}"]
-        if isinstance(floors.get("interpreter_sh"), (int, float)) and isinstance(floors.get("interpreter"), (int, float)):
+        numbers = (int, float)
+        if isinstance(floors.get("interpreter_sh"), numbers) and isinstance(floors.get("interpreter"), numbers):
             out += [f"- bare interpreter start through the front {floors['interpreter']:.2f} ms, through the "
                     f"#!/bin/sh launcher it replaced {floors['interpreter_sh']:.2f} ms (same rounds)"]
     return out
@@ -343,7 +344,7 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(out)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))]
                      + [fmt.format(*r) for r in rows])

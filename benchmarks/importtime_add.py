@@ -49,11 +49,12 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=0, help="also list the N largest cumulative imports")
     args = ap.parse_args()
 
+    from peers.fakeapi import FakeAPI
+    from support.pods import sidecar_pod
+
     from istio_cni.tools import netns as nsutil
     from istio_cni_installer.binaries import Binaries
     from istio_cni_installer.bundle import build
-    from peers.fakeapi import FakeAPI
-    from support.pods import sidecar_pod
 
     with tempfile.TemporaryDirectory(prefix="importtime-add-") as tmp:
         tmp = Path(tmp)
