@@ -37,7 +37,8 @@ def injected_pod(name: str, namespace: str = "default", node: str = NODE, ip: st
             "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
                                "time": "2026-11-26T14:00:00Z", "fieldsType": "FieldsV1",
                                "fieldsV1": {"f:metadata": {"f:labels": {f"f:{k}": {} for k in "abcdefgh"}},
-                                            "f:spec": {"f:containers": {f'k:{{"name":"c{i}"}}': {} for i in range(6)}}}}],
+                                            "f:spec": {"f:containers": {
+                                                f'k:{{"name":"c{i}"}}': {} for i in range(6)}}}}],
         },
         "spec": {
             "nodeName": node, "restartPolicy": "Always", "serviceAccountName": "default",
@@ -52,7 +53,8 @@ def injected_pod(name: str, namespace: str = "default", node: str = NODE, ip: st
                 {"name": "app", "image": "docker.io/library/nginx:1.27", "ports": [{"containerPort": 8080}]},
                 {"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.0",
                  "args": ["proxy", "sidecar", "--domain", f"{namespace}.svc.cluster.local",
-                          "--proxyLogLevel=warning", "--proxyComponentLogLevel=misc:error", "--log_output_level=default:info"],
+                          "--proxyLogLevel=warning", "--proxyComponentLogLevel=misc:error",
+                          "--log_output_level=default:info"],
                  "env": proxy_env,
                  "ports": [{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}],
                  "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": True}}],

@@ -80,7 +80,10 @@ def test_repair_settings_from_the_environment_drive_the_running_controller(tmp_p
     svcs[0].start()
     try:
         end = time.monotonic() + 20
-        while (mini_api.get("default", "env-broken")["metadata"].get("labels") or {}).get("example.com/broken") != "yes":
+        def labels() -> dict:
+            return mini_api.get("default", "env-broken")["metadata"].get("labels") or {}
+
+        while labels().get("example.com/broken") != "yes":
             assert time.monotonic() < end, "custom label not applied"
             time.sleep(0.05)
     finally:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from istio_cni.tools import netns as nsutil
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
+from istio_cni.tools import netns as nsutil
 
 pytestmark = pytest.mark.root
 

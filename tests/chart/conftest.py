@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from chartlib import Helm, Manifests
 from peers.tools import tool_path
 

@@ -18,7 +18,6 @@ import urllib.parse
 import urllib.request
 
 import pytest
-
 from chartlib import PLATFORMS
 
 pytestmark = pytest.mark.peers

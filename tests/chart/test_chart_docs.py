@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from chartlib import CHART, KUBE_VERSION, PLATFORMS
 from peers.tools import tool_path
 

@@ -14,12 +14,12 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
-
+import tomllib
 from chartlib import CHART
+
 from istio_cni_installer import settings as installer_settings
 
 REPO = CHART.parents[1]
@@ -90,7 +90,7 @@ def ignored(rel: str, patterns: list[str]) -> bool:
 
 
 def ignore_patterns() -> list[str]:
-    return [l.strip() for l in IGNORE.read_text().splitlines() if l.strip() and not l.startswith("#")]
+    return [line.strip() for line in IGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def copy_sources() -> list[str]:

@@ -143,7 +143,8 @@ def test_repair_settings_are_passed_with_upstream_names(render):
     env = container_env(m)
     assert {k: env[k] for k in sorted(env) if k.startswith("REPAIR_")} == {
         "REPAIR_BROKEN_POD_LABEL_KEY": "example.com/broken", "REPAIR_BROKEN_POD_LABEL_VALUE": "yes",
-        "REPAIR_CHECK_NETNS": "false", "REPAIR_CREATE_EVENTS": "true", "REPAIR_DELETE_PODS": "false", "REPAIR_ENABLED": "true",
+        "REPAIR_CHECK_NETNS": "false", "REPAIR_CREATE_EVENTS": "true", "REPAIR_DELETE_PODS": "false",
+        "REPAIR_ENABLED": "true",
         "REPAIR_FIELD_SELECTORS": "status.phase=Pending", "REPAIR_INIT_CONTAINER_EXIT_CODE": "7",
         "REPAIR_INIT_CONTAINER_NAME": "check", "REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE": "no rules",
         "REPAIR_LABEL_PODS": "true", "REPAIR_LABEL_SELECTORS": "app=x", "REPAIR_NODE_NAME": "node-a",

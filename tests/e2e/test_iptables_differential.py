@@ -18,14 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
+from peers.tools import tool_path
 
-from istio_cni.tools import iptables_cli
-from istio_cni.tools import netns as nsutil
 from istio_cni.rules.builder import build, build_xtables
 from istio_cni.rules.config import RedirectConfig
-from peers.tools import tool_path
+from istio_cni.tools import iptables_cli, netns as nsutil
 
 EXAMPLES = 300
 FAMILIES = {

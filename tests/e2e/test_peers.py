@@ -22,12 +22,12 @@ import urllib.request
 import uuid
 
 import pytest
-
-from istio_cni.tools import netns as nsutil
-from istio_cni.tools.chain import bridge_conflist
 from peers.fakeapi import Delay, Reset, SlowBody, Status
 from peers.tools import tool_version
 from support.pods import sidecar_pod
+
+from istio_cni.tools import netns as nsutil
+from istio_cni.tools.chain import bridge_conflist
 
 pytestmark = pytest.mark.peers
 
@@ -139,7 +139,8 @@ def test_pod_round_trip_through_real_api(control_plane):
     assert pod.spec.init_containers[1].security_context.run_as_user == 1337
 
     rv = created["metadata"]["resourceVersion"]
-    control_plane.api.patch_pod(ns, "web-0", {"metadata": {"annotations": {"sidecar.istio.io/interceptionMode": "TPROXY"}}})
+    tproxy = {"metadata": {"annotations": {"sidecar.istio.io/interceptionMode": "TPROXY"}}}
+    control_plane.api.patch_pod(ns, "web-0", tproxy)
     control_plane.delete_pod(ns, "web-0")
     events = []
     for kind, obj in control_plane.api.watch_pods(ns, resource_version=rv, timeout_seconds=20):
@@ -171,7 +172,8 @@ def test_limited_identity_may_only_get_pods(control_plane, tmp_path):
     api_client = config.new_client_from_config(config_file=str(kubeconfig))
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
     assert core.read_namespaced_pod("web-1", ns).spec.node_name == "node-a"
-    for forbidden in (lambda: core.list_namespaced_pod(ns), lambda: apps.read_namespaced_daemon_set("istio-cni-node", ns)):
+    for forbidden in (lambda: core.list_namespaced_pod(ns),
+                      lambda: apps.read_namespaced_daemon_set("istio-cni-node", ns)):
         with pytest.raises(client.ApiException) as denied:
             forbidden()
         assert denied.value.status == 403

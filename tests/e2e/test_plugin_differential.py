@@ -39,11 +39,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, given, seed, settings, strategies as st
+from peers.tools import tool_path
 
 from istio_cni.tools import netns as nsutil
-from peers.tools import tool_path
 
 pytestmark = pytest.mark.peers
 
@@ -112,7 +111,8 @@ def _annotations(r, typical: bool) -> tuple:
     if where in ("annotation", "both"):
         ann["sidecar.istio.io/inject"] = r.choice(words)
     if where in ("label", "both"):
-        labels["sidecar.istio.io/inject"] = r.choice([w for w in words if w in LABEL_NOT_GO + GO_TRUE + GO_FALSE + [""]])
+        label_words = LABEL_NOT_GO + GO_TRUE + GO_FALSE + [""]
+        labels["sidecar.istio.io/inject"] = r.choice([w for w in words if w in label_words])
     values = {
         "sidecar.istio.io/interceptionMode": _maybe(r, 0.5, lambda: r.choice(
             ["REDIRECT", "TPROXY", "TPROXY"] + ([] if typical else ["tproxy"]))),
@@ -457,6 +457,8 @@ def test_plugin_matches_upstream(setup, case):
             err = json.loads(out.stdout)
             assert err.get("code") and err.get("msg"), context
     for key in their_state:
-        assert our_state[key] == their_state[key], f"{key} differs:\n{diff(their_state[key], our_state[key])}\n{context}"
+        assert our_state[key] == their_state[key], (
+            f"{key} differs:\n{diff(their_state[key], our_state[key])}\n{context}"
+        )
     if via == "agent":
         assert b"falling back" not in ours.stderr, context

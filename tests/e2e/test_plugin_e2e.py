@@ -19,10 +19,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support.pods import plain_pod, sidecar_pod
 
 from istio_cni.tools import netns as nsutil
 from istio_cni.tools.chain import bridge_conflist
-from support.pods import plain_pod, sidecar_pod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 from traffic import Listeners, connect  # noqa: E402
@@ -62,7 +62,8 @@ def attach(cluster, cnitool_bin, plugin_bin, netns, tmp_path):
             self.node, self.pod = netns("node"), netns("pod")
             confdir = tmp_path / f"net.d-{self.name}"
             confdir.mkdir()
-            istio = {"type": "istio-cni", "plugin_log_level": "debug", "exclude_namespaces": ["kube-system", "istio-system"],
+            istio = {"type": "istio-cni", "plugin_log_level": "debug",
+                     "exclude_namespaces": ["kube-system", "istio-system"],
                      "pod_namespace": "istio-system", "kubernetes": {"kubeconfig": str(kubeconfig)},
                      "lookup_deadline_seconds": 5, **conf}
             self.conflist = bridge_conflist("1.0.0", "192.0.2.0/24", f"icnie{len(made)}", str(tmp_path / "ipam"),
@@ -84,7 +85,8 @@ def attach(cluster, cnitool_bin, plugin_bin, netns, tmp_path):
 
     def make(manifest, **conf):
         if manifest["metadata"]["namespace"] != "istio-system":
-            manifest["metadata"]["namespace"] = ns if manifest["metadata"]["namespace"] == "default" else manifest["metadata"]["namespace"]
+            if manifest["metadata"]["namespace"] == "default":
+                manifest["metadata"]["namespace"] = ns
         manifest["spec"]["nodeName"] = "node-a"
         cp.create_pod(manifest)
         a = Attachment(manifest, conf)
@@ -147,7 +149,8 @@ def test_native_sidecar_redirected(attach):
 
 
 def test_tproxy_inbound_transparent(attach):
-    a = attach(sidecar_pod(f"tproxy-{uuid.uuid4().hex[:5]}", annotations={"sidecar.istio.io/interceptionMode": "TPROXY"}))
+    tproxy = {"sidecar.istio.io/interceptionMode": "TPROXY"}
+    a = attach(sidecar_pod(f"tproxy-{uuid.uuid4().hex[:5]}", annotations=tproxy))
     with Listeners(a.pod, ["15001", "15006t"], lifetime=30):
         inbound = connect(a.node, a.ip, 8080)
         assert inbound["port"] == 15006 and inbound["local"] == [a.ip, 8080], inbound

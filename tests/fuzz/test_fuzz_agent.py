@@ -14,14 +14,13 @@ import json
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+from support.rawhttp import Answer, RawServer, split
 
 from istio_cni import agent_client, errors
 from istio_cni.config import parse_conf
 from istio_cni.log import log
 from istio_cni.skel import CmdArgs
-from support.rawhttp import Answer, RawServer, split
 
 PREV = {"cniVersion": "1.0.0", "ips": [{"address": "169.254.10.2/24"}]}
 NETCONF = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "istio-cni", "prevResult": PREV}
@@ -80,7 +79,8 @@ def http(body: bytes) -> bytes:
 
 # ---- generators ----------------------------------------------------------------------------
 
-json_scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=20)
+json_scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                | st.text(max_size=20))
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=8), inner, max_size=4), max_leaves=12)
 error_docs = st.fixed_dictionaries({}, optional={

@@ -11,12 +11,11 @@ the rest with code 7.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+from support import fastpath_py as _fastpath_py
 
 from istio_cni import _fastpath, errors
 from istio_cni.config import parse_k8s_args
-from support import fastpath_py as _fastpath_py
 
 FUZZ = settings.get_profile("fuzz")
 KNOWN = ("K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID")

@@ -16,12 +16,11 @@ import time
 
 import h11
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+from support.rawhttp import Answer, RawServer, split
 
 from istio_cni import http1, transport
 from istio_cni.http1 import ResponseError, read_response
-from support.rawhttp import Answer, RawServer, split
 
 FAST_DEADLINE = 5.0  # generous: the fast cases must never run into it
 # Scheduling slack on a loaded 2-core machine (load 10 seen during `make test`): a bound

@@ -15,11 +15,10 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+from support import fastpath_py as _fastpath_py
 
 from istio_cni import _fastpath
-from support import fastpath_py as _fastpath_py
 
 FUZZ = settings.get_profile("fuzz")
 
@@ -31,8 +30,8 @@ values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionari
     st.text(max_size=6) | st.text(st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010), max_size=2),
     c, max_size=4), max_leaves=25)
 
-JSONISH = st.sampled_from(list('{}[]:,"\\ \t\n\r0123456789.eE+-truefalsnNIfinity') + ["\\u", "\\ud800", "\\udc00",
-                                                                                      "\\ud83d\\ude00", "\ufeff", "\x00"])
+JSONISH = st.sampled_from(list('{}[]:,"\\ \t\n\r0123456789.eE+-truefalsnNIfinity')
+                          + ["\\u", "\\ud800", "\\udc00", "\\ud83d\\ude00", "\ufeff", "\x00"])
 
 
 def same(a, b) -> bool:
@@ -42,7 +41,7 @@ def same(a, b) -> bool:
     if isinstance(a, float):
         return a == b and math.copysign(1, a) == math.copysign(1, b)
     if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     return a == b

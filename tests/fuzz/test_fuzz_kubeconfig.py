@@ -16,8 +16,7 @@ import re
 
 import pytest
 import yaml
-from hypothesis import event, given, settings
-from hypothesis import strategies as st
+from hypothesis import event, given, settings, strategies as st
 
 from istio_cni.kubeconfig import KubeconfigError, load
 

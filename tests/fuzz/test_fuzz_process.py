@@ -17,13 +17,12 @@ import subprocess
 
 import pytest
 import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+from peers.fakeapi import FakeAPI
+from support.pods import plain_pod, sidecar_pod
 
 from istio_cni.tools import netns as nsutil
 from istio_cni.versions import SUPPORTED_VERSIONS
-from peers.fakeapi import FakeAPI
-from support.pods import plain_pod, sidecar_pod
 
 pytestmark = pytest.mark.root  # a real pod netns
 

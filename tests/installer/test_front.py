@@ -132,6 +132,7 @@ def test_configure_refuses_a_file_that_is_not_the_front():
     with pytest.raises(FrontError, match="no unique"):
         configure(b"\x7fELF not the front", {"python": "/p", "lib": "/l", "code": "x"})
     with pytest.raises(FrontError, match="no unique"):
-        configure(MARKER + b"\0" * CONFIG_SIZE + MARKER + b"\0" * CONFIG_SIZE, {"python": "/p", "lib": "/l", "code": "x"})
+        twice = MARKER + b"\0" * CONFIG_SIZE + MARKER + b"\0" * CONFIG_SIZE
+        configure(twice, {"python": "/p", "lib": "/l", "code": "x"})
     with pytest.raises(FrontError, match="truncated"):
         configure(MARKER + b"\0" * 10, {"python": "/p", "lib": "/l", "code": "x"})

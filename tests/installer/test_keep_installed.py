@@ -104,7 +104,8 @@ def test_drift_in_every_part_is_repaired(plugin_bundle, host_layout):
         kubeconfig.unlink()
         assert _wait_file(kubeconfig.exists)
         # projected token rotation: kubelet swaps ..data; the kubeconfig follows
-        project_token(host_layout.sa_dir, {"token": b"token-two", "ca.crt": (host_layout.sa_dir / "ca.crt").read_bytes()})
+        ca = (host_layout.sa_dir / "ca.crt").read_bytes()
+        project_token(host_layout.sa_dir, {"token": b"token-two", "ca.crt": ca})
         assert _wait_file(lambda: '"token": "token-two"' in kubeconfig.read_text())
         assert kubeconfig.stat().st_mode & 0o777 == 0o600
         assert not any("token-two" in line for line in p.raw)

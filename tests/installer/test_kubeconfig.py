@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import yaml
+from support.installer_fixtures import project_token
 
 from istio_cni_installer.kubeconfig import Kubeconfig, KubeconfigWriteError, render, server_url
 from istio_cni_installer.settings import parse
-from support.installer_fixtures import project_token
 
 TOKEN = "service_account_token_string"
 

@@ -12,9 +12,9 @@ import shutil
 
 import pytest
 import yaml
+from support.installer_fixtures import InstallerProcess, project_token
 
 from istio_cni_installer.standin import is_standin
-from support.installer_fixtures import InstallerProcess, project_token
 
 SNIPPET = json.dumps({"type": "istio-cni", "log_level": "info", "kubernetes": {
     "kubeconfig": "__KUBECONFIG_FILEPATH__", "cni_bin_dir": "/opt/cni/bin",

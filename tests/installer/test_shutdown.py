@@ -8,11 +8,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from support.installer_fixtures import InstallerProcess, project_token
 
 from istio_cni_installer.nodematch import mismatch
 from istio_cni_installer.settings import parse
 from istio_cni_installer.standin import is_standin
-from support.installer_fixtures import InstallerProcess, project_token
 from istio_cni_installer.upgrade import ApiClient, decide
 
 NS, DS, NODE = "istio-system", "istio-cni-node", "node-a"
@@ -293,7 +293,8 @@ def test_real_control_plane_sigterm_keeps_then_uninstalls(control_plane, plugin_
         assert p.terminate() == 0
         assert any(r.get("msg") == "leaving plugin and config in place" for r in p.records)
         assert (host_layout.bin_dir / "istio-cni").exists()
-        assert json.loads((host_layout.net_dir / "10-calico.conflist").read_text())["plugins"][-1]["type"] == "istio-cni"
+        conflist = json.loads((host_layout.net_dir / "10-calico.conflist").read_text())
+        assert conflist["plugins"][-1]["type"] == "istio-cni"
         kapi.call("DELETE", R_DS_PATH, ok=(200, 202))
         q = InstallerProcess(env)
         q.wait_ready()

@@ -10,13 +10,13 @@ import time
 import uuid
 
 import pytest
+from support.installer_fixtures import project_token
 
 from istio_cni.log import log
-from istio_cni_installer.kube.client import api_client_from_settings
 from istio_cni_installer.app import App
+from istio_cni_installer.kube.client import api_client_from_settings
 from istio_cni_installer.settings import SettingError, parse
 from istio_cni_installer.taint import DEFAULT_KEY, StartupTaint, has_taint, removal_patch
-from support.installer_fixtures import project_token
 
 KEY = DEFAULT_KEY
 OURS = {"key": KEY, "effect": "NoSchedule"}

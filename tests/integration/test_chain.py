@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from istio_cni.tools.chain import Chain, PluginFailed, bridge_conflist, exec_plugin
 from istio_cni.tools import netns as nsutil
+from istio_cni.tools.chain import Chain, PluginFailed, bridge_conflist, exec_plugin
 
 # The Debian reference plugins (1.1.1) implement up to 1.0.0; 1.1.0 is tested below
 # with a bridge result produced at 1.0.0 and handed to istio-cni as a 1.1.0 prevResult.
@@ -44,7 +44,8 @@ def test_istio_cni_110_prev_result(netns, tmp_path, cni_path):
     host, pod, chain = _chain("1.0.0", netns, tmp_path, cni_path, 7)
     chain.conflist["plugins"] = chain.conflist["plugins"][:2]
     prev = chain.add()
-    conf = {"cniVersion": "1.1.0", "name": "icni-test", "type": "istio-cni", "prevResult": {**prev, "cniVersion": "1.1.0"}}
+    conf = {"cniVersion": "1.1.0", "name": "icni-test", "type": "istio-cni",
+            "prevResult": {**prev, "cniVersion": "1.1.0"}}
     out = exec_plugin("istio-cni", "ADD", conf, container_id="ctr7", netns=nsutil.path(pod), ifname="eth0",
                       cni_path=cni_path, host_netns=nsutil.path(host))
     assert out == conf["prevResult"]
@@ -64,7 +65,8 @@ def test_prev_result_converted_to_conf_version(netns, cni_path):
     prev = {"cniVersion": "1.0.0", "ips": [{"address": "169.254.9.2/24", "gateway": "169.254.9.1"}]}
     out = exec_plugin("istio-cni", "ADD", {"cniVersion": "0.4.0", "name": "n", "type": "istio-cni", "prevResult": prev},
                       container_id="c", netns=nsutil.path(pod), ifname="eth0", cni_path=cni_path)
-    assert out == {"cniVersion": "0.4.0", "ips": [{"address": "169.254.9.2/24", "gateway": "169.254.9.1", "version": "4"}]}
+    assert out == {"cniVersion": "0.4.0",
+                   "ips": [{"address": "169.254.9.2/24", "gateway": "169.254.9.1", "version": "4"}]}
 
 
 def test_plugin_stdout_single_json_on_error(netns, cni_path, tmp_path):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from istio_cni import _fastpath
 from support import fastpath_py as _fastpath_py
 from support.emulator import require_syscall
+
+from istio_cni import _fastpath
 
 
 @pytest.fixture(params=["c", "py"])
@@ -35,5 +35,5 @@ def test_entered_restores_on_error(fp, netns):
     home = os.stat("/proc/thread-self/ns/net").st_ino
     with pytest.raises(ZeroDivisionError):
         with fp.Entered(f"/run/netns/{name}"):
-            1 / 0
+            raise ZeroDivisionError("raised inside the netns")
     assert os.stat("/proc/thread-self/ns/net").st_ino == home

@@ -7,15 +7,15 @@ import fcntl
 import threading
 
 import pytest
+from nf_goldens import save_blocks
 
 from istio_cni import netfilter
-from istio_cni.tools import netns as nsutil
 from istio_cni.errors import NetfilterError
 from istio_cni.netfilter import iptc as iptc_mod
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
 from istio_cni.rules.model import Rule
-from nf_goldens import save_blocks
+from istio_cni.tools import netns as nsutil
 
 BACKENDS = ["iptc", "nft", "restore-legacy", "restore-nft"]
 LEGACY = {"iptc", "restore-legacy"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from istio_cni._fastpath import Entered
-from istio_cni.tools import netns as nsutil
 from istio_cni.errors import NetfilterError
 from istio_cni.netfilter import routes
 from istio_cni.rules.model import PolicyRoute
+from istio_cni.tools import netns as nsutil
 
 ROUTES = (PolicyRoute(4, 1337, 133), PolicyRoute(6, 1337, 133))
 

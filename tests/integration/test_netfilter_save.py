@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from nf_goldens import iptables_cases, iptables_ruleset, nft_ruleset, save_blocks
 
 from istio_cni import netfilter
-from istio_cni.tools import netns as nsutil
 from istio_cni.netfilter import xt
 from istio_cni.rules.model import Rule, RuleSet, Table
-
-from nf_goldens import iptables_cases, iptables_ruleset, nft_ruleset, save_blocks
+from istio_cni.tools import netns as nsutil
 
 # The cases are listed at collection time (the ``conformance`` fixture skips if absent).
 CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"

@@ -9,11 +9,11 @@ import pytest
 
 from istio_cni import netfilter
 from istio_cni._fastpath import Entered
-from istio_cni.tools import netns as nsutil
 from istio_cni.errors import NetfilterError
 from istio_cni.netfilter.dryrun import DryRunBackend
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
+from istio_cni.tools import netns as nsutil
 
 
 @pytest.fixture(autouse=True)

@@ -8,13 +8,12 @@ The rule set comes from the x_tables/nftables builders (``rules.builder.build``)
 from __future__ import annotations
 
 import pytest
+from traffic import Listeners, connect
 
 from istio_cni import netfilter
-from istio_cni.tools import netns as nsutil
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
-
-from traffic import Listeners, connect
+from istio_cni.tools import netns as nsutil
 
 BACKENDS = ["iptc", "nft", "restore-legacy", "restore-nft"]
 POD4, PEER4, EXCLUDED4 = "169.254.77.1", "169.254.77.2", "169.254.77.3"

@@ -7,10 +7,9 @@ token; ``iptables-save``'s own spelling of a rule parses to the same value as up
 from __future__ import annotations
 
 import pytest
+from nf_goldens import iptables_cases, iptables_tables
 
 from istio_cni.netfilter import xt, xtenc
-
-from nf_goldens import iptables_cases, iptables_tables
 
 # The owner-group goldens name groups this machine may not have; iptables resolves them
 # on the node, so the test gives them ids.
@@ -38,7 +37,9 @@ def test_every_golden_rule_parses_and_encodes(conformance):
                     seen_targets.add(parsed.target[0].split("_")[0])
                     seen_matches.update(m for m, _ in parsed.matches)
                     n += 1
-    assert n == sum(1 for c in cases for line in (conformance / "istio-iptables" / "golden" / f"{c}.golden").read_text().splitlines() if line.startswith(("-A ", "-I ")))
+    golden = conformance / "istio-iptables" / "golden"
+    assert n == sum(1 for c in cases for line in (golden / f"{c}.golden").read_text().splitlines()
+                    if line.startswith(("-A ", "-I ")))
     assert seen_targets >= {"RETURN", "ACCEPT", "DROP", "REDIRECT", "TPROXY", "MARK", "CONNMARK",
                             "CT", "ISTIO"}
     assert seen_matches >= {"tcp", "udp", "owner", "multiport", "conntrack", "mark", "connmark"}

@@ -13,13 +13,12 @@ from __future__ import annotations
 import struct
 
 import pytest
+from nf_goldens import iptables_cases, iptables_tables
 
 from istio_cni.netfilter import iptc, xt, xtenc
 from istio_cni.rules.builder import build
 from istio_cni.rules.config import RedirectConfig
 from istio_cni.rules.model import Rule, Table
-
-from nf_goldens import iptables_cases, iptables_tables
 
 VARIANTS = [
     {},
@@ -125,7 +124,7 @@ def test_compiled_entries_equal_python_entries(conformance):
     for family in (4, 6):
         mine = [s for f, s in specs if f == family]
         compiled = xtenc.encode_specs(mine, family)
-        for spec, entry in zip(mine, compiled):
+        for spec, entry in zip(mine, compiled, strict=True):
             assert entry == xtenc.encode_spec(spec, family), spec  # batch == one at a time
             if entry is None:
                 continue
@@ -144,7 +143,7 @@ def test_default_rule_sets_take_the_compiled_path():
             for table in tables:
                 specs = [r.spec for r in table.rules]
                 encoded = xtenc.encode_specs(specs, family)
-                declined = [s for s, e in zip(specs, encoded) if e is None]
+                declined = [s for s, e in zip(specs, encoded, strict=True) if e is None]
                 assert not declined, (family, table.name, declined)
 
 

@@ -25,9 +25,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent.parent / "unit"))
 from rules_cases import NFTABLES_CASES, config_for  # noqa: E402
 
-from istio_cni.tools import netns as nsutil  # noqa: E402
 from istio_cni.rules.model import RuleSet  # noqa: E402
 from istio_cni.rules.nft_builder import build_nft  # noqa: E402
+from istio_cni.tools import netns as nsutil  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import json
 import subprocess
 
 import pytest
+from peers.fakeapi import Delay, Reset
+from support.pods import plain_pod, sidecar_pod
 
 from istio_cni.tools import netns as nsutil
 from istio_cni.tools.chain import PluginFailed, exec_plugin
-from peers.fakeapi import Delay, Reset
-from support.pods import plain_pod, sidecar_pod
 
 PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "x"}],
         "ips": [{"interface": 0, "address": "169.254.77.2/24", "gateway": "169.254.77.1"}],
@@ -194,7 +194,8 @@ def test_ambient_refused(env):
 def test_stdout_only_protocol(env, cni_path):
     """Logs (debug level) go to stderr; stdout holds exactly the result document."""
     env.api.add_pod(sidecar_pod("web"))
-    p = subprocess.run([f"{cni_path.split(':')[1]}/istio-cni"], input=json.dumps(env.conf).encode(), capture_output=True,
+    plugin = f"{cni_path.split(':')[1]}/istio-cni"
+    p = subprocess.run([plugin], input=json.dumps(env.conf).encode(), capture_output=True,
                        env={"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": nsutil.path(env.pod_ns),
                             "CNI_IFNAME": "eth0", "CNI_PATH": cni_path, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                             "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"}, timeout=60)

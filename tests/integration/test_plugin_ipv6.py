@@ -5,13 +5,13 @@ the rules whenever IPv6 is on (through ``netfilter.apply``, for every backend)."
 from __future__ import annotations
 
 import pytest
+from support.pods import sidecar_pod
 
 from istio_cni import netfilter
-from istio_cni.tools import netns as nsutil
 from istio_cni.netfilter import routes
 from istio_cni.redirect import ipv6_enabled, redirect_from_pod
 from istio_cni.rules.builder import build
-from support.pods import sidecar_pod
+from istio_cni.tools import netns as nsutil
 
 
 def _ip_view(ns: str) -> list:

@@ -72,7 +72,7 @@ class Listeners:
         self.ns, self.ports, self.lifetime = ns, ports, lifetime
         self.proc = None
 
-    def __enter__(self) -> "Listeners":
+    def __enter__(self) -> Listeners:
         self.proc = subprocess.Popen(
             ["timeout", str(int(self.lifetime) + 5), "ip", "netns", "exec", self.ns, PYTHON, "-c",
              LISTENER, ",".join(self.ports), str(self.lifetime)],

@@ -7,9 +7,10 @@ import json
 import time
 from pathlib import Path
 
+from peers.kubeapi import ApiError
+
 from node.cluster import Node
 from node.workloads import answer
-from peers.kubeapi import ApiError
 
 POD_TIMEOUT = 90.0
 WORKLOAD_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "images" / "workload.py"

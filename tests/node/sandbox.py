@@ -54,7 +54,8 @@ class HostState:
         parts = {
             "links": _run(["ip", "-o", "link", "show"]),
             "addresses": _run(["ip", "-o", "addr", "show"]),
-            "routes": _run(["ip", "route", "show", "table", "all"]) + _run(["ip", "-6", "route", "show", "table", "all"]),
+            "routes": _run(["ip", "route", "show", "table", "all"])
+            + _run(["ip", "-6", "route", "show", "table", "all"]),
             "rules": _run(["ip", "rule"]) + _run(["ip", "-6", "rule"]),
             "mounts": _mount_table(),
             "sysctls": "".join(f"{s} = {_read(Path('/proc/sys') / s)}\n" for s in GUARDED_SYSCTLS),

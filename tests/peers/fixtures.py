@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from peers.controlplane import ControlPlane, StartFailed
 from peers.fakeapi import FakeAPI
 from peers.tools import tool_path

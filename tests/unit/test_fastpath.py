@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from istio_cni import _fastpath
 from support import fastpath_py as _fastpath_py
 from support.emulator import require_syscall
+
+from istio_cni import _fastpath
 
 
 @pytest.fixture(params=["c", "py"])

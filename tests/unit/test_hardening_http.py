@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from support.rawhttp import Answer, RawServer
 
 from istio_cni import http1, transport
 from istio_cni.http1 import ResponseError, read_response
-from support.rawhttp import Answer, RawServer
 
 DEADLINE = 3.0  # generous: only the tests about slowness expect it to run out
 

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import fastpath_py as _fastpath_py
 
 import istio_cni
 from istio_cni import _fastpath
-from support import fastpath_py as _fastpath_py
 
 # The directory istio_cni is imported from (src/ in the dev venv, site-packages when `make
 # wheel` tests an installed wheel): the child interpreters run with -I -S and get only this.

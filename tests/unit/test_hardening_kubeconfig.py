@@ -98,7 +98,8 @@ def test_json_true_and_false(tmp_path):
 # ---- the YAML examples of the issue: read as PyYAML reads them, or refused ------------------------
 
 def test_yaml_comment_after_a_quote_is_read_as_pyyaml_reads_it(tmp_path):
-    text = YAML.format(tls="", token=TOKEN, key=KEY).replace("    user: u\n", "    user: u\n    namespace: O'Brien # owner\n")
+    text = YAML.format(tls="", token=TOKEN, key=KEY)
+    text = text.replace("    user: u\n", "    user: u\n    namespace: O'Brien # owner\n")
     want = yaml.safe_load(text)["contexts"][0]["context"]["namespace"]
     assert load(write(tmp_path, text)).namespace == want == "O'Brien"
 

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from istio_cni.tools import iptables_cli as cli
 from istio_cni.rules.model import PolicyRoute, RuleSet
+from istio_cni.tools import iptables_cli as cli
 
 
 def config(argv, environ=None, ipv6=False, dns=((), ())):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from peers.fakeapi import Delay, Reset, SlowBody, Status
 
 from istio_cni import errors
 from istio_cni.config import parse_conf
 from istio_cni.k8s import Client, get_pod
-from istio_cni.transport import split_server
 from istio_cni.kubeconfig import Cluster, load
-from peers.fakeapi import Delay, Reset, SlowBody, Status
+from istio_cni.transport import split_server
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "ns1",
        "annotations": {"sidecar.istio.io/status": "{}"}}, "spec": {"containers": [{"name": "app"}]}}
@@ -152,7 +152,8 @@ def test_missing_kubeconfig_is_a_clear_cni_error(tmp_path):
 @pytest.mark.parametrize(
     "server,expected",
     [("https://10.0.0.1", ("https", "10.0.0.1", 443, "")), ("http://h:8080/", ("http", "h", 8080, "")),
-     ("https://[::1]:6443/k8s", ("https", "::1", 6443, "/k8s")), ("https://[10.110.0.1]:443", ("https", "10.110.0.1", 443, ""))],
+     ("https://[::1]:6443/k8s", ("https", "::1", 6443, "/k8s")),
+     ("https://[10.110.0.1]:443", ("https", "10.110.0.1", 443, ""))],
 )
 def test_split_server(server, expected):
     assert split_server(server) == expected
@@ -212,8 +213,9 @@ def test_malformed_answers_retry_then_code_11_with_cause(tmp_path, raw, cause):
 
 def test_request_line_and_host_header(tmp_path, monkeypatch):
     """IPv6 API hosts are bracketed in Host (issue 13); the path is the escaped pod path."""
-    from istio_cni import transport
     from support.rawhttp import Answer, RawServer
+
+    from istio_cni import transport
 
     with RawServer() as server:
         real_connect = transport.connect

@@ -83,7 +83,8 @@ def test_capture_all_dns_matches_port_53_without_servers():
     from istio_cni.rules.config import RedirectConfig
 
     text = RuleSet(nft=build_nft(RedirectConfig(redirect_dns=True, capture_all_dns=True))).nft_text()
-    assert "add rule inet istio-proxy-nat istio-output-dns meta l4proto tcp tcp dport 53 counter redirect to :15053" in text
+    assert ("add rule inet istio-proxy-nat istio-output-dns meta l4proto tcp tcp dport 53 counter redirect to :15053"
+            in text)
     assert "add rule inet istio-proxy-nat istio-output-dns udp dport 53 counter redirect to :15053" in text
     assert "add rule inet istio-proxy-raw istio-output-dns udp dport 53 counter ct zone set 2" in text
     assert "add rule inet istio-proxy-raw istio-inbound udp sport 53 counter ct zone set 1" in text

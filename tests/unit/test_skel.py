@@ -6,11 +6,11 @@ import io
 import json
 
 import pytest
+from support.emulator import require_syscall
 
 from istio_cni import errors
 from istio_cni.skel import plugin_main
 from istio_cni.versions import SUPPORTED_VERSIONS
-from support.emulator import require_syscall
 
 BASE = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/1/ns/net", "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
 

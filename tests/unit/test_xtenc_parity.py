@@ -47,7 +47,7 @@ def test_every_golden_rule_encodes_identically(conformance):
             if not specs:
                 continue
             compiled = xtenc.encode_specs(specs, family)
-            for spec, entry in zip(specs, compiled):
+            for spec, entry in zip(specs, compiled, strict=True):
                 assert entry == xtenc.encode_spec(spec, family), (case, family, spec)
                 try:
                     parsed = xt.parse(spec, family)

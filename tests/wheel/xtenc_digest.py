@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
         v4, v6 = iptables_tables(conformance / "istio-iptables" / "golden" / f"{case}.golden")
         for family, tables in ((4, v4), (6, v6)):
             specs = [r.spec for t in tables for r in t.rules]
-            for spec, entry in zip(specs, xtenc.encode_specs(specs, family) if specs else ()):
+            for spec, entry in zip(specs, xtenc.encode_specs(specs, family) if specs else (), strict=True):
                 if entry is None:
                     try:
                         entry = b"py:" + xtenc.encode(xt.parse(spec, family))
