@@ -39,6 +39,16 @@ def plugin_bin(plugin_bundle) -> Path:
 
 
 @pytest.fixture(scope="session")
+def validate_bin() -> Path:
+    """``istio-cni`` as the node image installs it (the venv's entry point): the
+    ``istio-validation`` init container runs ``istio-cni validate`` from there; the host bundle
+    carries the plugin only."""
+    if not PLUGIN.exists():
+        pytest.fail(f"{PLUGIN} missing: run `make setup`")
+    return PLUGIN
+
+
+@pytest.fixture(scope="session")
 def cni_bin_dir(plugin_bundle) -> Path:
     """The CNI bin dir holding the ``istio-cni`` launcher (next to /usr/lib/cni in CNI_PATH)."""
     return plugin_bundle.bin_dir

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,16 +11,6 @@ from istio_cni.rules.config import RedirectConfig
 from istio_cni.tools import netns as nsutil
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(scope="module")
-def validate_bin():
-    """``istio-cni`` as the node image installs it (the venv's entry point): the validation
-    init container runs it from there; the host bundle carries the plugin only."""
-    script = Path(sys.executable).with_name("istio-cni")
-    if not script.exists():
-        pytest.fail(f"{script} missing: run `make setup`")
-    return script
 
 
 def load_rules(name: str, cfg: RedirectConfig) -> None:

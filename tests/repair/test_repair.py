@@ -59,7 +59,7 @@ def barrier(api, rc: RepairController, tag: str) -> None:
     eventually(lambda: any(e["involvedObject"]["name"] == f"barrier-{tag}" for e in api.events), "barrier")
 
 
-def test_repairs_in_place_a_pod_whose_validation_failed(mini_api, controller, sandbox, plugin_bin):
+def test_repairs_in_place_a_pod_whose_validation_failed(mini_api, controller, sandbox, validate_bin):
     ns, ip = sandbox()
     pod = mini_api.put_pod(validation_failed(running(injected_pod("broken-1", ip=ip))))
     before = rules_in(ns)
@@ -70,7 +70,7 @@ def test_repairs_in_place_a_pod_whose_validation_failed(mini_api, controller, sa
     assert ev[0]["type"] == "Normal" and ev[0]["involvedObject"]["uid"] == pod["metadata"]["uid"]
     assert rc.counts == {("repair", "success"): 1}
     # The init container's next run now passes.
-    out = nsutil.exec_in(ns, str(plugin_bin), "validate", "--timeout", "5", timeout=60)
+    out = nsutil.exec_in(ns, str(validate_bin), "validate", "--timeout", "5", timeout=60)
     assert out.returncode == 0, out.stderr
     # Never twice for one UID: a later update of the same pod does not act again.
     committed = rules_in(ns)

@@ -75,7 +75,7 @@ def test_delete_mode_deletes_the_real_pod(control_plane, cp_repair):
     assert eventually(lambda: events_for(control_plane, ns, "del-1"), "event")[0]["reason"] == "IstioCNIRepaired"
 
 
-def test_repair_mode_fixes_the_netns_of_a_real_pod(control_plane, cp_repair, sandbox, plugin_bin):
+def test_repair_mode_fixes_the_netns_of_a_real_pod(control_plane, cp_repair, sandbox, validate_bin):
     from istio_cni.tools import netns as nsutil
 
     ns, node, start = cp_repair
@@ -84,7 +84,7 @@ def test_repair_mode_fixes_the_netns_of_a_real_pod(control_plane, cp_repair, san
     set_status(control_plane, ns, "fix-1", broken_status(ip))
     start("repair")
     eventually(lambda: "ISTIO_OUTPUT" in rules_in(netns_name), "rules in the sandbox")
-    out = nsutil.exec_in(netns_name, str(plugin_bin), "validate", "--timeout", "5", timeout=60)
+    out = nsutil.exec_in(netns_name, str(validate_bin), "validate", "--timeout", "5", timeout=60)
     assert out.returncode == 0, out.stderr
     ev = eventually(lambda: events_for(control_plane, ns, "fix-1"), "event")
     assert "redirect rules committed" in ev[0]["message"]
