@@ -16,13 +16,13 @@ from istio_cni.log import log
 
 from .health import HealthServer, Metrics
 from .installer import Installer
-from .settings import parse
+from .settings import Settings, parse
 from .taint import StartupTaint
 from .upgrade import ApiClient, decide
 
 
 class App:
-    def __init__(self, settings, service_factories: tuple | list = ()) -> None:
+    def __init__(self, settings: Settings, service_factories: tuple | list = ()) -> None:
         self.s = settings
         self.metrics = Metrics()
         self.installer = Installer(settings, self.metrics)
@@ -74,7 +74,7 @@ class App:
                 svc.stop(deadline)
         self.installer.close()
 
-    def request_stop(self, *_args) -> None:
+    def request_stop(self, *_args: object) -> None:
         self.stopping.set()
 
     def run_until_signal(self) -> int:
@@ -91,7 +91,7 @@ class App:
         return 0
 
 
-def install_once(settings) -> dict[str, list[str]]:
+def install_once(settings: Settings) -> dict[str, list[str]]:
     """Install everything once without serving or watching (demo, init-container use).
     Returns the remaining problems by part ({} of empty lists = installed)."""
     inst = Installer(settings)

@@ -17,6 +17,10 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 PLUGIN_TYPE = "istio-cni"
 WRAP_NAME = "k8s-pod-network"
@@ -237,7 +241,7 @@ def fill_template(text: str, values: dict) -> str:
     return text
 
 
-def entry_for(s) -> dict:
+def entry_for(s: Settings) -> dict:
     """The plugin netconf entry for ``Settings`` ``s`` (template when given, else generated)."""
     if s.cni_network_config or s.cni_network_config_file:
         text = load_template(s.cni_network_config, s.cni_network_config_file)

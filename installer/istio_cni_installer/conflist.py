@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from istio_cni.log import log
 from istio_cni.value import Value
 
 from . import cniconfig as cc
 from .atomic import remove_atomic, write_atomic
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 STANDALONE_DEFAULT = "YYY-istio-cni.conf"
 NEW_FILE_MODE = 0o600
@@ -45,7 +49,7 @@ def _sig(p: Path) -> tuple[int, int, int] | None:
 
 
 class ConfList:
-    def __init__(self, settings, entry: dict | None = None) -> None:
+    def __init__(self, settings: Settings, entry: dict | None = None) -> None:
         self.s = settings
         self.dir = Path(settings.mounted_cni_net_dir)
         self.entry = entry if entry is not None else cc.entry_for(settings)

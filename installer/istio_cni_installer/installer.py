@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from istio_cni.log import log
 
@@ -26,6 +27,9 @@ from .conflist import ConfList, Waiting
 from .health import Metrics
 from .kubeconfig import Kubeconfig
 from .watch import Watcher
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 FIGHT_WINDOW_SECONDS = 10.0
 FIGHT_THRESHOLD = 5
@@ -85,7 +89,7 @@ class Installer:
 
     name = "installer"
 
-    def __init__(self, settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.s = settings
         self.metrics = metrics or Metrics()
         self.conflist = ConfList(settings)

@@ -11,10 +11,14 @@ import base64
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from istio_cni.log import log
 
 from .atomic import remove_atomic, write_atomic
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class KubeconfigWriteError(RuntimeError):
@@ -53,7 +57,7 @@ def render(server: str, token: str, ca_pem: bytes | None, skip_tls_verify: bool)
 
 
 class Kubeconfig:
-    def __init__(self, settings) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.s = settings
         self.path = Path(settings.run_dir) / settings.kubecfg_file_name
         self.sa_dir = Path(settings.service_account_dir)

@@ -11,7 +11,7 @@ import argparse
 import os
 import socket
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from istio_cni import backends
@@ -108,7 +108,7 @@ def _seconds(s: str) -> float | None:
     return v
 
 
-def _choice(*allowed: str):
+def _choice(*allowed: str) -> Callable[[str], str]:
     def conv(s: str) -> str:
         v = s.strip().lower()
         if v not in allowed:
@@ -795,7 +795,7 @@ def _env_help(env: tuple) -> str:
 class _HelpFormatter(argparse.HelpFormatter):
     """Never wraps inside a hyphenated name (REPAIR_LABEL-PODS must stay greppable)."""
 
-    def _split_lines(self, text, width):
+    def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 

@@ -11,11 +11,17 @@ pods started unmeshed are not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from istio_cni.errors import KubernetesLookupError
 from istio_cni.log import log
 
-from .kube.client import ApiError, NoCredentials, in_cluster_client
+from .kube.client import ApiError, KubeClient, NoCredentials, in_cluster_client
 from .nodematch import mismatch
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class ApiUnreachable(Exception):
@@ -27,11 +33,11 @@ class ApiClient:
     answers ``(status, object)`` instead of raising on 4xx/5xx, because the shutdown decision
     reads 403/404 as answers; only an unreachable API raises ``ApiUnreachable``. Never logs the token."""
 
-    def __init__(self, client) -> None:  # kube.client.KubeClient
+    def __init__(self, client: KubeClient) -> None:
         self.client = client
 
     @classmethod
-    def from_settings(cls, s, timeout: float = 3.0) -> ApiClient | None:
+    def from_settings(cls, s: Settings, timeout: float = 3.0) -> ApiClient | None:
         """The installer's own in-cluster identity, or None without one (no token, no host)."""
         try:
             return cls(in_cluster_client(s, timeout))
@@ -49,7 +55,7 @@ class ApiClient:
             raise ApiUnreachable(f"GET {path}: {e}") from None
 
 
-def _daemonset_name(s, api: ApiClient) -> str | None:
+def _daemonset_name(s: Settings, api: ApiClient) -> str | None:
     if s.daemonset_name:
         return s.daemonset_name
     if not s.pod_name:
@@ -63,7 +69,7 @@ def _daemonset_name(s, api: ApiClient) -> str | None:
     return None
 
 
-def decide(s, api_factory) -> tuple[bool, str]:
+def decide(s: Settings, api_factory: Callable[[], ApiClient | None]) -> tuple[bool, str]:
     """(keep, reason): keep=True leaves plugin and config in place. ``api_factory()`` returns an
     ApiClient, or None when there are no in-cluster credentials."""
     if s.disable_safe_upgrade:

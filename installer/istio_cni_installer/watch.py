@@ -131,5 +131,5 @@ class Watcher:
     def __enter__(self) -> Watcher:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -78,7 +78,7 @@ class RepairSettings(Value):
             raise ValueError("label mode needs a broken-pod label key (REPAIR_BROKEN_POD_LABEL_KEY)")
 
 
-def _terminated_failure(term, s: RepairSettings) -> bool:
+def _terminated_failure(term: object, s: RepairSettings) -> bool:
     if not isinstance(term, dict):
         return False
     if s.exit_code and term.get("exitCode") != s.exit_code:
@@ -88,7 +88,7 @@ def _terminated_failure(term, s: RepairSettings) -> bool:
     return True
 
 
-def _succeeded(state) -> bool:
+def _succeeded(state: dict | None) -> bool:
     term = (state or {}).get("terminated")
     return isinstance(term, dict) and (term.get("exitCode") == 0 or term.get("reason") == "Completed")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterable
 
 
 def _start_time(proc_root: str, pid: str) -> int:
@@ -74,7 +75,7 @@ def local_v6(proc_root: str, pid: str) -> set[str]:
     return out
 
 
-def find_netns(ips, proc_root: str = "/proc") -> str:
+def find_netns(ips: Iterable[str], proc_root: str = "/proc") -> str:
     """``{proc_root}/<pid>/ns/net`` of the netns holding any of ``ips``; '' when none does."""
     wanted = {str(ipaddress.ip_address(ip)) for ip in ips}
     if not wanted:
