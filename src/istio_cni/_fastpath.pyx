@@ -390,3 +390,59 @@ def json_quote(str s):
     if _scan_once is None:
         _load_engine()
     return _quote_ascii(s)
+
+
+# Standard base64 alphabet -> 6-bit value; 255 marks a byte outside it.
+cdef unsigned char _B64_VALUE[256]
+
+
+cdef void _b64_table() noexcept:
+    cdef const char *alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    cdef int i
+    for i in range(256):
+        _B64_VALUE[i] = 255
+    for i in range(64):
+        _B64_VALUE[<unsigned char>alphabet[i]] = i
+
+
+_b64_table()
+
+
+def b64decode(str s):
+    """Padded standard base64 (RFC 4648 section 4) -> bytes, for the kubeconfig's ``*-data``
+    fields, as Go's ``base64.StdEncoding`` decodes them for client-go (trailing bits ignored),
+    without loading ``binascii`` (a shared module that pulls in libz: ~0.45 ms and ~120 KiB
+    per ADD).
+    ``ValueError`` unless the length is a multiple of 4, every character is in the alphabet
+    and ``=`` appears only as one or two trailing pad characters."""
+    cdef bytes raw
+    try:
+        raw = s.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("base64: non-ASCII character") from None
+    cdef Py_ssize_t n = len(raw), pad = 0, i, o = 0
+    if n % 4:
+        raise ValueError("base64: length is not a multiple of 4")
+    cdef const unsigned char *p = raw
+    while pad < 2 and pad < n and p[n - 1 - pad] == b"="[0]:
+        pad += 1
+    cdef bytearray out = bytearray(n // 4 * 3 - pad)
+    cdef unsigned char *q = out
+    cdef unsigned int acc = 0, v
+    for i in range(n - pad):
+        v = _B64_VALUE[p[i]]
+        if v == 255:
+            raise ValueError("base64: invalid character or misplaced padding")
+        acc = (acc << 6) | v
+        if i % 4 == 3:
+            q[o] = (acc >> 16) & 0xFF
+            q[o + 1] = (acc >> 8) & 0xFF
+            q[o + 2] = acc & 0xFF
+            o += 3
+            acc = 0
+    if pad == 1:  # 3 characters left: 18 bits -> 2 bytes (the low 2 bits are padding)
+        q[o] = (acc >> 10) & 0xFF
+        q[o + 1] = (acc >> 2) & 0xFF
+    elif pad == 2:  # 2 characters left: 12 bits -> 1 byte
+        q[o] = (acc >> 4) & 0xFF
+    return bytes(out)

@@ -100,9 +100,9 @@ def _configure(ctx: _Context, cluster: Cluster) -> _Context:
         ctx.check_hostname = False
         ctx.verify_mode = _ssl.CERT_NONE
     elif cluster.ca_data:
-        import binascii
+        from ._fastpath import b64decode  # not binascii: see b64decode
 
-        ctx.load_verify_locations(None, None, binascii.a2b_base64(cluster.ca_data).decode())
+        ctx.load_verify_locations(None, None, b64decode(cluster.ca_data).decode())
     elif cluster.ca_file:
         ctx.load_verify_locations(cluster.ca_file)
     else:
@@ -286,9 +286,10 @@ def connect(host: str, port: int, deadline: float) -> _socket.socket:
 
 def _memfile(b64: str) -> str:
     """Client cert/key data -> a path ssl can load, without touching the disk (memfd)."""
-    import binascii
     import os
 
+    from ._fastpath import b64decode
+
     fd = os.memfd_create("kubecred", os.MFD_CLOEXEC)
-    os.write(fd, binascii.a2b_base64(b64))
+    os.write(fd, b64decode(b64))
     return f"/proc/self/fd/{fd}"

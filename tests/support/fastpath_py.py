@@ -213,3 +213,18 @@ def json_quote(s: str) -> str:
     import json
 
     return json.dumps(s)
+
+
+PADDED_B64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+
+
+def b64decode(s: str) -> bytes:
+    """Go's ``base64.StdEncoding.DecodeString`` (what client-go uses for ``*-data``): padded
+    RFC 4648 base64 only, trailing bits ignored. (``binascii``'s strict mode is not it: it
+    accepts ``"0000="``.)"""
+    import binascii
+    import re
+
+    if not re.fullmatch(PADDED_B64, s, flags=re.ASCII):
+        raise ValueError("base64: not padded standard base64")
+    return binascii.a2b_base64(s)
