@@ -27,7 +27,9 @@ from peers.controlplane import SERVICE_CIDR, ControlPlane
 from peers.kubeapi import KubeAPI
 
 NODE_NAME = "istio-cni-test-node"
-NODE_IP = "192.0.2.210"  # on the node netns' lo only (kubelet refuses loopback/link-local)
+# On the node netns' lo only (kubelet refuses loopback/link-local). Also the API server's address:
+# a second node (node/twonode.py) reaches the control plane of this one there.
+NODE_IP = "192.0.2.210"
 SERVICE_IP = "198.51.100.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
 # A documentation range, not link-local: the plugin (like upstream) needs a non-link-local pod
 # address to decide on IPv6, so 169.254/16 pods fail their ADD.
@@ -128,10 +130,16 @@ def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
 
 class Node:
     """``Node(workdir, bins, images).start()`` ... ``stop()``; ``bins``: name -> path of kube-apiserver,
-    kube-controller-manager, kube-scheduler, kubelet, crictl; ``images``: name -> (ref, archive)."""
+    kube-controller-manager, kube-scheduler, kubelet, crictl; ``images``: name -> (ref, archive).
+    ``name``, ``ip``, ``pod_cidr``/``pod_gateway``: this node's identity (a second node differs)."""
 
-    def __init__(self, workdir: Path, bins: dict[str, Path], images: dict[str, tuple[str, Path]]) -> None:
+    def __init__(self, workdir: Path, bins: dict[str, Path], images: dict[str, tuple[str, Path]], *,
+                 name: str = NODE_NAME, ip: str = NODE_IP, pod_cidr: str = POD_CIDR,
+                 pod_gateway: str = POD_GATEWAY) -> None:
         self.dir = Path(workdir)
+        self.name, self.ip, self.pod_cidr, self.pod_gateway = name, ip, pod_cidr, pod_gateway
+        self.max_pods = 110  # kubelet's default; the two-node scenarios put many pods on a node
+        self.register_with_taints: list[dict] = []  # kubelet registerWithTaints
         self.bins, self.images = bins, images
         self.holder = Holder(self.dir)
         self.cp: NodeControlPlane | None = None
@@ -146,6 +154,7 @@ class Node:
         self.kubelet_dir = self.dir / "kubelet"
         self.pod_logs = self.dir / "pod-logs"
         self.cgroup_root = f"/istio-cni-test-node-{secrets.token_hex(4)}"
+        self.kubeconfig: Path | None = None  # kubelet's; the control plane's admin one by default
         self.timings: dict[str, float] = {}
         self.import_error: BaseException | None = None
 
@@ -262,13 +271,13 @@ class Node:
 
     def _network(self) -> None:
         h = self.holder
-        h.run("ip", "addr", "add", f"{NODE_IP}/32", "dev", "lo")
+        h.run("ip", "addr", "add", f"{self.ip}/32", "dev", "lo")
         # Processes in the node's own netns (the plugin's direct path, kubelet) dial the Service IP:
         # without a route that is "network is unreachable" before the OUTPUT DNAT can apply.
-        h.run("ip", "route", "add", SERVICE_CIDR, "dev", "lo", "src", NODE_IP)
+        h.run("ip", "route", "add", SERVICE_CIDR, "dev", "lo", "src", self.ip)
 
     def _service_dnat(self) -> None:
-        to = f"{NODE_IP}:{self.cp.port}"
+        to = f"{NODE_IP}:{self.cp.port}"  # the API server (on the first node)
         for chain in ("PREROUTING", "OUTPUT"):
             self.holder.run("iptables-legacy", "-w", "-t", "nat", "-A", chain, "-d", f"{SERVICE_IP}/32", "-p", "tcp",
                             "--dport", "443", "-j", "DNAT", "--to-destination", to)
@@ -294,8 +303,12 @@ class Node:
             "cniVersion": "1.0.0", "name": "node-bridge",
             "plugins": [{"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
                          "ipam": {"type": "host-local", "dataDir": str(self.dir / "cni" / "ipam"),
-                                  "ranges": [[{"subnet": POD_CIDR, "gateway": POD_GATEWAY}]],
+                                  "ranges": [[{"subnet": self.pod_cidr, "gateway": self.pod_gateway}]],
                                   "routes": [{"dst": "0.0.0.0/0"}]}}]}, indent=2) + "\n")
+
+    def in_node(self, path: Path) -> Path:
+        """``path`` as the node's own processes see it (a second node binds some dirs elsewhere)."""
+        return path
 
     def _containerd(self) -> None:
         d = self.containerd_dir
@@ -303,7 +316,7 @@ class Node:
         config = d / "config.toml"
         config.write_text(f"""version = 2
 root = "{d / 'root'}"
-state = "{d / 'state'}"
+state = "{self.in_node(d / 'state')}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
                     "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
 [grpc]
@@ -326,8 +339,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{self.cni_bin_dir}"
-    conf_dir = "{self.cni_conf_dir}"
+    bin_dir = "{self.in_node(self.cni_bin_dir)}"
+    conf_dir = "{self.in_node(self.cni_conf_dir)}"
     max_conf_num = 1
 """)
         proc = self._spawn("containerd", ["containerd", "--config", str(config), "--log-level", "info"])
@@ -383,18 +396,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
                                "x509": {"clientCAFile": str(self.cp.ca_file)}},
             "authorization": {"mode": "AlwaysAllow"},
-            "address": NODE_IP, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
+            "address": self.ip, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
             "podLogsDir": str(self.pod_logs), "volumePluginDir": str(self.dir / "volume-plugins"),
-            "resolvConf": str(resolv), "registerNode": True, "maxPods": 30,
+            "resolvConf": str(resolv), "registerNode": True, "maxPods": self.max_pods,
+            "registerWithTaints": self.register_with_taints,
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
             "syncFrequency": "5s", "fileCheckFrequency": "5s", "nodeStatusUpdateFrequency": "5s",
             "serializeImagePulls": False, "localStorageCapacityIsolation": False,
         }))
         self._spawn("kubelet", [
-            str(self.bins["kubelet"]), f"--config={cfg}", f"--kubeconfig={self.cp.kubeconfig}",
+            str(self.bins["kubelet"]), f"--config={cfg}", f"--kubeconfig={self.kubeconfig or self.cp.kubeconfig}",
             f"--root-dir={self.kubelet_dir}", f"--cert-dir={self.kubelet_dir / 'pki'}",
-            f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}", "--v=2"])
+            f"--hostname-override={self.name}", f"--node-ip={self.ip}", "--v=2"])
 
     def _wait_node_ready(self, deadline: float) -> None:
         last = "node not registered yet"
@@ -403,11 +417,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 if proc.poll() is not None:
                     raise NodeError(f"{name} exited {proc.returncode} while the node started:\n"
                                     f"{tail(self.logs / f'{name}.log')}")
-            code, body = self.cp.api.raw("GET", f"/api/v1/nodes/{NODE_NAME}")
+            code, body = self.cp.api.raw("GET", f"/api/v1/nodes/{self.name}")
             if code == 200:
                 conds = {c["type"]: c for c in json.loads(body)["status"].get("conditions", [])}
                 ready = conds.get("Ready", {})
-                taints = json.loads(body)["spec"].get("taints") or []
+                # The taints it registered with are the node's own business (a test lifts them).
+                registered = {t["key"] for t in self.register_with_taints}
+                taints = [t for t in json.loads(body)["spec"].get("taints") or [] if t["key"] not in registered]
                 if ready.get("status") == "True" and not taints:
                     return
                 last = f"Ready={ready.get('status')}: {ready.get('message', '')}; taints {taints}"

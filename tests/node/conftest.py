@@ -25,6 +25,7 @@ from node.cluster import Node, NodeError
 from node.pods import Pods
 from node.release import Release
 from node.sandbox import HostState
+from node.scenario import SUMMARY as SCENARIO_SUMMARY
 from peers.tools import tool_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,3 +122,5 @@ def made_pods(pods):
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
         terminalreporter.write_line("node tier timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in TIMINGS.items()))
+    for line in SCENARIO_SUMMARY:
+        terminalreporter.write_line(line)
