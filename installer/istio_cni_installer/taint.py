@@ -22,11 +22,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from istio_cni.log import log
 
-from .kube.client import ApiError, api_client_from_settings
+from .kube.client import ApiError, KubeClient, api_client_from_settings
+
+if TYPE_CHECKING:
+    from .health import Metrics
+    from .settings import Settings
 
 DEFAULT_KEY = "cni.istio.io/not-ready"
 CONFLICT_RETRIES = 5  # re-reads after a concurrent change to the taints, per attempt
@@ -60,7 +66,7 @@ class Conflict(Exception):
     """The taints kept changing between our read and our patch."""
 
 
-def remove_taint(client, node_name: str, key: str, installed=lambda: True) -> str:
+def remove_taint(client: KubeClient, node_name: str, key: str, installed: Callable[[], bool] = lambda: True) -> str:
     """One attempt: ``"removed"``, ``"absent"`` or ``"not-installed"`` (nothing written).
     Raises ``ApiError`` (e.g. 403), ``Conflict`` or ``OSError``; the caller retries."""
     path = f"/api/v1/nodes/{quote(node_name)}"
@@ -90,12 +96,18 @@ class StartupTaint:
 
     name = "startup-taint"
 
-    def __init__(self, settings, installed, metrics=None, client_factory=None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        installed: Callable[[], bool],
+        metrics: Metrics | None = None,
+        client_factory: Callable[[], KubeClient] | None = None,
+    ) -> None:
         self.s, self.key, self.node = settings, settings.startup_taint_key, settings.node_name
         self.installed = installed  # () -> bool: all parts in place right now
         self.metrics = metrics
         self.client_factory = client_factory or (lambda: api_client_from_settings(settings))
-        self.client = None
+        self.client: KubeClient | None = None
         self.outcome: str | None = None  # "removed" / "absent" once settled
         self.last_error = ""
         self._kicked = threading.Event()

@@ -14,12 +14,17 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 from istio_cni.k8s import bearer_token
 from istio_cni.kubeconfig import Cluster, load
 from istio_cni.transport import split_server as _split_server, ssl_context
 from istio_cni_installer.kubeconfig import server_url
+
+if TYPE_CHECKING:
+    from istio_cni_installer.settings import Settings
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -82,7 +87,7 @@ class KubeClient:
         )
 
     # ---- transport -------------------------------------------------------------------------
-    def _connect(self, timeout: float):
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
         if self._ctx is not None:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self._ctx)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -97,7 +102,13 @@ class KubeClient:
         return h
 
     def request(
-        self, method: str, path: str, body=None, *, content_type: str = "application/json", timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        content_type: str = "application/json",
+        timeout: float | None = None,
     ) -> dict:
         """One request; the decoded JSON answer of a 2xx, else ``ApiError``."""
         data = None if body is None else json.dumps(body).encode()
@@ -114,7 +125,7 @@ class KubeClient:
             raise ApiError(method, path, resp.status, raw)
         return json.loads(raw) if raw else {}
 
-    def stream_lines(self, path: str, read_timeout: float):
+    def stream_lines(self, path: str, read_timeout: float) -> Iterator[bytes]:
         """GET ``path`` and yield its body line by line (a watch); ``close()`` ends it."""
         conn = self._connect(read_timeout)
         with self._lock:
@@ -152,7 +163,7 @@ class KubeClient:
 
     # ---- the calls the agent and repair make --------------------------------------------------------
     @staticmethod
-    def pods_path(namespace: str = "", name: str = "", sub: str = "", **query) -> str:
+    def pods_path(namespace: str = "", name: str = "", sub: str = "", **query: str | int | bool) -> str:
         base = "/api/v1/pods" if not namespace else f"/api/v1/namespaces/{quote(namespace)}/pods"
         if name:
             base += f"/{quote(name)}"
@@ -190,7 +201,7 @@ class NoCredentials(ValueError):
     """No in-cluster identity to use: no readable service-account token, or no API server address."""
 
 
-def in_cluster_client(s, timeout: float = DEFAULT_TIMEOUT) -> KubeClient:
+def in_cluster_client(s: Settings, timeout: float = DEFAULT_TIMEOUT) -> KubeClient:
     """The installer's own identity from settings ``s``: the projected service account
     (token re-read per request, so rotation needs nothing) and ``KUBERNETES_SERVICE_*``.
     Raises ``NoCredentials`` when either is missing."""
@@ -211,7 +222,7 @@ def in_cluster_client(s, timeout: float = DEFAULT_TIMEOUT) -> KubeClient:
     )
 
 
-def api_client_from_settings(s):
+def api_client_from_settings(s: Settings) -> KubeClient:
     """The node program's API client (agent, repair, startup taint): ``AGENT_KUBECONFIG`` if
     set, else the service account the installer itself uses (``in_cluster_client``)."""
     if getattr(s, "agent_kubeconfig", ""):

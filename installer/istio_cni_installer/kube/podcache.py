@@ -17,7 +17,7 @@ import time
 
 from istio_cni.log import log
 
-from .client import ApiError
+from .client import ApiError, KubeClient
 
 WATCH_SECONDS = 290  # server-side watch timeout; the client read timeout sits above it
 RELIST_BACKOFF = 1.0
@@ -44,7 +44,7 @@ class PodCache:
 
     def __init__(
         self,
-        api,
+        api: KubeClient,
         node_name: str,
         *,
         watch_seconds: int = WATCH_SECONDS,
