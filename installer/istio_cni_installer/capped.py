@@ -13,7 +13,7 @@ import socket
 import socketserver
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the mixin's super() calls resolve to in the servers that use it
     _ServerBase = socketserver.BaseServer
@@ -32,7 +32,9 @@ class ConnectionCap(_ServerBase):
         self._open: dict = {}  # socket -> monotonic deadline
         self._open_lock = threading.Lock()
 
-    def process_request(self, request, client_address) -> None:
+    # request: the connected socket (these are stream servers); Any as in the base class's
+    # own union (socket | (bytes, socket) for datagram servers).
+    def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self._refuse(request)
             return
@@ -41,7 +43,7 @@ class ConnectionCap(_ServerBase):
         super().process_request(request, client_address)  # the thread; on failure the base
         # class calls shutdown_request, which gives the slot back
 
-    def shutdown_request(self, request) -> None:
+    def shutdown_request(self, request: Any) -> None:
         # Forgotten under the lock before it is closed, so a cut never shuts down a closed
         # socket whose descriptor number a new connection already reuses.
         with self._open_lock:
@@ -50,7 +52,7 @@ class ConnectionCap(_ServerBase):
         if tracked:
             self._slots.release()
 
-    def _refuse(self, request) -> None:
+    def _refuse(self, request: socket.socket) -> None:
         try:
             request.setblocking(False)
             request.send(self.busy_reply)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING, TextIO
 
 from istio_cni.log import log
 
@@ -17,6 +18,9 @@ from ..kube.podcache import PodCache
 from .addreports import SpoolDrainer
 from .handler import Handler, warm_up
 from .server import AgentServer
+
+if TYPE_CHECKING:
+    from ..health import Metrics
 
 SOCKET_NAME = "agent.sock"  # istio_cni.config.AGENT_SOCKET_NAME: the plugin derives the same path
 
@@ -38,15 +42,19 @@ class NodeAgent:
         self,
         run_dir: str,
         node_name: str,
-        api_client=None,
+        api_client: KubeClient | None = None,
         *,
         cache: PodCache | None = None,
         handler: Handler | None = None,
-        log_stream=None,
-        metrics=None,
+        log_stream: TextIO | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.socket_path = os.path.join(run_dir, SOCKET_NAME)
-        self.cache = cache if cache is not None else PodCache(api_client, node_name)
+        if cache is None:
+            if api_client is None:
+                raise ValueError("NodeAgent needs an API client (for its pod cache) or a pod cache")
+            cache = PodCache(api_client, node_name)
+        self.cache = cache
         self.handler = handler if handler is not None else Handler(self.cache, metrics=metrics)
         self.server = AgentServer(self.socket_path, self.handler, log_stream=log_stream)
         # ADD timings of plugins that ran while we were away (or took the direct path)

@@ -16,10 +16,13 @@ import json
 import math
 import os
 import threading
-from typing import TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 from istio_cni import addtiming
 from istio_cni.log import log
+
+if TYPE_CHECKING:
+    from ..health import Metrics
 
 DURATION = "istio_cni_add_duration_seconds"
 FALLBACKS = "istio_cni_agent_fallbacks_total"
@@ -27,7 +30,7 @@ MAX_SECONDS = 3600.0  # no ADD lasts an hour: a bigger value is not a timing
 DRAIN_INTERVAL_SECONDS = 5.0
 
 
-def observe_agent_add(metrics, plugin_elapsed, agent_seconds: float, result: str) -> None:
+def observe_agent_add(metrics: Metrics | None, plugin_elapsed: object, agent_seconds: float, result: str) -> None:
     """An ADD the agent answered: the plugin's time before its request plus ours."""
     if metrics is None:
         return
@@ -35,7 +38,7 @@ def observe_agent_add(metrics, plugin_elapsed, agent_seconds: float, result: str
     metrics.observe(DURATION, before + agent_seconds, path="agent", result=result)
 
 
-def observe_report(metrics, doc) -> bool:
+def observe_report(metrics: Metrics | None, doc: object) -> bool:
     """One decoded report line; False (nothing recorded) unless it is exactly a report."""
     if metrics is None or not isinstance(doc, dict) or doc.get("report") != addtiming.REPORT:
         return False
@@ -54,7 +57,7 @@ def observe_report(metrics, doc) -> bool:
     return True
 
 
-def is_report(doc) -> bool:
+def is_report(doc: object) -> bool:
     return isinstance(doc, dict) and doc.get("report") == addtiming.REPORT
 
 
@@ -62,7 +65,7 @@ def _is_seconds(v: object) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= MAX_SECONDS
 
 
-def drain_spool(metrics, run_dir: str) -> int:
+def drain_spool(metrics: Metrics | None, run_dir: str) -> int:
     """Observe and remove the reports spooled in ``run_dir``; returns how many were taken."""
     spool = os.path.join(run_dir, addtiming.SPOOL_NAME)
     taken = f"{spool}.{os.getpid()}.draining"
@@ -96,7 +99,7 @@ def drain_spool(metrics, run_dir: str) -> int:
 class SpoolDrainer:
     """Drains the spool at start and every ``interval`` seconds until stopped."""
 
-    def __init__(self, metrics, run_dir: str, interval: float = DRAIN_INTERVAL_SECONDS) -> None:
+    def __init__(self, metrics: Metrics | None, run_dir: str, interval: float = DRAIN_INTERVAL_SECONDS) -> None:
         self.metrics, self.run_dir, self.interval = metrics, run_dir, interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

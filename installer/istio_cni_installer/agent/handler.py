@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from istio_cni import errors, netfilter
 from istio_cni.agent_client import MAX_TIMEOUT
@@ -27,6 +29,13 @@ from istio_cni.skel import check_netns, decode_netconf
 
 from .addreports import observe_agent_add
 
+if TYPE_CHECKING:
+    from istio_cni.config import K8sArgs, PluginConf
+    from istio_cni.rules.model import RuleSet
+
+    from ..health import Metrics
+    from ..kube.podcache import PodCache
+
 # Answer this much before the plugin's own deadline, so the answer is read, not cut off.
 DEADLINE_MARGIN = 0.3
 MIN_BUDGET = 0.1
@@ -37,11 +46,16 @@ class Fallback(Exception):
     """We cannot decide for this pod; the plugin should use its direct path (message = why)."""
 
 
-def _default_apply(netns: str, ruleset, preferred: str) -> str:
+def _default_apply(netns: str, ruleset: RuleSet, preferred: str) -> str:
     return netfilter.apply(netns, ruleset, preferred=preferred)
 
 
-def _default_plan(conf, k8s, get_pod, addresses):
+def _default_plan(
+    conf: PluginConf,
+    k8s: K8sArgs,
+    get_pod: Callable[[str, str], dict],
+    addresses: Callable[[], Sequence[str]],
+) -> tuple[RuleSet | None, str]:
     return plan(conf, k8s, addresses, get_pod=get_pod)
 
 
@@ -56,7 +70,14 @@ def warm_up() -> None:
 class Handler:
     """Turns decoded request bodies into answer dicts. ``cache``: a ``PodCache``-like object."""
 
-    def __init__(self, cache, *, plan=_default_plan, apply=_default_apply, metrics=None) -> None:
+    def __init__(
+        self,
+        cache: PodCache,
+        *,
+        plan: Callable[..., tuple[RuleSet | None, str]] = _default_plan,
+        apply: Callable[[str, RuleSet, str], str] = _default_apply,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.cache = cache
         self.metrics = metrics  # optional: .inc(name, **labels) (the installer's Metrics)
         self.plan = plan
@@ -71,7 +92,7 @@ class Handler:
         if self.metrics is not None:
             self.metrics.inc("istio_cni_agent_requests_total", result=outcome)
 
-    def pod_getter(self, budget_end: float, uid: str = ""):
+    def pod_getter(self, budget_end: float, uid: str = "") -> Callable[[str, str], dict]:
         """``get_pod(ns, name)`` for ``plan``: cache, then one GET, then wait for the watch.
 
         ``uid`` (K8S_POD_UID, when the runtime sends it) guards against a stale cache entry
@@ -164,11 +185,11 @@ class Handler:
         )
         return {"result": result}
 
-    def _addresses(self, path: str):
+    def _addresses(self, path: str) -> Callable[[], list[str]]:
         """The pod netns' own addresses, read only for a pod that redirects: they decide
         IPv6 as on the plugin's direct path (and as upstream)."""
 
-        def addresses() -> list:
+        def addresses() -> list[str]:
             self._check_netns(path)
             try:
                 return netns_addresses(path)
@@ -187,7 +208,7 @@ class Handler:
             raise Fallback(f"netns {path} is not visible to the agent (mount the host's netns dir into it)")
         check_netns(path)
 
-    def _commit(self, netns: str, ruleset, preferred: str) -> str:
+    def _commit(self, netns: str, ruleset: RuleSet, preferred: str) -> str:
         try:
             return self.apply(netns, ruleset, preferred)
         except errors.NetnsRestoreFailed as e:

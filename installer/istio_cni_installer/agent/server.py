@@ -10,17 +10,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import socketserver
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from istio_cni.log import log
 
 from ..capped import ConnectionCap
 from .addreports import is_report, observe_report
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 MAX_BODY = 1 << 20
 SOCKET_MODE = 0o600
@@ -45,13 +49,13 @@ class _DeadlineReader(io.RawIOBase):
     """The connection's reads, all of them together bounded by one monotonic deadline
     (a per-recv timeout alone lets a client trickle one byte per interval forever)."""
 
-    def __init__(self, sock, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock, self.deadline = sock, deadline
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buf: WriteableBuffer) -> int:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("request not received in time")
@@ -71,10 +75,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             _DeadlineReader(self.connection, time.monotonic() + self.server.request_read_seconds)
         )
 
-    def log_message(self, format, *args):  # AF_UNIX has no client address; we log ourselves
+    def log_message(self, format: str, *args: Any) -> None:  # AF_UNIX has no client address; we log ourselves
         pass
 
-    def log_error(self, format, *args):  # e.g. "Request timed out": one line of ours, no traceback
+    def log_error(self, format: str, *args: Any) -> None:  # e.g. "Request timed out": one line of ours, no traceback
         log.warning("plugin request dropped", reason=(format % args)[:200])
 
     def _reply(self, code: int, body: bytes, ctype: str = "application/json") -> None:
@@ -113,13 +117,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return None
         return body
 
-    def do_GET(self):
+    def do_GET(self) -> None:
         if self.path == "/healthz":
             self._reply(200, b"ok\n", "text/plain")
         else:
             self._reply(404, b'{"message":"not found"}')
 
-    def do_POST(self):
+    def do_POST(self) -> None:
         body = self._body()
         if body is None:
             return
@@ -148,7 +152,7 @@ class _Server(ConnectionCap, socketserver.ThreadingMixIn, socketserver.UnixStrea
     request_queue_size = 1024
     busy_reply = BUSY_REPLY
     agent_handler: Any = None  # the agent's Handler (or a test's stand-in), set before serving
-    log_stream = None
+    log_stream: TextIO | None = None
     max_connections = MAX_CONNECTIONS
     request_read_seconds = REQUEST_READ_SECONDS
 
@@ -169,7 +173,7 @@ class _Server(ConnectionCap, socketserver.ThreadingMixIn, socketserver.UnixStrea
             )
             self._busy_logged = now
 
-    def handle_error(self, request, client_address) -> None:  # one log line, not a traceback
+    def handle_error(self, request: object, client_address: object) -> None:  # one log line, not a traceback
         log.error("agent request failed", error=repr(sys.exc_info()[1])[:300])
 
     def print_plugin_logs(self, body: bytes) -> None:
@@ -202,8 +206,8 @@ class AgentServer:
     def __init__(
         self,
         socket_path: str,
-        handler,
-        log_stream=None,
+        handler: Any,  # the agent's Handler (or a test's stand-in)
+        log_stream: TextIO | None = None,
         *,
         max_connections: int = MAX_CONNECTIONS,
         request_read_seconds: float = REQUEST_READ_SECONDS,

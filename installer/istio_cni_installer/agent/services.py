@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from istio_cni.log import log
 
@@ -21,11 +23,15 @@ from ..repair import RepairController, RepairSettings, cache_serves, pod_cache_f
 from . import NodeAgent
 from .handler import Handler
 
+if TYPE_CHECKING:
+    from ..health import Metrics
+    from ..settings import Settings
+
 
 class AgentService:
     name = "node-agent"
 
-    def __init__(self, agent) -> None:
+    def __init__(self, agent: NodeAgent) -> None:
         self.agent = agent
 
     def start(self) -> None:
@@ -38,7 +44,7 @@ class AgentService:
 class RepairService:
     name = "repair-controller"
 
-    def __init__(self, controller, cache, own_cache: bool) -> None:
+    def __init__(self, controller: RepairController, cache: PodCache, own_cache: bool) -> None:
         self.controller, self.cache, self.own_cache = controller, cache, own_cache
 
     def start(self) -> None:
@@ -53,7 +59,7 @@ class RepairService:
             self.cache.stop(min(left, 5.0))
 
 
-def repair_settings(s, node: str):
+def repair_settings(s: Settings, node: str) -> RepairSettings:
     """The repair controller's settings from the installer's (upstream's REPAIR_* names)."""
     return RepairSettings(
         mode=s.repair_mode,
@@ -73,7 +79,7 @@ def repair_settings(s, node: str):
     )
 
 
-def _plugin_ready(metrics):
+def _plugin_ready(metrics: Metrics | None) -> Callable[[], bool] | None:
     """The installer's readiness (every part in place on this node), for delete mode; None
     without the installer's Metrics (the controller then never waits)."""
     if metrics is None or not hasattr(metrics, "ready"):
@@ -81,7 +87,7 @@ def _plugin_ready(metrics):
     return lambda: bool(metrics.ready)
 
 
-def node_services(s, metrics=None) -> list:
+def node_services(s: Settings, metrics: Metrics | None = None) -> list:
     agent_on = getattr(s, "agent_enabled", True)
     repair_on = getattr(s, "repair_enabled", False)
     if not (agent_on or repair_on):

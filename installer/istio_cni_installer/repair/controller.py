@@ -25,15 +25,23 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 from istio_cni import netfilter
 from istio_cni.log import log
 from istio_cni.plugin import plan_pod
 
+from ..kube.client import KubeClient
 from ..kube.podcache import PodCache
 from .detect import RepairSettings, name_of, pod_ips, uid_of, validation_failure
 from .netns import find_netns
+
+if TYPE_CHECKING:
+    from istio_cni.rules.model import RuleSet
+
+    from ..health import Metrics
 
 EVENT_COMPONENT = "istio-cni-repair"
 
@@ -42,7 +50,7 @@ class RepairError(Exception):
     """An action could not be carried out (message says why); retried, then reported."""
 
 
-def _default_plan(pod: dict, settings: RepairSettings):
+def _default_plan(pod: dict, settings: RepairSettings) -> tuple[RuleSet | None, str]:
     """(RuleSet | None, reason) for ``pod`` through the plugin's own decision and rule code.
 
     Without a netns at hand, the pod's IPs stand in for the netns addresses that decide
@@ -51,7 +59,7 @@ def _default_plan(pod: dict, settings: RepairSettings):
     return plan_pod(pod, lambda: pod_ips(pod))
 
 
-def pod_cache_for(api_client, settings: RepairSettings, **kw):
+def pod_cache_for(api_client: KubeClient, settings: RepairSettings, **kw: Any) -> PodCache:
     """A pod cache watching exactly the pods ``settings`` select (node + selectors)."""
     return PodCache(
         api_client,
@@ -62,7 +70,7 @@ def pod_cache_for(api_client, settings: RepairSettings, **kw):
     )
 
 
-def cache_serves(cache, settings: RepairSettings) -> bool:
+def cache_serves(cache: object, settings: RepairSettings) -> bool:
     """Whether ``cache`` watches exactly the pods the settings select."""
     return (
         getattr(cache, "node_name", None),
@@ -74,15 +82,15 @@ def cache_serves(cache, settings: RepairSettings) -> bool:
 class RepairController:
     def __init__(
         self,
-        api_client,
-        cache,
+        api_client: KubeClient,
+        cache: PodCache,
         settings: RepairSettings,
         *,
-        plan=_default_plan,
-        netfilter=None,
+        plan: Callable[[dict, RepairSettings], tuple[RuleSet | None, str]] = _default_plan,
+        netfilter: Any = None,  # the istio_cni.netfilter module (a test's stand-in)
         retry_base: float = 0.5,
-        metrics=None,
-        plugin_ready=None,
+        metrics: Metrics | None = None,
+        plugin_ready: Callable[[], bool] | None = None,
         plugin_wait: float = 1.0,
     ) -> None:
         if not cache_serves(cache, settings):
@@ -115,7 +123,7 @@ class RepairController:
         self._lock = threading.Lock()
 
     @property
-    def netfilter(self):
+    def netfilter(self) -> Any:
         if self._netfilter is None:
             self._netfilter = netfilter
         return self._netfilter
@@ -301,6 +309,6 @@ class RepairController:
             "reportingInstance": self.settings.node_name,
         }
         try:
-            self.api.create_event(meta.get("namespace"), body)
+            self.api.create_event(meta.get("namespace") or "", body)
         except Exception as e:  # an event is informative; never fail the repair over it
             log.warning("could not post repair event", pod=name_of(pod), error=repr(e)[:200])
