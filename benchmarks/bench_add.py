@@ -216,13 +216,16 @@ def _paired_variants(request, our_plugin, pod_ruleset, script_dir):
                                             lambda ns: harness.assert_nothing_committed(ns, "upstream Go, skipped pod"))
     agent, _api = request.getfixturevalue("paired_agent_plugin")
 
-    def via_agent(ns):
-        r = agent.add(ns, REDIRECT_POD, _container_id())
+    def via_agent(ns, pod=REDIRECT_POD):
+        r = agent.add(ns, pod, _container_id())
         if b"falling back" in r.stderr:  # a direct-path ADD must not count as an agent ADD
             raise AssertionError(f"paired agent ADD fell back: {r.stderr[-800:]!r}")
         return r
 
     variants["add-agent"] = (via_agent, redirected("ours via the node agent"))
+    # The chart's default: the agent runs, and the compiled front answers a skipped pod through it.
+    variants["add-skip-agent"] = (lambda ns: via_agent(ns, PLAIN_POD),
+                                  lambda ns: harness.assert_nothing_committed(ns, "ours via the node agent, skipped pod"))
     return variants, note
 
 

@@ -140,6 +140,17 @@ class Prober:
         assert rc == 0, (out, err.decode(errors="replace")[-2000:])
         return t0, t1, _phases(err)
 
+    def front_add(self, ns, run_dir: Path, pod: str = REDIRECT_POD) -> float:
+        """Wall time of the same ADD through the installed front (as kubelet runs it): on the
+        agent path it answers without the interpreter (src/front/)."""
+        from istio_cni._fastpath import json_dumps
+
+        env = harness.cni_env(str(self.plugin.bin_dir), ns, pod, _container_id())
+        stdin = json_dumps(harness.netconf(str(run_dir), ns.prev_result())).encode()
+        t0, t1, rc, out, err = _spawn([self.front], env, stdin)
+        assert rc == 0 and not err, (out, err.decode(errors="replace")[-2000:])
+        return t1 - t0
+
     def list_modules(self, ns, run_dir: Path) -> tuple[list[str], list[str]]:
         """(every module, the compiled ones) an ADD through ``run_dir`` imports."""
         saved, self.modules = self.modules, []
@@ -331,7 +342,7 @@ def bench_phases(benchmark, our_plugin, phase_agent, netns_pool, pod_ruleset, tm
     prober.modules, compiled = prober.list_modules(ns, our_plugin.run_dir)
     agent_modules, agent_compiled = prober.list_modules(netns_pool.new(), agent_plugin.run_dir)
     netns_pool.recycle()
-    direct, agent = [], []
+    direct, agent, front_agent = [], [], []
     direct_floor = ProcessFloors(prober, tmp_path, "direct", compiled)
     agent_floor = ProcessFloors(prober, tmp_path, "agent", agent_compiled)
 
@@ -360,6 +371,7 @@ def bench_phases(benchmark, our_plugin, phase_agent, netns_pool, pod_ruleset, tm
             agent.append(_rows_of(t0, t1, ph, work[0] / 1e3))
         finally:
             prober.modules = saved
+        front_agent.append(prober.front_add(netns_pool.new(), agent_plugin.run_dir))
         netns_pool.recycle()
 
     benchmark.pedantic(one_round, rounds=ROUNDS, warmup_rounds=1, iterations=1)
@@ -375,4 +387,5 @@ def bench_phases(benchmark, our_plugin, phase_agent, netns_pool, pod_ruleset, tm
     record(benchmark, "phases", phase_rounds=ROUNDS,
            phases_direct_ms=_median_rows(direct), phases_agent_ms=_median_rows(agent),
            floors_direct_ms=floors, floors_agent_ms=floors_agent,
-           modules_direct=len(prober.modules), modules_agent=len(agent_modules))
+           modules_direct=len(prober.modules), modules_agent=len(agent_modules),
+           front_agent_wall_ms=round(statistics.median(front_agent) * 1e3, 3))

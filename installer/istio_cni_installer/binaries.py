@@ -26,7 +26,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from istio_cni.config import AGENT_SOCKET_NAME
 from istio_cni.log import log
+from istio_cni.versions import SUPPORTED_VERSIONS
 
 from .atomic import TMP_MARK, fsync_dir, remove_atomic, remove_stale_temps, write_atomic
 from .bundle import read_manifest
@@ -52,11 +54,15 @@ def launch_code(site: str) -> str:
 def front_config(host_bundle: str, manifest: dict) -> dict[str, str]:
     """What the front execs for a bundle at ``host_bundle`` (the path the host's kubelet sees):
     ``LD_LIBRARY_PATH=<lib> <python> -I -S -c <code> "$@"``. The host needs no Python: the
-    bundled interpreter runs isolated (-I -S) with only the bundle on sys.path."""
+    bundled interpreter runs isolated (-I -S) with only the bundle on sys.path. With the
+    supported versions and the agent's socket name the front serves ordinary agent-path ADDs
+    itself (``src/front/agent.h``)."""
     return {
         "python": f"{host_bundle}/{manifest['python']}",
         "lib": f"{host_bundle}/{manifest['lib']}",
         "code": launch_code(f"{host_bundle}/{manifest['site']}"),
+        "versions": ",".join(SUPPORTED_VERSIONS),
+        "agent_socket_name": AGENT_SOCKET_NAME,
     }
 
 

@@ -7,7 +7,10 @@ nothing for the front to read at run time. The block is the marker followed by N
 ``key=value`` entries and an empty entry, zero padded; ``src/front/front.c`` reads it.
 
 Keys: ``python`` (the interpreter, exec'd by this path), ``lib`` (``LD_LIBRARY_PATH``),
-``code`` (the ``-c`` program that puts the bundle's site-packages first and runs the plugin).
+``code`` (the ``-c`` program that puts the bundle's site-packages first and runs the plugin);
+with ``versions`` (the CNI versions the plugin supports, comma-separated) and
+``agent_socket_name`` (the agent's socket in ``cni_agent_run_dir``) the front also serves an
+ordinary ADD through the node agent itself (``src/front/agent.h``); without them it only execs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 CONFIG_SIZE = 4096  # FRONT_CONFIG_SIZE in src/front/front.c
 MARKER = b"\n#istio-cni-front-config-v1#\n"  # FRONT_MARKER in src/front/front.c
 KEYS = ("python", "lib", "code")
+AGENT_KEYS = ("versions", "agent_socket_name")  # optional, together: the front's agent path
 
 
 class FrontError(ValueError):
@@ -31,11 +35,14 @@ def _block_offset(front: bytes) -> int:
 
 
 def configure(front: bytes, config: dict[str, str]) -> bytes:
-    """``front`` with ``config`` written into its block (every key of ``KEYS``, no NUL bytes)."""
-    if sorted(config) != sorted(KEYS):
-        raise FrontError(f"front configuration needs exactly {', '.join(KEYS)}")
+    """``front`` with ``config`` written into its block (every key of ``KEYS``, optionally all of
+    ``AGENT_KEYS``; no NUL bytes)."""
+    if sorted(config) not in (sorted(KEYS), sorted(KEYS + AGENT_KEYS)):
+        raise FrontError(
+            f"front configuration needs exactly {', '.join(KEYS)} (and optionally {', '.join(AGENT_KEYS)})"
+        )
     block = bytearray(MARKER)
-    for key in KEYS:
+    for key in [k for k in KEYS + AGENT_KEYS if k in config]:
         value = config[key].encode()
         if not value or b"\0" in value:
             raise FrontError(f"front configuration {key!r} is empty or holds a NUL byte")

@@ -12,7 +12,14 @@
  * serves every bundle location. An unconfigured or broken front prints one CNI error document
  * (code 999) and exits 1: stdout is the protocol, and no pod starts without the plugin.
  *
- * Runs as root on every node: no allocation that the input sizes, every call checked.
+ * The agent path (agent.c): for an ADD whose every input is ordinary, the front itself
+ * sends the request the plugin's agent client would send to the node agent and, when the answer
+ * is the plain success it can check (the prevResult handed on, in the caller's cniVersion),
+ * prints it and exits: no interpreter at all. Everything else is handed over to the plugin with
+ * the stdin it read replayed and the agent exchange (if there was one) recorded, so the plugin
+ * applies its own checks and failure policy to the very same bytes, without asking again.
+ *
+ * Runs as root on every node: every read bounded, every call checked, nothing echoed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "agent.h"
 
 #define FRONT_CONFIG_SIZE 4096
 #define FRONT_MARKER "\n#istio-cni-front-config-v1#\n"
@@ -120,31 +129,38 @@ static void fail(const char *msg, const char *details)
     _exit(1);
 }
 
-/* The launcher's environment: every entry but LD_LIBRARY_PATH, then ours. */
-static char **launch_environment(const char *lib)
+/* The launcher's environment: every entry but LD_LIBRARY_PATH and FRONT_EXCHANGE_ENV, then
+ * ours (and the exchange record's fd, when there is one: exchange_fd >= 0). */
+static char **launch_environment(const char *lib, int exchange_fd)
 {
     static const char name[] = "LD_LIBRARY_PATH=";
+    static const char xname[] = FRONT_EXCHANGE_ENV "=";
     size_t n = 0, k = 0, len = strlen(lib);
     char **env, *ours;
 
     while (environ != NULL && environ[n] != NULL)
         n++;
-    env = calloc(n + 2, sizeof *env);
+    env = calloc(n + 3, sizeof *env);
     ours = malloc(sizeof name + len);
     if (env == NULL || ours == NULL)
         fail("internal error: the istio-cni front is out of memory", "");
     memcpy(ours, name, sizeof name - 1);
     memcpy(ours + sizeof name - 1, lib, len + 1);
     for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], name, sizeof name - 1) != 0)
+        if (strncmp(environ[i], name, sizeof name - 1) != 0 && strncmp(environ[i], xname, sizeof xname - 1) != 0)
             env[k++] = environ[i];
     env[k++] = ours;
+    if (exchange_fd >= 0) {
+        static char xvar[sizeof xname + 16];
+        snprintf(xvar, sizeof xvar, "%s%d", xname, exchange_fd);
+        env[k++] = xvar;
+    }
     env[k] = NULL;
     return env;
 }
 
 /* Exec the bundled interpreter as the shell launcher did; returns only by failing. */
-static void exec_plugin(int argc, char **argv)
+static void exec_plugin(int argc, char **argv, int exchange_fd)
 {
     const char *python = config_get("python"), *lib = config_get("lib"), *code = config_get("code");
     char **args;
@@ -163,13 +179,54 @@ static void exec_plugin(int argc, char **argv)
     args[4] = (char *)code;
     for (int i = 1; i < argc; i++)
         args[4 + i] = argv[i];
-    execve(python, args, launch_environment(lib));
+    execve(python, args, launch_environment(lib, exchange_fd));
     snprintf(details, sizeof details, "%s: %s", python, strerror(errno));
     fail("internal error: the istio-cni plugin bundle cannot be executed", details);
 }
 
+/* Hand the ADD over to the plugin: stdin replayed from what the front read (when it read
+ * any: `in` not NULL), the agent exchange recorded (when there was one: `x` not NULL). */
+static void hand_over(int argc, char **argv, const struct bytes *in, const struct exchange *x)
+{
+    int exchange_fd = -1;
+
+    if (in != NULL && replay_stdin(in) != 0)
+        fail("internal error: the istio-cni front cannot hand stdin over to the plugin", strerror(errno));
+    if (x != NULL) {
+        exchange_fd = record_exchange(x);
+        if (exchange_fd < 0)
+            fail("internal error: the istio-cni front cannot hand the agent's answer over to the plugin",
+                 strerror(errno));
+    }
+    exec_plugin(argc, argv, exchange_fd);
+}
+
 int main(int argc, char **argv)
 {
-    exec_plugin(argc, argv);
+    struct bytes in = {0};
+    struct exchange x;
+    const char *versions = config_get("versions"), *sock_name = config_get("agent_socket_name");
+    int rc;
+
+    front_clock_start();
+    if (argc != 1 || versions == NULL || sock_name == NULL || !front_wants(getenv("CNI_COMMAND")))
+        exec_plugin(argc, argv, -1); /* not an ADD, or a front built without the agent path */
+    rc = read_stdin(&in);
+    if (rc < 0)
+        exec_plugin(argc, argv, -1); /* nothing read: the plugin meets the same stdin */
+    if (rc > 0)
+        hand_over(argc, argv, &in, NULL);
+    memset(&x, 0, sizeof x);
+    switch (agent_add(&in, versions, sock_name, &x)) {
+    case FRONT_DONE:
+        return 0;
+    case FRONT_STDOUT_FAILED:
+        return 1;
+    case FRONT_EXCHANGED:
+        hand_over(argc, argv, &in, &x);
+        break;
+    default:
+        hand_over(argc, argv, &in, NULL);
+    }
     return 1;
 }

@@ -10,3 +10,7 @@ __version__ = "0.1.0"
 # off. Here rather than in ``transport`` so that setting it imports nothing (the agent path
 # never loads ``transport``).
 ONE_SHOT_PROCESS = False
+
+# Set by the entry point (``__main__``) when the compiled front handed this ADD over after its
+# own exchange with the node agent: the fd of its record, replayed by ``agent_client``.
+FRONT_EXCHANGE_FD: int | None = None

@@ -2,6 +2,10 @@
 
 import sys
 
+# Set by the compiled front (src/front/agent.h) when it hands an ADD over after talking to the
+# node agent: the fd of its record of that exchange, which agent_client replays.
+FRONT_EXCHANGE_ENV = "ISTIO_CNI_FRONT_EXCHANGE"
+
 
 def _broken_install(exc: BaseException) -> int:
     """The plugin's own modules failed to import: still one CNI error document on stdout."""
@@ -26,6 +30,7 @@ def main() -> None:
     from . import addtiming
 
     addtiming.mark_start()
+    _take_front_exchange()
     if len(sys.argv) > 1 and sys.argv[1] == "validate":  # the istio-validation init container
         try:
             from .tools.validate import main as validate_main
@@ -47,6 +52,24 @@ def main() -> None:
     if addtiming.agent_socket:  # set by a direct-path ADD that wanted the agent
         addtiming.finish(code)
     _exit_now(code)
+
+
+def _take_front_exchange() -> None:
+    """Keep the front's exchange record for agent_client, out of every child's sight: the
+    variable leaves the environment and the fd is not inherited by programs we run."""
+    import os
+
+    value = os.environ.pop(FRONT_EXCHANGE_ENV, None)
+    if value is None:
+        return
+    fd = int(value) if value.isdigit() and len(value) < 8 else -1
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:
+        fd = -1  # not an open fd: agent_client reports the record unreadable
+    import istio_cni
+
+    istio_cni.FRONT_EXCHANGE_FD = fd
 
 
 def _exit_now(code: int) -> None:

@@ -23,6 +23,11 @@ parse (bad framing, over ``MAX_ANSWER``, not UTF-8 JSON, not one of the three sh
 result other than the prevResult we hand on), an unknown error code or 999 (an agent
 bug), or an explicit ``fallback`` - returns ``None`` after one warning line, and the
 plugin takes the direct path, which has its own bounded retries.
+
+The compiled front (``src/front/agent.h``) usually makes this exchange itself and prints a
+plain success without starting Python. Whatever else it got, it hands over with a record of
+the exchange (``__main__.FRONT_EXCHANGE_ENV``): ``_Replayed`` plays it back as the socket,
+so everything above applies to the very bytes the agent sent, and the agent is not asked twice.
 """
 
 from __future__ import annotations
@@ -57,10 +62,103 @@ def _short(value: object, limit: int = MAX_TEXT) -> str:
     return text[:limit]
 
 
-def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
+FRONT_RECORD_MAGIC = b"istio-cni-front-exchange 1 "
+# The front keeps at most http1.MAX_HEAD + 4 + MAX_ANSWER + 4096 bytes of the answer.
+FRONT_RECORD_MAX = (64 << 10) + 4 + MAX_ANSWER + 4096 + 1024
+
+
+def _outcome(token: bytes) -> BaseException | None:
+    """A record's connect/send/end field -> None (fine, or EOF) or the exception to raise."""
+    if token in (b"ok", b"complete", b"eof", b"cap"):
+        return None  # "cap": the front stopped reading; the reader has refused long before
+    if token == b"timeout":
+        return TimeoutError("timed out")
+    if token.isdigit() and len(token) < 6:
+        import os
+
+        code = int(token)
+        return OSError(code, os.strerror(code))  # the errno's own subclass, as a live socket raises
+    raise AgentUnavailable(f"front hand-over record has a bad field {token[:20]!r}")
+
+
+class _Replayed:
+    """The front's exchange with the agent, played back through the socket calls ``_post``
+    makes: the same connect/send failures, the same bytes, the same end (EOF, timeout, error)."""
+
+    def __init__(
+        self, connect: BaseException | None, send: BaseException | None, end: BaseException | None, data: bytes
+    ) -> None:
+        self._connect, self._send, self._end = connect, send, end
+        self._data, self._pos = data, 0
+
+    def settimeout(self, _timeout: float | None) -> None:
+        pass
+
+    def connect(self, _path: str) -> None:
+        if self._connect is not None:
+            raise self._connect
+
+    def sendall(self, _data: bytes) -> None:
+        if self._send is not None:
+            raise self._send
+
+    def recv(self, n: int) -> bytes:
+        chunk = self._data[self._pos : self._pos + n]
+        self._pos += len(chunk)
+        if not chunk and self._end is not None:
+            raise self._end
+        return chunk
+
+    def close(self) -> None:
+        pass
+
+
+def _front_exchange(sock_path: str) -> _Replayed | None:
+    """The front's record of this ADD's exchange with the agent at ``sock_path`` (None when
+    the front handed over without one, or talked to another socket); AgentUnavailable when
+    the record cannot be read."""
+    import istio_cni
+
+    fd = istio_cni.FRONT_EXCHANGE_FD
+    if fd is None:
+        return None
+    istio_cni.FRONT_EXCHANGE_FD = None  # one ADD, one replay
+    import os
+
+    chunks, size = [], 0
+    try:
+        while size <= FRONT_RECORD_MAX:
+            chunk = os.read(fd, FRONT_RECORD_MAX + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise AgentUnavailable(f"front hand-over record unreadable: {e.strerror}") from None
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    data = b"".join(chunks)
+    head, nl, raw = data.partition(b"\n")
+    fields = head[len(FRONT_RECORD_MAGIC) :].split(b" ")
+    if size > FRONT_RECORD_MAX or not nl or not head.startswith(FRONT_RECORD_MAGIC) or len(fields) != 4:
+        raise AgentUnavailable("front hand-over record malformed")
+    try:
+        sock = bytes.fromhex(fields[3].decode("ascii"))
+    except ValueError:
+        raise AgentUnavailable("front hand-over record malformed") from None
+    if sock != sock_path.encode():
+        return None
+    return _Replayed(_outcome(fields[0]), _outcome(fields[1]), _outcome(fields[2]), raw)
+
+
+def _post(sock_path: str, path: str, body: bytes, timeout: float, conn: _Replayed | None = None) -> bytes:
     """POST ``body`` and return the body of a 200 answer. One deadline bounds the whole
     exchange (connect, send, the whole answer); the answer is read by the same strict,
-    size-capped HTTP/1.1 reader as the API's (``http1.read_response``)."""
+    size-capped HTTP/1.1 reader as the API's (``http1.read_response``). ``conn``: a socket
+    to use instead of a new one (the front's replayed exchange)."""
     # The C module, not ``socket``: under ``python -I -S`` the wrapper pulls in enum,
     # selectors and collections, ~14 ms here, a fifth of a whole ADD through the agent.
     import _socket
@@ -71,7 +169,7 @@ def _post(sock_path: str, path: str, body: bytes, timeout: float) -> bytes:
     if not timeout > 0:
         raise TimeoutError("no time left for the agent")
     deadline = time.monotonic() + timeout
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s = conn if conn is not None else _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
         s.connect(sock_path)
@@ -184,7 +282,12 @@ def try_agent(conf: PluginConf, args: CmdArgs, expected: dict | None = None) -> 
     import os
 
     sock = conf.agent_socket
-    if not sock or not os.path.exists(sock):
+    try:
+        replayed = _front_exchange(sock) if sock else None
+        unreadable = None
+    except AgentUnavailable as e:
+        replayed, unreadable = None, e
+    if replayed is None and unreadable is None and (not sock or not os.path.exists(sock)):
         log.debug("node agent socket absent, using the direct path", socket=sock)
         addtiming.fallback = addtiming.FALLBACK_ABSENT
         return None
@@ -192,7 +295,9 @@ def try_agent(conf: PluginConf, args: CmdArgs, expected: dict | None = None) -> 
     timeout = min(timeout, MAX_TIMEOUT) if timeout > 0 else 0.0  # NaN/negative: no wait at all
     sink = forward_logs(sock)
     try:
-        answer = _post(sock, CNI_PATH, _request_body(args, timeout), timeout)
+        if unreadable is not None:
+            raise unreadable
+        answer = _post(sock, CNI_PATH, _request_body(args, timeout), timeout, replayed)
         result = interpret(answer, expected)
         addtiming.answered_by_agent = True  # the agent observed this ADD's time itself
         return result

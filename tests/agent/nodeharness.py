@@ -52,10 +52,12 @@ def rules_in(netns_name: str) -> str:
 
 class Node:
     """``api``: the mini API (writes both kubeconfigs), or None with ``agent_kubeconfig`` given
-    and the plugin's kubeconfig already written by the caller (real control plane)."""
+    and the plugin's kubeconfig already written by the caller (real control plane). ``plugin``:
+    the executable kubelet would exec (the venv's entry point, or a bundle's compiled front)."""
 
-    def __init__(self, api, tmp: Path, node: str = NODE, agent_kubeconfig: str = "") -> None:
+    def __init__(self, api, tmp: Path, node: str = NODE, agent_kubeconfig: str = "", plugin: Path = PLUGIN) -> None:
         self.api = api
+        self.plugin = plugin
         self.node = node
         self.run_dir = tmp / "run"
         self.run_dir.mkdir()
@@ -97,8 +99,8 @@ class Node:
     def run(self, env: dict, conf: dict, wait: bool = True):
         data = json.dumps(netconf(self.run_dir, **conf)).encode()
         if wait:
-            return subprocess.run([str(PLUGIN)], input=data, env=env, capture_output=True, timeout=60)
-        p = subprocess.Popen([str(PLUGIN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            return subprocess.run([str(self.plugin)], input=data, env=env, capture_output=True, timeout=60)
+        p = subprocess.Popen([str(self.plugin)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, env=env)
         p.stdin.write(data)
         p.stdin.close()

@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 import pytest
-from nodeharness import Node
+from nodeharness import PLUGIN, Node
 from pods import injected_pod
 
 from istio_cni import addtiming
@@ -19,9 +19,12 @@ pytestmark = pytest.mark.root
 SCRAPE_WAIT_SECONDS = 20.0  # the spool is drained every 5 s; a bound, not a timing claim
 
 
-@pytest.fixture
-def node(mini_api, tmp_path):
-    n = Node(mini_api, tmp_path)
+# kubelet execs the bundle's compiled front, which serves an ordinary agent-path ADD itself and
+# hands everything else to the plugin; the venv entry point is the plugin alone. Same outcomes.
+@pytest.fixture(params=["plugin", "front"])
+def node(request, mini_api, tmp_path):
+    plugin = request.getfixturevalue("plugin_bundle").launcher if request.param == "front" else PLUGIN
+    n = Node(mini_api, tmp_path, plugin=plugin)
     yield n
     n.stop_agent()
 

@@ -9,15 +9,18 @@ import signal
 import time
 
 import pytest
-from nodeharness import Node, plugin_env, rules_in
+from nodeharness import PLUGIN, Node, plugin_env, rules_in
 from pods import injected_pod, uninjected_pod
 
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def node(mini_api, tmp_path):
-    n = Node(mini_api, tmp_path)
+# kubelet execs the bundle's compiled front, which serves an ordinary agent-path ADD itself and
+# hands everything else to the plugin; the venv entry point is the plugin alone. Same outcomes.
+@pytest.fixture(params=["plugin", "front"])
+def node(request, mini_api, tmp_path):
+    plugin = request.getfixturevalue("plugin_bundle").launcher if request.param == "front" else PLUGIN
+    n = Node(mini_api, tmp_path, plugin=plugin)
     yield n
     n.stop_agent()
 

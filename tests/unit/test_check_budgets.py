@@ -30,6 +30,7 @@ def healthy() -> list[dict]:
         bench("bench_add_upstream_go", 40.0, "add-upstream-go"),
         bench("bench_add_skipped_pod_upstream_go", 40.0, "add-skip-upstream-go"),
         bench("bench_agent_add", 5.0, "add-agent"),
+        bench("bench_agent_add_skipped_pod", 4.0, "add-skip-agent"),
         bench("bench_baseline_upstream_pipeline", 15.0, "baseline-upstream-pipeline"),
         bench("bench_peak_rss_ours", 20.0, "rss-direct", peak_rss_kb=12 * 1024),
         bench("bench_add_concurrent_64", 900.0, "concurrent-64", execs=192, failures=0, p99_ms=700.0,
