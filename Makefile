@@ -57,10 +57,14 @@ test: apt venv
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # Rules in pyproject.toml ([tool.ruff], [tool.mypy]); ruff and mypy are pinned in the test extra.
+# stubtest checks the compiled modules' .pyi stubs against the built modules (MYPYPATH=src:
+# the editable install's import hook is invisible to it).
 lint: venv
 	$(PY) -m ruff check src installer tools
 	$(PY) -m ruff format --check src installer
 	$(PY) -m mypy
+	MYPYPATH=src $(PY) -m mypy.stubtest --allowlist typings/stubtest-allowlist.txt \
+		istio_cni._fastpath istio_cni._nf istio_cni._nft
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
