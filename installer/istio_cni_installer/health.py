@@ -1,6 +1,8 @@
 """Readiness (/readyz), liveness (/healthz) and Prometheus metrics (/metrics) over HTTP.
 
 ``Metrics`` is the single place the node program records state; the servers only read it.
+Metrics are ``prometheus_client`` objects; /metrics serves ``generate_latest`` from the server
+below (not prometheus_client's own HTTP server: this one caps connections and their lifetime).
 /readyz is 200 only while the plugin, kubeconfig and conflist entry are all in place (the
 DaemonSet's readinessProbe, so a node whose primary CNI has not written its config yet never
 looks ready). /healthz fails when the main loop stopped taking heartbeats.
@@ -12,9 +14,24 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
 from istio_cni.log import log
 
 from .capped import ConnectionCap
+
+# No ``*_created`` series next to each counter and histogram: upstream's exporter has none, and a
+# start timestamp per label set doubles the scrape for nothing (process_start_time_seconds says it).
+disable_created_metrics()
 
 HEARTBEAT_STALE_SECONDS = 120.0
 # A probe or scrape is one small request answered at once; a connection that sends nothing
@@ -31,63 +48,78 @@ BUSY_REPLY = (
 
 
 class Metrics:
-    COUNTERS = {
-        "istio_cni_installs_total": "Install passes, by result.",
-        "istio_cni_drift_repairs_total": "Rewrites after another component changed our files, by part.",
-        "istio_cni_config_fights_total": "Times a component was detected reverting our config repeatedly.",
-        "istio_cni_agent_requests_total": "Plugin requests the node agent answered, by result (ok/error/fallback).",
-        "istio_cni_repair_pods_repaired_total": "Repair controller actions on broken pods, by type and result.",
-        "istio_cni_startup_taint_removed_total": "Startup taint removals from this node (0 or 1 per process).",
-        "istio_cni_agent_fallbacks_total": "Plugin ADDs that wanted the node agent but took the direct path, "
-        "by reason (absent/unreachable/declined).",
+    """The node program's metrics, on ``prometheus_client`` (one registry per instance).
+
+    Names are upstream's where upstream has the metric (cni/pkg/install/monitoring.go:
+    ``istio_cni_installs_total{result}``, ``istio_cni_install_ready``; cni/pkg/repair:
+    ``istio_cni_repair_pods_repaired_total{type,result}``); the rest are ours and documented in
+    the chart README. ``process_*`` (RSS, CPU, fds) come from prometheus_client's collector.
+    """
+
+    # name -> (help, label names)
+    COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+        "istio_cni_installs_total": ("Install passes, by result.", ("result",)),
+        "istio_cni_drift_repairs_total": (
+            "Rewrites after another component changed our files, by part.",
+            ("part",),
+        ),
+        "istio_cni_config_fights_total": ("Times a component was detected reverting our config repeatedly.", ()),
+        "istio_cni_agent_requests_total": (
+            "Plugin requests the node agent answered, by result (ok/error/fallback).",
+            ("result",),
+        ),
+        "istio_cni_repair_pods_repaired_total": (
+            "Repair controller actions on broken pods, by type and result.",
+            ("type", "result"),
+        ),
+        "istio_cni_startup_taint_removed_total": ("Startup taint removals from this node (0 or 1 per process).", ()),
+        "istio_cni_agent_fallbacks_total": (
+            "Plugin ADDs that wanted the node agent but took the direct path, by reason (absent/unreachable/declined).",
+            ("reason",),
+        ),
     }
     # Pod-start cost as the plugin processes measure it (exec to result), reported to the agent
     # (``agent.addreports``). Buckets span a warm agent-path ADD (a few ms) to a retried lookup.
-    HISTOGRAMS = {
+    HISTOGRAMS: dict[str, tuple[str, tuple[str, ...], tuple[float, ...]]] = {
         "istio_cni_add_duration_seconds": (
             "Wall time of a plugin ADD from exec to its result, by path (agent/direct) and result (ok/error).",
+            ("path", "result"),
             (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         ),
     }
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: dict[tuple[str, tuple], float] = {}
-        # (name, labels) -> [count per bucket (not cumulative), +Inf count, sum]
-        self._histograms: dict[tuple[str, tuple], list] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._counters = {
+            name: Counter(name, text, labels, registry=self.registry) for name, (text, labels) in self.COUNTERS.items()
+        }
+        self._histograms = {
+            name: Histogram(name, text, labels, buckets=buckets, registry=self.registry)
+            for name, (text, labels, buckets) in self.HISTOGRAMS.items()
+        }
+        ready = Gauge(
+            "istio_cni_install_ready", "1 while the plugin is installed and in place.", registry=self.registry
+        )
+        ready.set_function(lambda: 1 if self.ready else 0)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU, fds, start time
         self.ready = False
         self.not_ready_reason = "starting"
         self.heartbeat = time.monotonic()
         self.alive = True
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self._counters[key] = self._counters.get(key, 0) + amount
+        counter = self._counters[name]
+        (counter.labels(**labels) if labels else counter).inc(amount)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
-        buckets = self.HISTOGRAMS[name][1]
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            h = self._histograms.get(key)
-            if h is None:
-                h = self._histograms[key] = [[0] * len(buckets), 0, 0.0]
-            for i, le in enumerate(buckets):
-                if value <= le:
-                    h[0][i] += 1
-                    break
-            else:
-                h[1] += 1
-            h[2] += value
+        histogram = self._histograms[name]
+        (histogram.labels(**labels) if labels else histogram).observe(value)
 
     def histogram_count(self, name: str, **labels: str) -> int:
-        with self._lock:
-            h = self._histograms.get((name, tuple(sorted(labels.items()))))
-            return 0 if h is None else sum(h[0]) + h[1]
+        return int(self.registry.get_sample_value(f"{name}_count", labels) or 0)
 
     def get(self, name: str, **labels: str) -> float:
-        with self._lock:
-            return self._counters.get((name, tuple(sorted(labels.items()))), 0)
+        return self.registry.get_sample_value(name, labels) or 0
 
     def set_ready(self, ready: bool, reason: str = "") -> None:
         reason = "" if ready else reason
@@ -103,43 +135,8 @@ class Metrics:
         return self.alive and time.monotonic() - self.heartbeat < HEARTBEAT_STALE_SECONDS
 
     def render(self) -> str:
-        lines = []
-        with self._lock:
-            items = sorted(self._counters.items())
-        for name, text in self.COUNTERS.items():
-            lines.append(f"# HELP {name} {text}")
-            lines.append(f"# TYPE {name} counter")
-            for (n, labels), v in items:
-                if n == name:
-                    lab = ",".join(f'{k}="{val}"' for k, val in labels)
-                    lines.append(f"{name}{{{lab}}} {v:g}" if lab else f"{name} {v:g}")
-        lines.extend(self._render_histograms())
-        lines.append("# HELP istio_cni_install_ready 1 while the plugin is installed and in place.")
-        lines.append("# TYPE istio_cni_install_ready gauge")
-        lines.append(f"istio_cni_install_ready {1 if self.ready else 0}")
-        return "\n".join(lines) + "\n"
-
-    def _render_histograms(self) -> list[str]:
-        lines = []
-        with self._lock:
-            items = sorted((k, (list(h[0]), h[1], h[2])) for k, h in self._histograms.items())
-        for name, (text, buckets) in self.HISTOGRAMS.items():
-            lines.append(f"# HELP {name} {text}")
-            lines.append(f"# TYPE {name} histogram")
-            for (n, labels), (counts, over, total) in items:
-                if n != name:
-                    continue
-                lab = "".join(f'{k}="{val}",' for k, val in labels)
-                running = 0
-                for le, c in zip(buckets, counts, strict=False):
-                    running += c
-                    lines.append(f'{name}_bucket{{{lab}le="{le:g}"}} {running}')
-                running += over
-                lines.append(f'{name}_bucket{{{lab}le="+Inf"}} {running}')
-                plain = "{" + lab.rstrip(",") + "}" if lab else ""
-                lines.append(f"{name}_sum{plain} {total:.6f}")
-                lines.append(f"{name}_count{plain} {running}")
-        return lines
+        """The Prometheus text exposition (format 0.0.4) of every metric."""
+        return generate_latest(self.registry).decode()
 
 
 def _handler(metrics: Metrics, idle_timeout: float):
@@ -155,7 +152,7 @@ def _handler(metrics: Metrics, idle_timeout: float):
                 ok = metrics.healthy()
                 self._reply(200 if ok else 503, "ok\n" if ok else "main loop stalled\n")
             elif path == "/metrics":
-                self._reply(200, metrics.render(), "text/plain; version=0.0.4")
+                self._reply(200, metrics.render(), CONTENT_TYPE_PLAIN_0_0_4)
             else:
                 self._reply(404, "not found\n")
 

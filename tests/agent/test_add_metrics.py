@@ -4,13 +4,13 @@ a real agent process serving /metrics, scraped over HTTP."""
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.request
 
 import pytest
 from nodeharness import PLUGIN, Node
 from pods import injected_pod
+from promtext import sample
 
 from istio_cni import addtiming
 
@@ -43,15 +43,6 @@ def monitoring_port(node: Node) -> int:
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         return r.read().decode()
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        m = re.fullmatch(rf"{re.escape(name)}\{{([^}}]*)\}} (\S+)", line)
-        if m and m.group(1) == want:
-            return float(m.group(2))
-    return None
 
 
 def wait_for(port: int, name: str, value: float, **labels: str) -> str:

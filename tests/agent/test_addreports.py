@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from promtext import sample
 
 from istio_cni import addtiming
 from istio_cni_installer.agent import addreports
@@ -17,12 +18,12 @@ def test_a_report_lands_in_its_bucket_and_the_fallback_counter():
     m = Metrics()
     assert addreports.observe_report(m, GOOD)
     text = m.render()
-    assert 'istio_cni_add_duration_seconds_bucket{path="direct",result="ok",le="0.03"} 0' in text
-    assert 'istio_cni_add_duration_seconds_bucket{path="direct",result="ok",le="0.05"} 1' in text
-    assert 'istio_cni_add_duration_seconds_bucket{path="direct",result="ok",le="+Inf"} 1' in text
-    assert 'istio_cni_add_duration_seconds_sum{path="direct",result="ok"} 0.042000' in text
-    assert 'istio_cni_add_duration_seconds_count{path="direct",result="ok"} 1' in text
-    assert 'istio_cni_agent_fallbacks_total{reason="absent"} 1' in text
+    assert sample(text, "istio_cni_add_duration_seconds_bucket", path="direct", result="ok", le="0.03") == 0
+    assert sample(text, "istio_cni_add_duration_seconds_bucket", path="direct", result="ok", le="0.05") == 1
+    assert sample(text, "istio_cni_add_duration_seconds_bucket", path="direct", result="ok", le="+Inf") == 1
+    assert sample(text, "istio_cni_add_duration_seconds_sum", path="direct", result="ok") == pytest.approx(0.042)
+    assert sample(text, "istio_cni_add_duration_seconds_count", path="direct", result="ok") == 1
+    assert sample(text, "istio_cni_agent_fallbacks_total", reason="absent") == 1
 
 
 def test_buckets_are_cumulative_and_overflow_counts_only_in_inf():
@@ -30,8 +31,11 @@ def test_buckets_are_cumulative_and_overflow_counts_only_in_inf():
     for s in (0.001, 0.012, 0.012, 99.0):
         m.observe("istio_cni_add_duration_seconds", s, path="agent", result="ok")
     text = m.render()
-    assert 'le="0.005"} 1' in text and 'le="0.015"} 3' in text and 'le="10"} 3' in text
-    assert 'istio_cni_add_duration_seconds_bucket{path="agent",result="ok",le="+Inf"} 4' in text
+    bucket = "istio_cni_add_duration_seconds_bucket"
+    assert sample(text, bucket, path="agent", result="ok", le="0.005") == 1
+    assert sample(text, bucket, path="agent", result="ok", le="0.015") == 3
+    assert sample(text, bucket, path="agent", result="ok", le="10") == 3
+    assert sample(text, bucket, path="agent", result="ok", le="+Inf") == 4
     assert m.histogram_count("istio_cni_add_duration_seconds", path="agent", result="ok") == 4
 
 
@@ -51,8 +55,8 @@ def test_agent_answers_add_the_plugins_own_elapsed_time():
     addreports.observe_agent_add(m, 0.010, 0.002, "ok")
     addreports.observe_agent_add(m, "junk", 0.002, "error")  # unusable elapsed: our part only
     text = m.render()
-    assert 'istio_cni_add_duration_seconds_sum{path="agent",result="ok"} 0.012000' in text
-    assert 'istio_cni_add_duration_seconds_sum{path="agent",result="error"} 0.002000' in text
+    assert sample(text, "istio_cni_add_duration_seconds_sum", path="agent", result="ok") == pytest.approx(0.012)
+    assert sample(text, "istio_cni_add_duration_seconds_sum", path="agent", result="error") == pytest.approx(0.002)
 
 
 def test_spool_is_drained_once_and_skips_garbage(tmp_path):
