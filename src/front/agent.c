@@ -120,7 +120,7 @@ static void result_token(char *dst, size_t cap, int v)
 
 int record_exchange(const struct exchange *x)
 {
-    char head[64 + 2 * sizeof x->sock], c[16], s[16], e[16];
+    char head[128 + 2 * sizeof x->sock], c[16], s[16], e[16];
     size_t hl, sl = strlen(x->sock);
     int fd = memfd_create("istio-cni-agent-exchange", 0); /* no CLOEXEC: the plugin reads it */
 
@@ -130,7 +130,7 @@ int record_exchange(const struct exchange *x)
     result_token(s, sizeof s, x->send_result);
     result_token(e, sizeof e, x->end);
     hl = (size_t)snprintf(head, sizeof head, "istio-cni-front-exchange 1 %s %s %s ", c, s, e);
-    for (size_t i = 0; i < sl; i++)
+    for (size_t i = 0; i < sl && hl + 3 < sizeof head; i++)
         hl += (size_t)snprintf(head + hl, sizeof head - hl, "%02x", (unsigned char)x->sock[i]);
     head[hl++] = '\n';
     for (int part = 0; part < 2; part++) {
@@ -399,30 +399,52 @@ static int wait_for(int fd, short events, double deadline)
     }
 }
 
-/* Has raw[0..len) a complete plain answer (head, one Content-Length, that many bytes)? */
-static int answer_complete(const char *raw, size_t len)
+/* Where a plain answer (head, then one Content-Length of body) ends, found as bytes arrive:
+ * each byte is scanned about once, however the answer is cut into reads. */
+struct framing {
+    size_t scanned; /* bytes searched for the end of the head */
+    size_t total;   /* head + body length once known; 0 until then */
+    int plain;      /* 0 once the head says the answer is not plain: read to EOF */
+};
+
+static int answer_complete(struct framing *f, const char *raw, size_t len)
 {
-    const char *end = memmem(raw, len, "\r\n\r\n", 4), *p;
-    size_t head, cl = 0;
+    const char *end, *p;
+    size_t head, cl = 0, from;
     int have = 0;
-    if (end == NULL)
+
+    if (f->total)
+        return len >= f->total;
+    if (!f->plain)
         return 0;
+    from = f->scanned > 3 ? f->scanned - 3 : 0;
+    end = len > from ? memmem(raw + from, len - from, "\r\n\r\n", 4) : NULL;
+    f->scanned = len;
+    if (end == NULL) {
+        if (len > FRONT_MAX_HEAD + 4)
+            f->plain = 0;
+        return 0;
+    }
     head = (size_t)(end - raw) + 4;
     for (p = memchr(raw, '\n', head); p != NULL && p < end; p = memchr(p + 1, '\n', (size_t)(end - p))) {
         const char *line = p + 1;
         if (strncasecmp(line, "transfer-encoding:", 18) == 0)
-            return 0;
+            have = 2;
         if (strncasecmp(line, "content-length:", 15) == 0) {
             const char *v = line + 15;
-            if (have++)
-                return 0;
+            have++;
             while (*v == ' ' || *v == '\t')
                 v++;
             for (; *v >= '0' && *v <= '9' && cl <= FRONT_MAX_ANSWER; v++)
                 cl = cl * 10 + (size_t)(*v - '0');
         }
     }
-    return have && cl <= FRONT_MAX_ANSWER && len >= head + cl;
+    if (have != 1 || cl > FRONT_MAX_ANSWER) {
+        f->plain = 0;
+        return 0;
+    }
+    f->total = head + cl;
+    return len >= f->total;
 }
 
 static void exchange(const struct add_plan *pl, const struct out *req, struct exchange *x)
@@ -430,6 +452,7 @@ static void exchange(const struct add_plan *pl, const struct out *req, struct ex
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     double deadline = monotonic() + pl->timeout;
     size_t sent = 0;
+    struct framing framing = {.plain = 1};
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), r;
 
     strcpy(x->sock, pl->sock);
@@ -487,7 +510,7 @@ static void exchange(const struct add_plan *pl, const struct out *req, struct ex
     }
     for (;;) {
         ssize_t n;
-        if (answer_complete(x->raw, x->len)) {
+        if (answer_complete(&framing, x->raw, x->len)) {
             x->end = FX_COMPLETE;
             break;
         }

@@ -205,6 +205,7 @@ int main(int argc, char **argv)
 {
     struct bytes in = {0};
     struct exchange x;
+    enum front_outcome outcome;
     const char *versions = config_get("versions"), *sock_name = config_get("agent_socket_name");
     int rc;
 
@@ -217,11 +218,13 @@ int main(int argc, char **argv)
     if (rc > 0)
         hand_over(argc, argv, &in, NULL);
     memset(&x, 0, sizeof x);
-    switch (agent_add(&in, versions, sock_name, &x)) {
+    outcome = agent_add(&in, versions, sock_name, &x);
+    switch (outcome) {
     case FRONT_DONE:
-        return 0;
     case FRONT_STDOUT_FAILED:
-        return 1;
+        free(x.raw);
+        free(in.buf);
+        return outcome == FRONT_DONE ? 0 : 1;
     case FRONT_EXCHANGED:
         hand_over(argc, argv, &in, &x);
         break;
