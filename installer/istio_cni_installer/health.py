@@ -139,7 +139,7 @@ class Metrics:
         return generate_latest(self.registry).decode()
 
 
-def _handler(metrics: Metrics, idle_timeout: float):
+def _handler(metrics: Metrics, idle_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = idle_timeout  # socket timeout of every read and write (StreamRequestHandler)
 
@@ -164,7 +164,7 @@ def _handler(metrics: Metrics, idle_timeout: float):
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, *args) -> None:  # probes every few seconds: keep the log quiet
+        def log_message(self, *args: object) -> None:  # probes every few seconds: keep the log quiet
             pass
 
     return Handler
@@ -179,7 +179,9 @@ class BoundedHTTPServer(ConnectionCap, ThreadingHTTPServer):
     request_queue_size = 128  # a burst of connects waits in the kernel, not in SYN retries
     busy_reply = BUSY_REPLY
 
-    def __init__(self, address: tuple, handler, max_connections: int, lifetime: float) -> None:
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int, lifetime: float
+    ) -> None:
         self.init_cap(max_connections, lifetime)
         super().__init__(address, handler)
 
