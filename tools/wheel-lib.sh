@@ -70,6 +70,16 @@ for mod in ("istio_cni/_fastpath.", "istio_cni/_nf.", "istio_cni/_nft."):
         machine = int.from_bytes(head[18:20], "little")
         if head[:4] != b"\x7fELF" or machine != ELF_MACHINE[arch]:
             problems.append(f"{so}: ELF machine {machine}, expected {ELF_MACHINE[arch]} ({arch})")
+front = "istio_cni/_front"  # the compiled front (src/front/): an executable, not a module
+if front not in names:
+    problems.append(f"compiled front {front} missing")
+else:
+    head = zf.read(front)[:20]
+    machine = int.from_bytes(head[18:20], "little")
+    if head[:4] != b"\x7fELF" or machine != ELF_MACHINE[arch]:
+        problems.append(f"{front}: ELF machine {machine}, expected {ELF_MACHINE[arch]} ({arch})")
+    if not (zf.getinfo(front).external_attr >> 16) & 0o111:
+        problems.append(f"{front} is not executable in the wheel")
 grafted = [n for n in names if ".libs/" in n]
 for so in excluded:
     stem = so.split(".so")[0]

@@ -34,6 +34,15 @@ def main() -> int:
             problems.append(f"{name}: {origin or 'no file'} is not a compiled extension")
             continue
         print(f"check_compiled: {name} -> {origin}")
+    front = pkg / "_front"  # the compiled front (src/front/), copied into the plugin bundle
+    try:
+        with open(front, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                problems.append(f"{front}: not an ELF executable")
+        if not front.stat().st_mode & 0o111:
+            problems.append(f"{front}: not executable")
+    except OSError as e:
+        problems.append(f"{front}: {e.strerror}")
     # Exercise each module once, so a module that loads but is broken fails here too.
     if not problems:
         from istio_cni._fastpath import json_dumps, json_loads
