@@ -98,7 +98,10 @@ def install(work: Path, kubeconfig: Path) -> tuple[dict, Path]:
     # Standalone loopback first, as kubelet's runtime always sets up lo itself.
     conflist["plugins"].insert(0, {"type": "loopback"})
     print(json.dumps(conflist["plugins"][-1], indent=2))
-    print(f"{bin_dir}/istio-cni ->", (bin_dir / "istio-cni").read_text().strip().splitlines()[-1][:120])
+    from istio_cni_installer.front import read_config
+
+    front = read_config((bin_dir / "istio-cni").read_bytes())  # the compiled front, configured
+    print(f"{bin_dir}/istio-cni (compiled front) -> {front['python']} -I -S -c ...")
     return conflist, bin_dir
 
 
