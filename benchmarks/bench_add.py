@@ -224,8 +224,10 @@ def _paired_variants(request, our_plugin, pod_ruleset, script_dir):
 
     variants["add-agent"] = (via_agent, redirected("ours via the node agent"))
     # The chart's default: the agent runs, and the compiled front answers a skipped pod through it.
-    variants["add-skip-agent"] = (lambda ns: via_agent(ns, PLAIN_POD),
-                                  lambda ns: harness.assert_nothing_committed(ns, "ours via the node agent, skipped pod"))
+    variants["add-skip-agent"] = (
+        lambda ns: via_agent(ns, PLAIN_POD),
+        lambda ns: harness.assert_nothing_committed(ns, "ours via the node agent, skipped pod"),
+    )
     return variants, note
 
 

@@ -32,7 +32,8 @@ def ok(r) -> dict:
 
 def test_agent_path_commits_the_same_rules_as_the_direct_path(node, netns):
     node.api.put_pod(injected_pod("early-1"))  # exists before the agent starts (initial list)
-    direct_ns, agent_ns, late_ns = netns("direct", addresses=("192.0.2.7/24",)), netns("viaagent", addresses=("192.0.2.7/24",)), netns("late", addresses=("192.0.2.7/24",))
+    addresses = ("192.0.2.7/24",)
+    direct_ns, agent_ns, late_ns = (netns(tag, addresses=addresses) for tag in ("direct", "viaagent", "late"))
     direct = ok(node.add(direct_ns, "early-1"))  # no socket yet: direct path
     assert node.pod_gets("early-1") == 1
     node.start_agent()

@@ -11,11 +11,10 @@ import base64
 import binascii
 import re
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+from support import fastpath_py as _fastpath_py
 
 from istio_cni import _fastpath
-from support import fastpath_py as _fastpath_py
 
 FUZZ = settings.get_profile("fuzz")
 

@@ -22,9 +22,10 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from node.sandbox import Holder, die_with_parent, netns_connection
 from peers.controlplane import SERVICE_CIDR, ControlPlane
 from peers.kubeapi import KubeAPI
+
+from node.sandbox import Holder, die_with_parent, netns_connection
 
 NODE_NAME = "istio-cni-test-node"
 # On the node netns' lo only (kubelet refuses loopback/link-local). Also the API server's address:

@@ -20,13 +20,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from peers.tools import tool_path
 
 from node.cluster import Node, NodeError
 from node.pods import Pods
 from node.release import Release
 from node.sandbox import HostState
 from node.scenario import SUMMARY as SCENARIO_SUMMARY
-from peers.tools import tool_path
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "crictl")

@@ -23,9 +23,10 @@ import json
 import time
 from pathlib import Path
 
+from peers.kubeapi import write_kubeconfig
+
 from node.cluster import NODE_IP, Node, NodeError
 from node.release import CHART, NAMESPACE, RELEASE, Release
-from peers.kubeapi import write_kubeconfig
 
 SECOND_NAME = "istio-cni-test-node-2"
 SECOND_IP = "192.0.2.211"

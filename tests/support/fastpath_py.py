@@ -91,7 +91,7 @@ class Entered:
         self._home = -1
         self._target = -1
 
-    def __enter__(self) -> "Entered":
+    def __enter__(self) -> Entered:
         self._target = open_netns(self.path)
         try:
             self._home = current_netns()
@@ -108,7 +108,7 @@ class Entered:
         try:
             _setns(self._home)
         except OSError as e:
-            raise NetnsRestoreFailed(f"could not return from netns {self.path}: {e.strerror}")
+            raise NetnsRestoreFailed(f"could not return from netns {self.path}: {e.strerror}") from None
         finally:
             os.close(self._home)
             os.close(self._target)
