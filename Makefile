@@ -60,7 +60,7 @@ test: apt venv
 # stubtest checks the compiled modules' .pyi stubs against the built modules (MYPYPATH=src:
 # the editable install's import hook is invisible to it).
 lint: venv
-	$(PY) -m ruff check src installer tools
+	$(PY) -m ruff check src installer tools tests benchmarks
 	$(PY) -m ruff format --check src installer
 	$(PY) -m mypy
 	MYPYPATH=src $(PY) -m mypy.stubtest --allowlist typings/stubtest-allowlist.txt \

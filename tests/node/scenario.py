@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from peers.kubeapi import ApiError
+
 from node.pods import Pods
 from node.workloads import APP_PORT, injected_pod
-from peers.kubeapi import ApiError
 
 # How long a pod may take from creation to Running with its redirect, including a repair: the
 # repair controller acts within seconds of the failed validation, but kubelet retries the init
