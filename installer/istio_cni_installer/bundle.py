@@ -71,7 +71,7 @@ DYNLOAD_SKIP_PREFIXES = (
 )
 # Build inputs and type stubs (.pyi: for type checkers, the wheel ships them) stay out.
 PACKAGE_SKIP_SUFFIXES = (".c", ".pyx", ".cffi.py", ".pyc", ".o", ".pyi")
-PACKAGE_SKIP_DIRS = {"__pycache__", "devtools"}  # devtools is test tooling, never on the ADD path
+PACKAGE_SKIP_DIRS = {"__pycache__", "tools"}  # side tools (istio_cni.tools): kubelet only execs the plugin
 # The compiled front, built by setup.py into the istio_cni package; the bundle holds it in bin/.
 FRONT_BUILT = "_front"
 FRONT = "bin/istio-cni-front"

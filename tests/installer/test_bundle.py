@@ -44,7 +44,7 @@ def test_bundle_is_pruned(plugin_bundle):
     for gone in ("test", "idlelib", "tkinter", "ensurepip", "lib2to3", "site-packages"):
         assert not (stdlib / gone).exists(), gone
     assert not list(stdlib.glob("config-*"))
-    assert not (root / "site-packages" / "istio_cni" / "devtools").exists()
+    assert not (root / "site-packages" / "istio_cni" / "tools").exists()
     assert not list((root / "site-packages").rglob("*.pyx"))
     # Test-only and type-checker-only files stay out of the runtime bundle.
     assert not list((root / "site-packages").rglob("*fastpath_py*"))
