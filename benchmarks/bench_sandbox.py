@@ -43,7 +43,7 @@ from pathlib import Path
 
 import harness
 import pytest
-from node.cluster import Node, spawn, stop_process
+from node.cluster import NODE_NAME, Node, spawn, stop_process
 from node.conftest import NODE_TOOLS, node_images  # noqa: F401 - node_images: the node tier's fixture
 from node.pods import has_istio_rules
 from node.sandbox import HostState
@@ -54,6 +54,7 @@ VARIANTS = ("primary", "direct", "agent", "upstream-go")
 GHOST_NODE = harness.NODE_NAME  # no such node registers: the pod is nobody's
 POD = "bench-sandbox"
 LOAD_TIMEOUT = 30.0
+NODE_API_NOTE = "the test node's etcd + kube-apiserver (tests/node), plugins' token may only get pods"
 
 
 class SandboxNode:
@@ -63,16 +64,14 @@ class SandboxNode:
         self.node, self.base = test_node, base
         self.original = test_node.primary_conflist.read_text()
         self.conflists: dict[str, dict] = {}
-        self.agent = None
-        self.agent_log = base / "agent.log"
+        self.agents: list = []
+        self.agent_log = base / "agent.log"  # the CRI benchmark's agent (watching GHOST_NODE)
         self.uid = ""
         self.attempt = 0
 
     # -- set-up ---------------------------------------------------------------------------------
     def prepare(self) -> None:
         cp = self.node.cp
-        if "kubelet" in self.node.procs:  # see the module docstring: kubelet would reap our sandboxes
-            stop_process(self.node.procs.pop("kubelet"))
         api = cp.api
         for ns in (harness.POD_NAMESPACE, "istio-system"):
             api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
@@ -86,21 +85,29 @@ class SandboxNode:
             self.base / "identity-kubeconfig")
         from peers.kubeapi import write_kubeconfig
 
-        runs = {v: self.base / f"run-{v}" for v in ("direct", "agent", "upstream-go")}
+        runs = {v: self.base / f"run-{v}" for v in ("direct", "agent", "agent-node", "upstream-go")}
         for run in runs.values():
             run.mkdir(parents=True)
             write_kubeconfig(run / "istio-cni-kubeconfig", cp.server, cp.ca_file, token, "istio-cni")
         self._plugins()
         primary = json.loads(self.original)
         self.conflists["primary"] = primary
-        for variant, plugin_type in (("direct", "istio-cni"), ("agent", "istio-cni"),
+        for variant, plugin_type in (("direct", "istio-cni"), ("agent", "istio-cni"), ("agent-node", "istio-cni"),
                                      ("upstream-go", "istio-cni-upstream")):
             entry = harness.netconf(str(runs[variant]), None)
             for key in ("cniVersion", "name"):
                 entry.pop(key)
             entry["type"] = plugin_type
             self.conflists[variant] = {**primary, "plugins": [*primary["plugins"], entry]}
-        self._start_agent(runs["agent"])
+        # Two node agents: one watching the node name the CRI benchmark's pod is bound to, one
+        # watching the real node for the pods kubelet starts (each finds its pods in its cache).
+        self._start_agent(runs["agent"], GHOST_NODE, "agent")
+        self._start_agent(runs["agent-node"], NODE_NAME, "agent-node")
+
+    def stop_kubelet(self) -> None:
+        """For the CRI benchmark: kubelet would kill sandboxes of pods it does not know."""
+        if "kubelet" in self.node.procs:
+            stop_process(self.node.procs.pop("kubelet"))
 
     def _plugins(self) -> None:
         from peers.tools import CACHE, build_failure
@@ -115,20 +122,21 @@ class SandboxNode:
         Binaries(build(self.base / "bundle").path, mounted=bin_dir, host=bin_dir).ensure()
         shutil.copy2((CACHE / "bin" / "istio-cni").resolve(), self.node.cni_bin_dir / "istio-cni-upstream")
 
-    def _start_agent(self, run_dir: Path) -> None:
-        self.agent = spawn(self.base, "agent", [
+    def _start_agent(self, run_dir: Path, node_name: str, log: str) -> None:
+        agent = spawn(self.base, log, [
             *self.node.holder.prefix(), sys.executable, "-m", "istio_cni_installer.agent", "--run-dir", str(run_dir),
-            "--node-name", GHOST_NODE, "--kubeconfig", str(self.node.cp.kubeconfig)])
+            "--node-name", node_name, "--kubeconfig", str(self.node.cp.kubeconfig)])
+        self.agents.append(agent)
         end = time.monotonic() + 60
         while not (run_dir / "agent.sock").exists():
-            if self.agent.poll() is not None or time.monotonic() > end:
-                raise AssertionError(f"node agent not ready (exit {self.agent.poll()}): "
-                                     f"{(self.base / 'agent.log').read_text(errors='replace')[-2000:]}")
+            if agent.poll() is not None or time.monotonic() > end:
+                raise AssertionError(f"node agent not ready (exit {agent.poll()}): "
+                                     f"{(self.base / f'{log}.log').read_text(errors='replace')[-2000:]}")
             time.sleep(0.05)
 
     def close(self) -> None:
-        if self.agent is not None:
-            stop_process(self.agent)
+        for agent in self.agents:
+            stop_process(agent)
         self.node.crictl("rmp", "--force", "--all", timeout=90, check=False)
         self._write(json.loads(self.original))
 
@@ -222,8 +230,82 @@ def sandbox_node(bench_node, tmp_path_factory):
         sn.close()
 
 
+API_ROUNDS = int(os.environ.get("ISTIO_CNI_BENCH_API_POD_ROUNDS", "5"))
+POLL = 0.05  # s between GETs while waiting for Running: the resolution of that figure
+API_VARIANTS = {"primary": "primary", "direct": "direct", "agent": "agent-node", "upstream-go": "upstream-go"}
+
+
+def _api_pod(name: str, workload_image: str) -> dict:
+    """An injected pod as kubelet runs it (app + istio-proxy, sidecar annotation), without the
+    istio-validation init container: the primary-alone variant must reach Running too."""
+    pod = harness.sidecar_pod(name)
+    for key in ("uid",):
+        pod["metadata"].pop(key)
+    pod.pop("status")
+    spec = pod["spec"]
+    spec.pop("nodeName")  # the scheduler binds it to the node, as for any pod
+    spec.update(terminationGracePeriodSeconds=1, enableServiceLinks=False)
+    spec["containers"] = [
+        {"name": "app", "image": workload_image, "imagePullPolicy": "Never",
+         "command": ["workload", "app", "--port", "8080"]},
+        {"name": "istio-proxy", "image": workload_image, "imagePullPolicy": "Never",
+         "command": ["workload", "proxy", "--ports", "15001,15006,15021"],
+         "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": True}},
+    ]
+    return pod
+
+
+def _running_and_ready(pod: dict | None) -> bool:
+    status = (pod or {}).get("status", {})
+    return status.get("phase") == "Running" and all(c.get("ready") for c in status.get("containerStatuses", []))
+
+
+def bench_pod_create_to_running_paired(benchmark, sandbox_node, node_images, record):  # noqa: F811
+    """Information: pod creation through the API until Running and ready (scheduler, kubelet,
+    sandbox, both containers), per variant, paired rounds in rotating order. Runs before the CRI
+    benchmark, which stops kubelet."""
+    from node.pods import Pods
+
+    pods = Pods(sandbox_node.node)
+    api = sandbox_node.node.cp.api
+    samples: dict[str, list[float]] = {v: [] for v in API_VARIANTS}
+    made = iter(range(10**6))
+
+    def one(variant: str) -> float:
+        sandbox_node.use(API_VARIANTS[variant])
+        name = f"api-{variant}-{next(made)}"
+        t0 = time.perf_counter()
+        api.create_pod(_api_pod(name, node_images["workload"][0]))
+        pods.wait(lambda: _running_and_ready(pods.get(harness.POD_NAMESPACE, name)), f"pod {name} Running and ready",
+                  120, interval=POLL)
+        seconds = time.perf_counter() - t0
+        try:
+            if has_istio_rules(pods.rules(harness.POD_NAMESPACE, name)) != (variant != "primary"):
+                raise AssertionError(f"API pod, {variant}: istio rules "
+                                     f"{'missing' if variant != 'primary' else 'present'}")
+        finally:
+            pods.delete(harness.POD_NAMESPACE, name, timeout=120)
+        return seconds
+
+    def one_round():
+        start = sum(len(s) for s in samples.values()) // len(API_VARIANTS)
+        order = list(API_VARIANTS)
+        for variant in order[start % len(order):] + order[:start % len(order)]:
+            samples[variant].append(one(variant))
+
+    benchmark.pedantic(one_round, rounds=API_ROUNDS, warmup_rounds=1, iterations=1)
+    ms = {v: [s * 1e3 for s in samples[v][1:]] for v in API_VARIANTS}
+    record(benchmark, "pod-running-paired",
+           api_pod_medians_ms={v: round(statistics.median(x), 1) for v, x in ms.items()},
+           api_pod_added_ms={v: round(statistics.median(a - b for a, b in zip(ms[v], ms["primary"], strict=True)), 1)
+                             for v in API_VARIANTS if v != "primary"},
+           api_pod_rounds=len(ms["primary"]), note=f"information only: create -> Running+ready, polled every {POLL} s")
+    benchmark.extra_info.update(api_server="node", api_server_note=NODE_API_NOTE)
+
+
 def bench_run_pod_sandbox_paired(benchmark, sandbox_node, record):
     """Every variant once per round, rotating the order, so all see the same machine load."""
+    sandbox_node.stop_kubelet()
     samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
 
     def one_round():
@@ -240,12 +322,11 @@ def bench_run_pod_sandbox_paired(benchmark, sandbox_node, record):
     p99 = {v: round(harness.percentile(x, 99), 2) for v, x in ms.items()}
     # Added latency: the median over rounds of (variant - primary) within the same round, so a
     # load swing between rounds cancels out (the medians' difference is kept for information).
-    added = {v: round(statistics.median(a - b for a, b in zip(ms[v], ms["primary"])), 2)
+    added = {v: round(statistics.median(a - b for a, b in zip(ms[v], ms["primary"], strict=True)), 2)
              for v in VARIANTS if v != "primary"}
     median_diff = {v: round(medians[v] - medians["primary"], 2) for v in VARIANTS if v != "primary"}
     record(benchmark, "sandbox-paired", sandbox_medians_ms=medians, sandbox_p99_ms=p99,
            sandbox_added_ms=added, sandbox_medians_minus_primary_ms=median_diff, sandbox_rounds=len(ms["primary"]),
            runtime="containerd 1.6 CRI via crictl runp, bridge primary, kubelet stopped")
     # This benchmark's API server is the node's own (etcd + kube-apiserver inside the node's netns).
-    benchmark.extra_info.update(api_server="node", api_server_note="the test node's etcd + kube-apiserver "
-                                "(tests/node), plugins' token may only get pods")
+    benchmark.extra_info.update(api_server="node", api_server_note=NODE_API_NOTE)

@@ -281,10 +281,20 @@ def sandbox_table(data: dict, markdown: bool) -> list[str]:
         plus = added.get(key)
         rows.append([title, f"{medians[key]:.1f}", f"{p99.get(key, float('nan')):.1f}",
                      "-" if plus is None else f"{plus:+.1f}"])
-    return ["", f"RunPodSandbox through the CRI on a real node ({info.get('sandbox_rounds', '?')} paired rounds, "
+    out = ["", f"RunPodSandbox through the CRI on a real node ({info.get('sandbox_rounds', '?')} paired rounds, "
             f"rotating order; {info.get('runtime', '')})", "",
             _table(["variant", "median ms", "p99 ms", "added ms (median of per-round variant - primary)"], rows,
                    markdown)]
+    api = (roles.get("pod-running-paired") or {}).get("extra_info") or {}
+    if api.get("api_pod_medians_ms"):
+        api_added = api.get("api_pod_added_ms") or {}
+        api_rows = [[title, f"{api['api_pod_medians_ms'][key]:.0f}",
+                     "-" if api_added.get(key) is None else f"{api_added[key]:+.0f}"]
+                    for key, title in SANDBOX_VARIANTS if key in api["api_pod_medians_ms"]]
+        out += ["", f"Pod creation through the API to Running and ready, same variants (information; "
+                f"{api.get('api_pod_rounds', '?')} paired rounds)", "",
+                _table(["variant", "median ms", "added ms (per-round, median)"], api_rows, markdown)]
+    return out
 
 
 def _cpu_note(info: dict) -> str:
@@ -330,7 +340,7 @@ def _info_cell(b: dict) -> str:
     info = dict(b.get("extra_info") or {})
     for k in ("role", "api_server_note", "paired_medians_ms", "phases_direct_ms", "phases_agent_ms",
               "floors_direct_ms", "floors_agent_ms", "sandbox_medians_ms", "sandbox_p99_ms", "sandbox_added_ms",
-              "sandbox_medians_minus_primary_ms", "runtime"):
+              "sandbox_medians_minus_primary_ms", "runtime", "api_pod_medians_ms", "api_pod_added_ms"):
         info.pop(k, None)
     parts = []
     if "peak_rss_kb" in info:

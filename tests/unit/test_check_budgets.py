@@ -286,3 +286,13 @@ def test_sandbox_not_measured_is_not_a_pass(tmp_path, capsys):
     assert rc == 1
     assert status(out, "pod sandbox: direct path added latency") == "MISSING"
     assert status(out, "pod sandbox: agent path added latency") == "MISSING"
+
+
+def test_api_pod_to_running_table_is_information_only(tmp_path, capsys):
+    api = bench("bench_pod_create_to_running_paired", 9000.0, "pod-running-paired", api_pod_rounds=5,
+                api_pod_medians_ms={"primary": 1500.0, "direct": 1560.0, "agent": 1510.0, "upstream-go": 1700.0},
+                api_pod_added_ms={"direct": 55.0, "agent": 8.0, "upstream-go": 190.0})
+    rc, out = run(tmp_path, healthy() + [api], capsys)
+    assert rc == 0, out  # no budget on it
+    assert "Pod creation through the API to Running and ready, same variants (information; 5 paired rounds)" in out
+    assert "+190" in out and "api_pod_medians_ms" not in out
