@@ -102,3 +102,18 @@ def test_repair_with_selectors_watches_on_its_own_next_to_the_agent(tmp_path, mi
     assert (repair.cache.node_name, repair.cache.label_selector, repair.cache.field_selector) == (
         "node-b", "app=x", "status.phase=Running")
     assert own[0].agent.cache.label_selector == "" and own[0].agent.cache.node_name == "node-a"
+
+
+@pytest.mark.parametrize("agent_enabled", ["true", "false"])
+def test_repair_controller_sees_the_installers_readiness(tmp_path, mini_api, agent_enabled):
+    # Delete mode waits for it (repair/controller.py): the installer's Metrics.ready, set once
+    # plugin, kubeconfig and conflist entry are in place on this node.
+    s = settings(tmp_path, AGENT_KUBECONFIG=mini_api.kubeconfig(tmp_path / "kc"), REPAIR_MODE="delete",
+                 AGENT_ENABLED=agent_enabled)
+    metrics = Metrics()
+    repair = next(x for x in node_services(s, metrics) if x.name == "repair-controller").controller
+    assert repair.plugin_ready() is False
+    metrics.set_ready(True)
+    assert repair.plugin_ready() is True
+    no_metrics = next(x for x in node_services(s) if x.name == "repair-controller").controller
+    assert no_metrics.plugin_ready is None
