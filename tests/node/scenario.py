@@ -72,7 +72,8 @@ class Churn:
     """``Churn(...).start(...)``, then ``finish()`` -> Tally (always call it)."""
 
     def __init__(self, scenario: str, namespace: str, pods_by_node: dict[str, Pods], images: dict, *,
-                 node_selector: str | None = None, delete_after_check: bool = False) -> None:
+                 node_selector: str | None = None, delete_after_check: bool = False,
+                 window: float = REPAIR_WINDOW) -> None:
         self.tally = Tally(scenario)
         self.ns = namespace
         self.by_node = pods_by_node
@@ -80,6 +81,7 @@ class Churn:
         self.workload, self.node_image = images["workload"][0], images["node"][0]
         self.node_selector = node_selector
         self.delete_after_check = delete_after_check
+        self.window = window  # creation to Running with the redirect (or repaired), per pod
         self.names: list[str] = []
         self.deleted: dict[str, float] = {}  # name -> when its deletion was asked
         self.lock = threading.Lock()
@@ -97,6 +99,10 @@ class Churn:
             name = f"{self.tally.scenario}-{len(self.names):03d}"
             self.names.append(name)
         manifest = injected_pod(name, self.ns, self.workload, self.node_image)
+        # Ready once the proxy listens (it binds 15001 and 15006 before 15021), as Envoy's
+        # readiness on 15021 says in a real mesh: "Running" alone only means its process started.
+        proxy = next(c for c in manifest["spec"]["containers"] if c["name"] == "istio-proxy")
+        proxy["readinessProbe"] = {"tcpSocket": {"port": 15021}, "periodSeconds": 1, "failureThreshold": 60}
         if self.node_selector:
             manifest["spec"]["nodeSelector"] = {"kubernetes.io/hostname": self.node_selector}
         self.api_pods.create(manifest)
@@ -155,7 +161,7 @@ class Churn:
             self._fail(name, f"check error {type(e).__name__}: {str(e)[:300]}")
 
     def _check_pod(self, name: str, created_at: float) -> None:
-        deadline = created_at + REPAIR_WINDOW
+        deadline = created_at + self.window
         pod = None
         while True:
             try:
@@ -167,7 +173,7 @@ class Churn:
                     c.get("ready") for c in st["containerStatuses"]):
                 break
             if time.monotonic() > deadline:
-                return self._fail(name, f"not Running and ready {REPAIR_WINDOW:.0f}s after creation: "
+                return self._fail(name, f"not Running and ready {self.window:.0f}s after creation: "
                                         f"{_brief(pod)}")
             time.sleep(0.5)
         node = pod["spec"]["nodeName"]
@@ -203,14 +209,14 @@ class Churn:
         count kubelet's sandbox retries; record (with ``extra`` facts of the scenario) and return
         the tally."""
         if self.thread:
-            self.thread.join(REPAIR_WINDOW)
+            self.thread.join(self.window)
         self.stop_event.set()
-        _, pending = wait(self.futures, timeout=REPAIR_WINDOW + 60)
+        _, pending = wait(self.futures, timeout=self.window + 60)
         for f in pending:
             f.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if pending:
-            self._fail("(checks)", f"{len(pending)} checks still running after {REPAIR_WINDOW + 60:.0f}s")
+            self._fail("(checks)", f"{len(pending)} checks still running after {self.window + 60:.0f}s")
         for name in self.names:
             if name not in self.deleted:
                 try:
