@@ -240,3 +240,16 @@ def test_label_mode_does_not_wait_for_the_plugin(mini_api, controller):
     eventually(lambda: "cni.istio.io/uninitialized" in mini_api.get("default", "lbl-now")["metadata"].get("labels", {}),
                "label")
     assert rc.counts == {("label", "success"): 1}
+
+
+def test_repair_mode_reports_a_terminated_pod_at_once_without_retrying(mini_api, controller):
+    # restartPolicy Never: the validation failed once, the pod is Failed and its sandbox gone.
+    pod = validation_failed(injected_pod("job-failed"))
+    pod["spec"]["restartPolicy"] = "Never"
+    pod["status"]["phase"] = "Failed"
+    mini_api.put_pod(pod)
+    rc = controller("repair", max_attempts=5, retry_base=5.0)  # a retry would take 5 s, then 10 s, ...
+    ev = eventually(lambda: events_for(mini_api, "job-failed", "IstioCNIRepairFailed"), "failure event")
+    assert "the pod is Failed (restartPolicy Never)" in ev[0]["message"] and "repair.checkNetns" in ev[0]["message"]
+    assert rc.counts == {("repair", "failure"): 1}
+    assert rc._attempts == {}

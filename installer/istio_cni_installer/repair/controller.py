@@ -50,6 +50,10 @@ class RepairError(Exception):
     """An action could not be carried out (message says why); retried, then reported."""
 
 
+class CannotRepair(RepairError):
+    """An action that can never succeed for this pod: reported at once, never retried."""
+
+
 def _default_plan(pod: dict, settings: RepairSettings) -> tuple[RuleSet | None, str]:
     """(RuleSet | None, reason) for ``pod`` through the plugin's own decision and rule code.
 
@@ -216,7 +220,7 @@ class RepairController:
         try:
             detail = getattr(self, f"_{mode}")(pod)
         except Exception as e:
-            if self._retry_later(namespace, name, uid):
+            if not isinstance(e, CannotRepair) and self._retry_later(namespace, name, uid):
                 log.warning("repair failed, will retry", pod=name_of(pod), mode=mode, error=repr(e)[:300])
                 return
             self.handled.add(uid)
@@ -251,6 +255,15 @@ class RepairController:
 
     # ---- the three modes --------------------------------------------------------------------------
     def _repair(self, pod: dict) -> str:
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Failed", "Succeeded"):
+            # restartPolicy Never (a Job's pod): kubelet tore the sandbox down with the failed
+            # validation; there is no netns left to fix.
+            raise CannotRepair(
+                f"the pod is {phase} (restartPolicy {(pod.get('spec') or {}).get('restartPolicy', 'Always')}): "
+                "its sandbox is gone, nothing to repair in place; repair.checkNetns fixes such pods "
+                "before their validation gives up, delete mode lets their owner recreate them"
+            )
         netns = find_netns(pod_ips(pod), self.settings.proc_root)
         if not netns:
             ips = ", ".join(pod_ips(pod)) or "(none)"
