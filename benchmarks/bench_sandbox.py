@@ -20,12 +20,18 @@ variant the agent's own "redirect rules committed" line for that netns (no fallb
 Which pod: an injected pod object (``harness.sidecar_pod``) in the API, bound to a node name
 that does not exist (``harness.NODE_NAME``), so no kubelet ever owns it; the sandbox carries that
 pod's name, namespace and UID (the runtime passes ``K8S_POD_UID``; the agent's cache checks it),
-and a fresh ``attempt`` per round. kubelet itself is stopped for the benchmark: a sandbox it does
+and a fresh ``attempt`` per round. kubelet itself is stopped for this benchmark: a sandbox it does
 not know would otherwise be killed by its housekeeping mid-measurement. The node's API server,
 containerd and everything else keep running.
 
+Information only: ``bench_pod_create_to_running_paired`` (runs first, kubelet up) creates injected
+pods (app + istio-proxy, no validation init container, so the primary alone runs them too)
+through the API and times creation to Running and ready, same variants (a second agent watches
+the real node for it).
+
 Roles for benchmarks/check_budgets.py: ``sandbox-paired`` (per-variant medians, p99 and the
-latency each plugin adds over the primary alone, in ``extra_info``). "Added" is the median over
+latency each plugin adds over the primary alone, in ``extra_info``; budgets) and
+``pod-running-paired`` (information). "Added" is the median over
 rounds of (variant - primary alone, same round): paired differences, so the machine's load swings
 between rounds cancel out.
 """
