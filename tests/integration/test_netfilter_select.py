@@ -216,3 +216,39 @@ def test_auto_libiptc_commit_never_loads_libnftables(netns):
     out = subprocess.run([sys.executable, "-c", LIBIPTC_ONLY, nsutil.path(ns)], capture_output=True, text=True,
                          timeout=60, env=env, check=True).stdout.split()
     assert out == ["iptc", "False", "True", "False"], out
+
+
+class _DumpOnce:
+    """A NETLINK_NETFILTER socket whose first ``n_interrupted`` table dumps come back
+    flagged NLM_F_DUMP_INTR (a ruleset change during a multi-part dump)."""
+
+    answers: list = []
+
+    def __init__(self, protocol: int) -> None:
+        self.protocol, self.interrupted = protocol, False
+
+    def request(self, kind: int, flags: int, body: bytes) -> list:
+        import struct
+
+        _DumpOnce.answers.append(kind)
+        self.interrupted = len(_DumpOnce.answers) <= _DumpOnce.n_interrupted
+        name = b"t%d\0" % len(_DumpOnce.answers)
+        attr = struct.pack("<HH", 4 + len(name), 1) + name
+        return [(10 << 8, struct.pack("<BBH", 1, 0, 0) + attr)]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("n_interrupted,expected", [(0, [("inet", "t1")]), (2, [("inet", "t3")]), (3, None)])
+def test_nf_tables_list_reads_again_after_an_interrupted_dump(monkeypatch, n_interrupted, expected):
+    from istio_cni.netfilter import detect
+
+    monkeypatch.setattr(detect, "Netlink", _DumpOnce)
+    monkeypatch.setattr(_DumpOnce, "answers", [])
+    monkeypatch.setattr(_DumpOnce, "n_interrupted", n_interrupted, raising=False)
+    if expected is None:  # still changing after every try: libnftables' EINTR, a retryable failure
+        with pytest.raises(NetfilterError, match="Interrupted system call"):
+            detect.nft_tables()
+    else:
+        assert detect.nft_tables() == expected

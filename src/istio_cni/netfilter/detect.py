@@ -22,6 +22,8 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
 NFTA_TABLE_NAME = 1
+DUMP_TRIES = 3
+EINTR = 4
 # nfgenmsg.nfgen_family -> the family word ``nft list tables`` prints
 NFPROTO = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 
@@ -55,7 +57,12 @@ def nft_tables() -> list:
     try:
         nl = Netlink(NETLINK_NETFILTER)
         try:
-            answer = nl.request(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, F_DUMP, body)
+            for _ in range(DUMP_TRIES):  # a ruleset change during a multi-part dump: read again
+                answer = nl.request(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE, F_DUMP, body)
+                if not nl.interrupted:
+                    break
+            else:
+                raise OSError(EINTR, "Interrupted system call")  # what libnftables reports
         finally:
             nl.close()
     except OSError as e:

@@ -35,7 +35,7 @@ RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-F_REQUEST, F_ACK, F_DUMP = 0x1, 0x4, 0x300
+F_REQUEST, F_ACK, F_DUMP, F_DUMP_INTR = 0x1, 0x4, 0x300, 0x10
 F_REPLACE, F_EXCL, F_CREATE = 0x100, 0x200, 0x400
 FRA_FWMARK, FRA_TABLE, FRA_FWMASK = 10, 15, 16
 RTA_OIF, RTA_TABLE = 4, 15
@@ -73,6 +73,7 @@ class Netlink:
         self.sock.settimeout(2.0)  # the kernel answers at once; never hang an ADD
         self.sock.bind((0, 0))
         self.seq = 0
+        self.interrupted = False  # the last dump changed under us (NLM_F_DUMP_INTR): redo it
 
     def close(self) -> None:
         self.sock.close()
@@ -82,16 +83,19 @@ class Netlink:
         self.seq += 1
         msg = _struct.pack("<IHHII", 16 + len(body), kind, F_REQUEST | flags, self.seq, 0) + body
         self.sock.send(msg)
+        self.interrupted = False
         out: list[tuple[int, bytes]] = []  # (message type, payload)
         while True:
             data = self.sock.recv(65536)
             off = 0
             while off + 16 <= len(data):
-                length, mtype, _f, seq, _pid = _struct.unpack_from("<IHHII", data, off)
+                length, mtype, mflags, seq, _pid = _struct.unpack_from("<IHHII", data, off)
                 payload = data[off + 16 : off + length]
                 off += (length + 3) & ~3
                 if seq != self.seq:
                     continue
+                if mflags & F_DUMP_INTR:
+                    self.interrupted = True
                 if mtype == NLMSG_ERROR:
                     err = -_struct.unpack_from("<i", payload)[0]
                     if err:
