@@ -7,14 +7,23 @@ Compared in one run (ratios are checked by benchmarks/check_budgets.py):
 * ``add-skip``: the same for a pod without a sidecar (pod GET, decide, no netfilter).
 * ``add-upstream-go``: upstream's Go istio-cni, same netconf, pod, API server and netns shape.
 * ``concurrent-64`` (and ``concurrent-64-upstream-go``): 64 ADDs at once on distinct
-  namespaces (all must succeed); per-ADD p50/p99 in ``extra_info``.
+  namespaces (all must succeed); per-ADD p50/p99 in ``extra_info``. Our plugin on the direct
+  path (no agent in its run dir).
+* ``concurrent-64-agent``: the same burst on the chart's default deployment: through the
+  compiled front with a live node agent (the paired benchmark's agent, which knows all 64 pods
+  from its initial list before the first burst). Every netns is verified as in the direct
+  burst, plus the agent's own "redirect rules committed" line for it, no fallback on the
+  plugin's stderr and no pod GET by the agent during the bursts (cache hits only). CPU per
+  ADD includes the agent process's own CPU (``/proc/<pid>/stat`` around each burst).
 * ``paired-add``: the budget figures. Every variant above (plus both baselines, upstream's
   ADD of the pod without a sidecar, ``add-skip-upstream-go``, and our ADD through a live node
   agent, ``add-agent``) once per round in rotating order, so all see the same machine load;
   per-variant medians in ``extra_info``.
 * ``rss-direct`` / ``rss-upstream-go``: peak RSS of one plugin exec (redirected and skipped
   pods; max over rounds) under ``/usr/bin/time -f %M``, apart from the timed benchmarks so the
-  wrapper never inflates a compared time.
+  wrapper never inflates a compared time. ``rss-agent``: the same through the front with the
+  live agent (the chart's default), every round checked as the agent burst is; the agent's
+  own RSS (VmRSS, VmHWM) after the rounds is information.
 
 Namespaces are made in ``setup=`` (untimed) and each round's result is verified there too: a
 benchmark that timed a failing or no-op ADD would be worse than none.
@@ -91,9 +100,12 @@ def bench_add_upstream_go(benchmark, upstream_plugin, netns_pool, pod_ruleset, r
     record(benchmark, "add-upstream-go", launcher=upstream_plugin.launcher, backend=sorted(backends))
 
 
-def run_concurrently(benchmark, pool, start_one, verify) -> dict:
-    """``CONCURRENT`` execs at once per round, each on its own fresh netns; returns info."""
-    latencies, failures, cpu = [], [], []
+def run_concurrently(benchmark, pool, start_one, verify, daemon_cpu=None) -> dict:
+    """``CONCURRENT`` execs at once per round, each on its own fresh netns; returns info.
+
+    ``daemon_cpu()``: CPU seconds so far of a process that serves the execs (the node agent),
+    read around each burst and counted in the CPU per ADD, so its work is not hidden."""
+    latencies, failures, cpu, served_cpu = [], [], [], []
     executor = ThreadPoolExecutor(max_workers=CONCURRENT)
 
     def setup():
@@ -107,12 +119,14 @@ def run_concurrently(benchmark, pool, start_one, verify) -> dict:
         return u.ru_utime + u.ru_stime
 
     def burst(namespaces):
-        before = children_cpu()
+        before, served_before = children_cpu(), daemon_cpu() if daemon_cpu else 0.0
         for r in executor.map(start_one, range(CONCURRENT), namespaces):
             latencies.append(r.seconds)
             if r.rc != 0:
                 failures.append(r)
         cpu.append(children_cpu() - before)
+        if daemon_cpu:
+            served_cpu.append(daemon_cpu() - served_before)
 
     try:
         benchmark.pedantic(burst, setup=setup, rounds=CONCURRENT_ROUNDS, iterations=1)
@@ -122,13 +136,18 @@ def run_concurrently(benchmark, pool, start_one, verify) -> dict:
         failures[0].check(f"{len(failures)} of {len(latencies)} concurrent execs failed; first")
     for ns in pool.made:
         verify(ns)
-    return {"execs": len(latencies), "failures": len(failures),
+    info = {"execs": len(latencies), "failures": len(failures),
             "p50_ms": harness.percentile(latencies, 50) * 1e3,
             "p99_ms": harness.percentile(latencies, 99) * 1e3,
             "max_ms": max(latencies) * 1e3,
-            # user + system CPU of the execs (and anything they ran) per ADD: what limits how
-            # fast a CPU-bound node fills (a node agent's own CPU is not in it)
-            "cpu_s_per_add": round(sum(cpu) / len(latencies), 5)}
+            # user + system CPU per ADD of the execs (and anything they ran) and of the process
+            # serving them (the agent, when there is one): what limits how fast a CPU-bound
+            # node fills
+            "cpu_s_per_add": round((sum(cpu) + sum(served_cpu)) / len(latencies), 5)}
+    if daemon_cpu:
+        info["exec_cpu_s_per_add"] = round(sum(cpu) / len(latencies), 5)
+        info["agent_cpu_s_per_add"] = round(sum(served_cpu) / len(latencies), 5)
+    return info
 
 
 def _concurrent_redirected_adds(benchmark, plugin, netns_pool, pod_ruleset) -> dict:
@@ -150,6 +169,67 @@ def bench_add_concurrent_64(benchmark, our_plugin, netns_pool, pod_ruleset, reco
 def bench_add_concurrent_64_upstream_go(benchmark, upstream_plugin, netns_pool, pod_ruleset, record):
     info = _concurrent_redirected_adds(benchmark, upstream_plugin, netns_pool, pod_ruleset)
     record(benchmark, "concurrent-64-upstream-go", launcher=upstream_plugin.launcher, **info)
+
+
+class AgentChecks:
+    """What proves an ADD was served by ``plugin``'s live node agent, not the direct path:
+    no fallback on the plugin's stderr, the agent's own commit line for the netns, and no pod
+    GET by the agent (its watch cache answered)."""
+
+    def __init__(self, plugin, api) -> None:
+        self.plugin, self.api, self.agent = plugin, api, plugin.agent
+        self.label, self.launcher = plugin.label, plugin.launcher
+        self.fell_back: list = []
+        self.committed: set[str] = set()
+        self.gets_before = self.pod_gets()
+
+    def pod_gets(self) -> int:
+        return sum(1 for m, p in self.api.requests if m == "GET" and "/pods/" in p)
+
+    def add(self, ns, pod: str, container_id: str, **kw):
+        """``Plugin.add``, recording a fallback."""
+        r = self.plugin.add(ns, pod, container_id, **kw)
+        if b"falling back" in r.stderr:
+            self.fell_back.append(r)
+        return r
+
+    def assert_committed_by_agent(self, ns) -> None:
+        if ns.path not in self.committed:
+            self.committed = self.agent.committed_netns()  # re-read: lines of the last round
+        if ns.path not in self.committed:
+            raise AssertionError(f"no agent commit line for {ns.path} in {self.agent.log.name}: "
+                                 "the ADD did not go through the agent")
+
+    def assert_served(self) -> None:
+        assert not self.fell_back, (f"{len(self.fell_back)} ADDs fell back to the direct path: "
+                                    f"{self.fell_back[0].stderr[-800:]!r}")
+        gets = self.pod_gets() - self.gets_before
+        assert gets == 0, f"the agent made {gets} pod GETs: its cache did not know the pods"
+
+
+def concurrent_adds_via_agent(benchmark, agent_node, netns_pool, pod_ruleset) -> dict:
+    """The burst through ``agent_node`` (plugin, api); every netns verified as in the direct
+    burst and committed by the agent itself; CPU per ADD includes the agent's."""
+    plugin, api = agent_node
+    checks = AgentChecks(plugin, api)
+
+    def start_one(i, ns):
+        return checks.add(ns, f"{REDIRECT_POD}-{i}", _container_id(), timeout=120)
+
+    def verify(ns):
+        harness.assert_redirect_committed(ns, pod_ruleset, plugin.label)
+        checks.assert_committed_by_agent(ns)
+
+    info = run_concurrently(benchmark, netns_pool, start_one, verify, daemon_cpu=plugin.agent.cpu_seconds)
+    checks.assert_served()
+    return dict(info, fell_back=len(checks.fell_back), launcher=plugin.launcher)
+
+
+def bench_add_concurrent_64_agent(benchmark, paired_agent_plugin, netns_pool, pod_ruleset, record):
+    """The chart's default deployment: the burst through the front and a live agent (at the
+    plugins' own CPU priority: one shared cgroup, as on this machine)."""
+    record(benchmark, "concurrent-64-agent", agent_nice=0,
+           **concurrent_adds_via_agent(benchmark, paired_agent_plugin, netns_pool, pod_ruleset))
 
 
 def _alternate(i: int) -> str:
@@ -177,6 +257,24 @@ def bench_peak_rss_ours(benchmark, our_plugin, netns_pool, pod_ruleset, record):
     results = _bench_single_add(benchmark, our_plugin, netns_pool, _alternate,
                                 _verify_pod(pod_ruleset, our_plugin.label), rss=True)
     record(benchmark, "rss-direct", launcher=our_plugin.launcher, **_rss_info(results))
+
+
+def bench_peak_rss_agent(benchmark, paired_agent_plugin, netns_pool, pod_ruleset, record):
+    """Peak RSS of one exec on the chart's default deployment: through the front, live agent."""
+    plugin, api = paired_agent_plugin
+    checks = AgentChecks(plugin, api)
+    plain = _verify_pod(pod_ruleset, plugin.label)
+
+    def verify(ns, pod):
+        plain(ns, pod)
+        if pod == REDIRECT_POD:
+            checks.assert_committed_by_agent(ns)
+
+    results = _bench_single_add(benchmark, checks, netns_pool, _alternate, verify, rss=True)
+    checks.assert_served()
+    agent_rss, agent_hwm = plugin.agent.rss_kb()
+    record(benchmark, "rss-agent", launcher=plugin.launcher, agent_rss_kb=agent_rss, agent_peak_rss_kb=agent_hwm,
+           **_rss_info(results))
 
 
 def bench_peak_rss_upstream_go(benchmark, upstream_plugin, netns_pool, pod_ruleset, record):

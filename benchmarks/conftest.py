@@ -114,11 +114,13 @@ def bench_api(tmp_path_factory):
 
 
 class Plugin:
-    """A CNI plugin executable in its own bin dir, with its own agent run dir."""
+    """A CNI plugin executable in its own bin dir, with its own agent run dir; ``agent``: the
+    node agent serving that run dir (bench_agent.AgentProcess), None on the direct path."""
 
     def __init__(self, label: str, bin_dir: Path, run_dir: Path, launcher: str) -> None:
         self.label, self.bin_dir, self.run_dir, self.launcher = label, bin_dir, run_dir, launcher
         self.exe = bin_dir / "istio-cni"
+        self.agent = None
 
     def add(self, ns: harness.PodNetns, pod: str, container_id: str, timeout: float = 60.0,
             rss: bool = False):

@@ -33,8 +33,11 @@ def healthy() -> list[dict]:
         bench("bench_agent_add_skipped_pod", 4.0, "add-skip-agent"),
         bench("bench_baseline_upstream_pipeline", 15.0, "baseline-upstream-pipeline"),
         bench("bench_peak_rss_ours", 20.0, "rss-direct", peak_rss_kb=12 * 1024),
+        bench("bench_peak_rss_agent", 5.0, "rss-agent", peak_rss_kb=2 * 1024, agent_rss_kb=40 * 1024),
         bench("bench_add_concurrent_64", 900.0, "concurrent-64", execs=192, failures=0, p99_ms=700.0,
               cpu_s_per_add=0.0123),
+        bench("bench_add_concurrent_64_agent", 800.0, "concurrent-64-agent", execs=192, failures=0,
+              p99_ms=600.0, cpu_s_per_add=0.0065, exec_cpu_s_per_add=0.0025, agent_cpu_s_per_add=0.004),
         bench("bench_add_concurrent_64_upstream_go", 4000.0, "concurrent-64-upstream-go", execs=192,
               failures=0, p99_ms=3900.0),
         sandbox({"primary": 100.0, "direct": 110.0, "agent": 102.0, "upstream-go": 200.0}),
@@ -83,9 +86,10 @@ def test_all_budgets_met(tmp_path, capsys):
                    "plugin peak RSS", "64 concurrent ADDs", "64-ADD burst wall time"):
         assert status(out, budget) == "PASS", out
     assert "ratio 0.25" in out  # direct 10 ms / Go 40 ms
-    assert "ratio 0.20" in out  # skipped 8 ms / Go's ADD of the same pod 40 ms
-    assert "ratio 0.23" in out  # burst 900 ms / Go's 4000 ms
-    assert "12.3 ms CPU per ADD" in out
+    assert "ratio 0.10" in out  # skipped through the agent 4 ms / Go's ADD of the same pod 40 ms
+    assert "ratio 0.20 (separate benchmarks)" in out  # agent burst 800 ms / Go's 4000 ms
+    assert "6.5 ms CPU per ADD (execs 2.5 + agent 4.0)" in out  # the agent's CPU is counted
+    assert "12.3 ms CPU per ADD" in out  # the direct burst's, beside it
     assert "all budgets met" in out
 
 
@@ -98,8 +102,9 @@ def test_direct_slower_than_go_fails(tmp_path, capsys):
 
 def test_equal_to_limit_passes(tmp_path, capsys):
     benchmarks = replace(healthy(), "add-direct", median_ms=12.0)
-    benchmarks = replace(benchmarks, "add-skip", median_ms=10.0)
-    benchmarks = replace(benchmarks, "concurrent-64", median_ms=1000.0)
+    benchmarks = replace(benchmarks, "add-skip-agent", median_ms=10.0)
+    benchmarks = replace(benchmarks, "concurrent-64-agent", median_ms=1000.0)
+    benchmarks = replace(benchmarks, "rss-agent", peak_rss_kb=15 * 1024)
     rc, out = run(tmp_path, benchmarks, capsys)
     assert rc == 0, out
 
@@ -139,9 +144,48 @@ def test_slow_agent_fails(tmp_path, capsys):
 
 
 def test_skip_not_cheap_enough_fails(tmp_path, capsys):
-    rc, out = run(tmp_path, replace(healthy(), "add-skip", median_ms=11.0), capsys)
+    rc, out = run(tmp_path, replace(healthy(), "add-skip-agent", median_ms=11.0), capsys)
     assert rc == 1
     assert status(out, "skipped-pod ADD median") == "FAIL"
+
+
+def test_budgets_naming_no_path_use_the_default_deployment_with_direct_beside(tmp_path, capsys):
+    # Direct-path figures over the limits (skipped 20 / 40 = 0.5x, 17 MiB, burst 1500 / 4000 =
+    # 0.375x) are printed as information; the agent-path figures decide.
+    benchmarks = replace(healthy(), "add-skip", median_ms=20.0)
+    benchmarks = replace(benchmarks, "rss-direct", peak_rss_kb=17 * 1024)
+    benchmarks = replace(benchmarks, "concurrent-64", median_ms=1500.0)
+    rc, out = run(tmp_path, benchmarks, capsys)
+    assert rc == 0, out
+    skipped = next(line for line in out.splitlines() if line.startswith("skipped-pod ADD median"))
+    assert "agent (chart default)" in skipped
+    assert "direct path (information, add-skip): 20.0 ms, ratio 0.50 (separate benchmarks)" in skipped
+    rss = next(line for line in out.splitlines() if line.startswith("plugin peak RSS"))
+    assert "2.0 MiB" in rss and "max over rounds of rss-agent" in rss
+    assert "direct path (information, rss-direct): 17.0 MiB" in rss
+    assert "the agent process itself (information): 40.0 MiB RSS" in rss
+    burst = next(line for line in out.splitlines() if line.startswith("64-ADD burst wall time"))
+    assert "800.0 ms" in burst and "direct path (information, concurrent-64): 1500.0 ms, ratio 0.38" in burst
+    direct = next(line for line in out.splitlines() if line.startswith("direct-path ADD median"))
+    assert direct.split()[3] == "direct"  # the path column
+    assert "skipped-pod ADD median, agent path" not in out  # one budget, not two
+
+
+def test_default_deployment_figures_missing_are_not_a_pass_even_with_direct_ones(tmp_path, capsys):
+    for role, budgets in (("rss-agent", ["plugin peak RSS"]), ("add-skip-agent", ["skipped-pod ADD median"]),
+                          ("concurrent-64-agent", ["64 concurrent ADDs", "64-ADD burst wall time"])):
+        rc, out = run(tmp_path, without(role), capsys)
+        assert rc == 1, role
+        for budget in budgets:
+            assert status(out, budget) == "MISSING", out
+    assert "direct path (information, concurrent-64)" in out  # still printed beside the MISSING
+
+
+def test_a_failed_add_in_the_direct_burst_is_not_information(tmp_path, capsys):
+    rc, out = run(tmp_path, replace(healthy(), "concurrent-64", failures=2), capsys)
+    assert rc == 1
+    assert status(out, "64 concurrent ADDs") == "FAIL"
+    assert "(2 of 192 failed)" in out
 
 
 def test_skip_is_compared_with_upstreams_add_of_the_same_pod_not_our_redirect(tmp_path, capsys):
@@ -153,7 +197,7 @@ def test_skip_is_compared_with_upstreams_add_of_the_same_pod_not_our_redirect(tm
 
 
 def test_burst_slower_than_a_quarter_of_upstreams_fails(tmp_path, capsys):
-    rc, out = run(tmp_path, replace(healthy(), "concurrent-64", median_ms=1100.0), capsys)
+    rc, out = run(tmp_path, replace(healthy(), "concurrent-64-agent", median_ms=1100.0), capsys)
     assert rc == 1
     assert status(out, "64 concurrent ADDs") == "PASS"  # all succeeded
     assert status(out, "64-ADD burst wall time") == "FAIL"
@@ -163,13 +207,13 @@ def test_burst_slower_than_a_quarter_of_upstreams_fails(tmp_path, capsys):
 
 
 def test_rss_over_15_mib_fails(tmp_path, capsys):
-    rc, out = run(tmp_path, replace(healthy(), "rss-direct", peak_rss_kb=15 * 1024 + 1), capsys)
+    rc, out = run(tmp_path, replace(healthy(), "rss-agent", peak_rss_kb=15 * 1024 + 1), capsys)
     assert rc == 1
     assert status(out, "plugin peak RSS") == "FAIL"
 
 
 def test_concurrent_failure_fails(tmp_path, capsys):
-    rc, out = run(tmp_path, replace(healthy(), "concurrent-64", failures=1), capsys)
+    rc, out = run(tmp_path, replace(healthy(), "concurrent-64-agent", failures=1), capsys)
     assert rc == 1
     assert status(out, "64 concurrent ADDs") == "FAIL"
     assert "191/192 ok" in out
@@ -180,7 +224,8 @@ def test_markdown_output(tmp_path, capsys):
     rc, _ = run(tmp_path, healthy(), capsys, "--markdown", str(md))
     assert rc == 0
     text = md.read_text()
-    assert "| budget | measured | limit | detail | status |" in text
+    assert "| budget | path | measured | limit | detail | status |" in text
+    assert "| skipped-pod ADD median | agent (chart default) | 4.0 ms |" in text
     assert "| bench_add_redirected | add-direct | 10.00 |" in text
 
 
@@ -202,7 +247,8 @@ def test_paired_medians_win_over_separate_benchmarks(tmp_path, capsys):
     # The separate benchmarks say direct (20) < Go (40); the paired run, where both saw the
     # same load, says direct 45 > Go 40: the paired figure decides.
     benchmarks = healthy() + [paired({"add-direct": 45.0, "add-skip": 10.0, "add-upstream-go": 40.0,
-                                      "add-skip-upstream-go": 42.0, "baseline-upstream-pipeline": 12.0})]
+                                      "add-skip-upstream-go": 42.0, "baseline-upstream-pipeline": 12.0,
+                                      "add-skip-agent": 10.0})]
     rc, out = run(tmp_path, benchmarks, capsys)
     assert rc == 1
     assert status(out, "direct-path ADD median") == "FAIL"
