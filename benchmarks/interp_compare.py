@@ -57,8 +57,9 @@ class Node:
     """One installed plugin: bin dir (launcher + bundle) and run dir (kubeconfig, no agent)."""
 
     def __init__(self, label: str, bundle: Path, base: Path, api) -> None:
-        from istio_cni_installer.binaries import Binaries
         from peers.kubeapi import write_kubeconfig
+
+        from istio_cni_installer.binaries import Binaries
 
         self.label = label
         self.bin_dir = base / label / "bin"
@@ -93,8 +94,8 @@ def build_debian_bundle(out: Path, shim: Path) -> Path:
     shim.mkdir()
     (shim / Path(_cffi_backend.__file__).name).symlink_to(_cffi_backend.__file__)
     (shim / "yaml").symlink_to(Path(yaml.__file__).parent)
-    code = ("import sys;sys.path[:0]=[%r,%r,%r];from istio_cni_installer.bundle import build;build(%r)"
-            % (str(shim), str(REPO / "src"), str(REPO / "installer"), str(out)))
+    paths = [str(shim), str(REPO / "src"), str(REPO / "installer")]
+    code = f"import sys;sys.path[:0]={paths!r};from istio_cni_installer.bundle import build;build({str(out)!r})"
     subprocess.run([DEBIAN_PYTHON, "-I", "-c", code], check=True, timeout=300)
     return out
 
@@ -270,7 +271,7 @@ def main() -> int:
           "95% bootstrap CI, rounds faster")
     for node in nodes[1:]:
         for pod, kind in ((harness.REDIRECT_POD, "redirected"), (harness.PLAIN_POD, "skipped")):
-            d = [x - v for (x, _), (v, _) in zip(res[(node.label, pod)], res[("venv", pod)])]
+            d = [x - v for (x, _), (v, _) in zip(res[(node.label, pod)], res[("venv", pod)], strict=False)]
             lo, hi = bootstrap_ci(d)
             print(f"{node.label:8}{kind:11}{statistics.median(d):+7.2f} ms  [{lo:+.2f}, {hi:+.2f}]  "
                   f"{sum(x < 0 for x in d)}/{len(d)}")
@@ -285,7 +286,7 @@ def main() -> int:
         print("paired per round against venv: median difference ms [95% bootstrap CI]")
         for label in list(ph)[1:]:
             for k in ("interpreter", "probe", "imports", "tls_context", "exit", "wall"):
-                d = [(x[k] - v[k]) * 1e3 for x, v in zip(ph[label][2], ph["venv"][2])]
+                d = [(x[k] - v[k]) * 1e3 for x, v in zip(ph[label][2], ph["venv"][2], strict=False)]
                 lo, hi = bootstrap_ci(d)
                 print(f"  {label:8}{k:13}{statistics.median(d):+7.2f}  [{lo:+.2f}, {hi:+.2f}]")
     return 0

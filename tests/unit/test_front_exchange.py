@@ -93,7 +93,8 @@ def test_recorded_failures_fall_back_as_a_live_exchange_would(conf, fields, caus
 
 @pytest.mark.parametrize("data", ["", "istio-cni-front-exchange 2 ok ok eof {sock}\n", "no newline",
                                   "istio-cni-front-exchange 1 ok ok bogus {sock}\n",
-                                  "istio-cni-front-exchange 1 ok ok eof zz\n", "istio-cni-front-exchange 1 ok eof {sock}\n"])
+                                  "istio-cni-front-exchange 1 ok ok eof zz\n",
+                                  "istio-cni-front-exchange 1 ok eof {sock}\n"])
 def test_an_unreadable_record_falls_back_once(conf, data):
     fd = os.memfd_create("test-exchange")
     os.write(fd, data.format(sock=conf.agent_socket.encode().hex()).encode())
