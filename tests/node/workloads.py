@@ -43,6 +43,10 @@ def injected_pod(name: str, namespace: str, workload_image: str, node_image: str
         "name": "istio-proxy", "image": workload_image, "imagePullPolicy": "Never",
         "command": ["workload", "proxy", "--ports", "15001,15006,15021"],
         "ports": [{"containerPort": 15021, "name": "http-status", "protocol": "TCP"}],
+        # Ready once the proxy listens (it binds 15001 and 15006 before 15021), as Envoy's
+        # readiness on 15021 says in a real mesh: "Running" alone only means its process started,
+        # and a connection made then can be refused (seen in the two-node scenarios).
+        "readinessProbe": {"tcpSocket": {"port": 15021}, "periodSeconds": 1, "failureThreshold": 60},
         "securityContext": {**_restricted(PROXY_UID), "readOnlyRootFilesystem": True},
     }
     return {
