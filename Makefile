@@ -66,8 +66,12 @@ lint: venv
 	MYPYPATH=src $(PY) -m mypy.stubtest --allowlist typings/stubtest-allowlist.txt \
 		istio_cni._fastpath istio_cni._nf istio_cni._nft
 
+# Tiers (docs/testing.md): unit needs neither root nor network; integration needs root.
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: venv
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 # The run's JSON lands in .benchmarks/latest.json; check_budgets.py prints the tables and
 # fails the target when a budget is missed or not measured (it runs even if a benchmark failed).

@@ -16,11 +16,11 @@
   1,000 pods done, modules warm), with the agent's RSS after start-up for 1,000 cached pods
   and for 0 pods (same run) in ``extra_info``.
 
-The agent's own list + watch talks to the mini list/watch API from tests/agent (the session
+The agent's own list + watch talks to the mini list/watch API from tests/support (the session
 API server may be the GET-only fake, and the plugin's identity may only get pods). It holds
 the very pod objects the session API serves; on the agent path the ADD makes no API call at
 all (cache hit), so which server the agent watched does not enter the timed figure. The
-1,000 pods are realistic sidecar-injected pod JSON (tests/agent/pods.py: injector
+1,000 pods are realistic sidecar-injected pod JSON (tests/support/injected_pods.py: injector
 annotations, istio-proxy env, managedFields) fed through the list, as the API would.
 """
 
@@ -35,10 +35,10 @@ from pathlib import Path
 
 import harness
 import pytest
-from agent.miniapi import MiniAPI
-from agent.pods import injected_pod
 from bench_add import _bench_single_add, concurrent_adds_via_agent
 from harness import REDIRECT_POD
+from support.injected_pods import injected_pod
+from support.miniapi import MiniAPI
 
 MEDIANS: dict[str, float] = {}
 READY_TIMEOUT = 120.0
@@ -210,4 +210,4 @@ def bench_agent_ready_and_memory_1000_pods(benchmark, tmp_path, record):
     empty_rss, _ = rss["empty"]
     record(benchmark, "agent-ready-1000-pods", cached_pods=1000, rss_kb=full_rss, peak_rss_kb=full_hwm,
            rss_kb_0_pods=empty_rss, per_pod_kb=round((full_rss - empty_rss) / 1000, 2),
-           pod_source="mini list/watch API, realistic injected pod JSON (tests/agent/pods.py)")
+           pod_source="mini list/watch API, realistic injected pod JSON (tests/support/injected_pods.py)")

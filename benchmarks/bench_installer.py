@@ -25,7 +25,7 @@ import pytest
 
 ROUNDS = int(os.environ.get("ISTIO_CNI_BENCH_ROUNDS", "30"))
 REPO = Path(__file__).resolve().parent.parent
-FAKE_PRIMARY = REPO / "tests" / "installer" / "fake_primary.py"
+FAKE_PRIMARY = REPO / "tests" / "support" / "fake_primary.py"
 CALICO = {"name": "k8s-pod-network", "cniVersion": "0.3.1",
           "plugins": [{"type": "calico", "mtu": 1500}, {"type": "portmap", "snat": True}]}
 

@@ -27,9 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "agent")]
 
-from miniapi import MiniAPI  # noqa: E402
-from nodeharness import Node, netconf, plugin_env  # noqa: E402
-from pods import injected_pod, uninjected_pod  # noqa: E402
+from support.injected_pods import injected_pod, uninjected_pod  # noqa: E402
+from support.miniapi import MiniAPI  # noqa: E402
+from support.nodeharness import Node, netconf, plugin_env  # noqa: E402
 
 from istio_cni.tools import netns as nsutil  # noqa: E402
 from istio_cni_installer.binaries import Binaries, front_config  # noqa: E402

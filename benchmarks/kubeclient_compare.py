@@ -7,7 +7,7 @@ kube-apiserver + etcd on 127.0.0.1 (tests/peers/controlplane.py, the Go peer the
   flock /tmp/istio-cni-node.lock .venv/bin/python benchmarks/kubeclient_compare.py
 
 What it does (one control plane for the whole run):
-1. Creates ``--pods`` realistic sidecar-injected pods (tests/agent/pods.py, plus a kubelet-like
+1. Creates ``--pods`` realistic sidecar-injected pods (tests/support/injected_pods.py, plus a kubelet-like
    status) bound to one node name.
 2. Runs each client as its own process (``--worker``), ``--rounds`` times, interleaved
    (ABC, CBA, ...). A worker keeps that node's pod cache by list + watch with resourceVersion,
@@ -282,10 +282,10 @@ def _status(ip: str) -> dict:
 class Cluster:
     def __init__(self, workdir: Path) -> None:
         sys.path.insert(0, str(REPO / "tests"))
-        from agent.cpsupport import manifest
-        from agent.pods import injected_pod
         from peers.controlplane import ControlPlane
         from peers.tools import tool_path
+        from support.cpsupport import manifest
+        from support.injected_pods import injected_pod
 
         self._manifest, self._pod = manifest, injected_pod
         self.cp = ControlPlane(workdir / "cp", tool_path("kube-apiserver")).start()

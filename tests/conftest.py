@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["peers.fixtures", "support.installer_fixtures"]
+# Fixtures every tier may use: API servers and Go peers (peers.fixtures), the plugin bundle
+# and host layouts, the mini pod API, the repair sandbox, helm renders of the chart.
+pytest_plugins = [
+    "peers.fixtures",
+    "support.installer_fixtures",
+    "support.api_fixtures",
+    "support.repairsupport",
+    "support.chart_fixtures",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -17,11 +25,28 @@ PLUGIN = REPO / ".venv" / "bin" / "istio-cni"
 REF_CNI = Path("/usr/lib/cni")
 
 
+# What tests/unit may not use: it runs as any user, with no network, and against the installed
+# wheel (make wheel, cibuildwheel). Root, netns, Go peers and the plugin bundle live in the
+# integration, e2e and chart tiers (docs/testing.md).
+NOT_IN_UNIT = {"netns", "sandbox", "plugin_bundle", "plugin_bin", "cni_bin_dir", "cni_path", "host_layout",
+               "validate_bin", "control_plane", "helm", "cnitool_bin", "portmap_bin", "helm_bin",
+               "istio_iptables_bin", "upstream_istio_cni_bin"}
+
+
 def pytest_collection_modifyitems(config, items):
+    # The tier is the folder: integration and e2e need root; unit needs nothing.
     for item in items:
         p = str(item.fspath)
         if "/integration/" in p or "/e2e/" in p:
             item.add_marker(pytest.mark.root)
+        elif "/unit/" in p:
+            needs = sorted(NOT_IN_UNIT.intersection(getattr(item, "fixturenames", ())))
+            needs += [m for m in ("root", "peers", "node") if item.get_closest_marker(m)]
+            if needs:
+                raise pytest.UsageError(
+                    f"{item.nodeid} needs {', '.join(needs)}: tests/unit runs without root, network or "
+                    "Go peers; put it in the tier of what it needs (docs/testing.md)"
+                )
 
 
 def pytest_runtest_setup(item):

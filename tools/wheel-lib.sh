@@ -4,7 +4,8 @@
 # Sonames the compiled _nf / _nft modules link that stay with the system (GPL; docs/wheels.md). Must
 # match pyproject's [tool.cibuildwheel] repair-wheel-command.
 EXCLUDE=(libip4tc.so.2 libip6tc.so.2 libnftables.so.1)
-TEST_REQS=("pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "PyYAML>=6")
+# prometheus-client: the node extra; the unit tier covers the node program too (its metrics).
+TEST_REQS=("pytest>=8" "pytest-timeout>=2" "hypothesis>=6.100" "PyYAML>=6" "prometheus-client>=0.20")
 
 step() { echo "wheel-check: $*"; }
 fail() { echo "wheel-check: FAILED: $*" >&2; exit 1; }

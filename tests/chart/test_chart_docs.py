@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chartlib import CHART, KUBE_VERSION, PLATFORMS
 from peers.tools import tool_path
+from support.chartlib import CHART, KUBE_VERSION, PLATFORMS
 
 GENERATED = ("values.schema.json", "README.md")
 ROW = re.compile(r"^\| `(?P<key>[^`]+)` \| (?P<type>.*?) \| (?P<default>.*?) \| (?P<description>.*) \|$")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from chartlib import CHART
+from support.chartlib import CHART
 
 from istio_cni_installer import settings as installer_settings
 

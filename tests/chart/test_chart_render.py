@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from chartlib import PLATFORMS
+from support.chartlib import PLATFORMS
 
 NODE_CAPS = ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
 
@@ -273,7 +273,7 @@ def test_resource_quota_for_critical_pods(render, default_manifests):
 
 def test_renders_are_read_with_a_loader_that_refuses_duplicate_keys():
     import yaml
-    from chartlib import StrictLoader
+    from support.chartlib import StrictLoader
     with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'app'"):
         yaml.load("labels:\n  app: a\n  app: b\n", Loader=StrictLoader)
     assert yaml.load("labels: {app: a}", Loader=StrictLoader) == {"labels": {"app": "a"}}

@@ -7,7 +7,7 @@ so a renamed setting or a value it would refuse fails here, not on a node.
 from __future__ import annotations
 
 import pytest
-from chartlib import chart_schema
+from support.chartlib import chart_schema
 
 from istio_cni import backends
 from istio_cni_installer import settings as installer_settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
-from chartlib import chart_schema, chart_values
+from support.chartlib import chart_schema, chart_values
 
 
 def test_values_yaml_satisfies_its_own_schema():

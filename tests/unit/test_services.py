@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from pods import injected_pod, validation_failed
+from support.injected_pods import injected_pod, validation_failed
 
 from istio_cni_installer.agent.services import node_services
 from istio_cni_installer.health import Metrics

@@ -8,9 +8,9 @@ import time
 import urllib.request
 
 import pytest
-from nodeharness import PLUGIN, Node
-from pods import injected_pod
-from promtext import sample
+from support.injected_pods import injected_pod
+from support.nodeharness import PLUGIN, Node
+from support.promtext import sample
 
 from istio_cni import addtiming
 

@@ -1,9 +1,11 @@
-"""The mini pod API and a client for it: fixtures shared by tests/agent and tests/repair."""
+"""The mini pod API and a client for it: fixtures for the agent and repair tests of every tier
+(registered by the root conftest)."""
 
 from __future__ import annotations
 
 import pytest
-from miniapi import MiniAPI
+
+from support.miniapi import MiniAPI
 
 
 @pytest.fixture

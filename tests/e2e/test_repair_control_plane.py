@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from cpsupport import events_for, manifest, set_status, unique
-from nodeharness import rules_in
-from pods import injected_pod, validation_failed
-from repairsupport import eventually
+from support.cpsupport import events_for, manifest, set_status, unique
+from support.injected_pods import injected_pod, validation_failed
+from support.nodeharness import rules_in
+from support.repairsupport import eventually
 
 from istio_cni_installer.agent import PodCache
 from istio_cni_installer.kube.client import KubeClient

@@ -6,9 +6,9 @@ import os
 import threading
 
 import pytest
-from nodeharness import rules_in
-from pods import NODE, injected_pod, validation_failed
-from repairsupport import eventually
+from support.injected_pods import NODE, injected_pod, validation_failed
+from support.nodeharness import rules_in
+from support.repairsupport import eventually
 
 from istio_cni.tools import netns as nsutil
 from istio_cni_installer.agent import PodCache

@@ -9,8 +9,8 @@ import signal
 import time
 
 import pytest
-from nodeharness import PLUGIN, Node, plugin_env, rules_in
-from pods import injected_pod, uninjected_pod
+from support.injected_pods import injected_pod, uninjected_pod
+from support.nodeharness import PLUGIN, Node, plugin_env, rules_in
 
 pytestmark = pytest.mark.root
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from cpsupport import manifest, unique
-from nodeharness import Node, rules_in
-from pods import injected_pod, uninjected_pod
+from support.cpsupport import manifest, unique
+from support.injected_pods import injected_pod, uninjected_pod
+from support.nodeharness import Node, rules_in
 
 pytestmark = [pytest.mark.root, pytest.mark.peers]
 

@@ -1,12 +1,15 @@
-"""Fixtures of the chart tests: the real helm binary (built by tools/go-tools.sh) and renders."""
+"""Fixtures of the chart tests (tests/chart, and the chart tests against a real API server in
+tests/e2e): the real helm binary (built by tools/go-tools.sh) and renders. Registered by the
+root conftest."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from chartlib import Helm, Manifests
 from peers.tools import tool_path
+
+from support.chartlib import Helm, Manifests
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ def unique(prefix: str) -> str:
 
 
 def manifest(pod: dict, namespace: str, node: str) -> dict:
-    """A pod from tests/agent/pods.py as a create request: server-owned fields removed."""
+    """A pod from tests/support/injected_pods.py as a create request: server-owned fields removed."""
     pod = copy.deepcopy(pod)
     meta = pod["metadata"]
     for k in ("uid", "resourceVersion", "creationTimestamp", "managedFields"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from pods import injected_pod, validation_failed
+from support.injected_pods import injected_pod, validation_failed
 
 from istio_cni_installer.repair import RepairSettings, validation_failure
 

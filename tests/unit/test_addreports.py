@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from promtext import sample
+from support.promtext import sample
 
 from istio_cni import addtiming
 from istio_cni_installer.agent import addreports

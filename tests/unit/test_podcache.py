@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from pods import NODE, injected_pod
+from support.injected_pods import NODE, injected_pod
 
 from istio_cni_installer.agent import PodCache
 

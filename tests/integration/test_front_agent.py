@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from nodeharness import PLUGIN, Node, netconf, plugin_env, rules_in
-from pods import injected_pod, uninjected_pod
+from support.injected_pods import injected_pod, uninjected_pod
+from support.nodeharness import PLUGIN, Node, netconf, plugin_env, rules_in
 
 from istio_cni_installer.binaries import front_config
 from istio_cni_installer.bundle import read_manifest

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from pods import injected_pod
+from support.injected_pods import injected_pod
 
 from istio_cni import errors
 from istio_cni_installer.agent import handler as handler_mod

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from support.installer_fixtures import InstallerProcess, project_token
 
-FAKE_PRIMARY = Path(__file__).with_name("fake_primary.py")
+FAKE_PRIMARY = Path(__file__).resolve().parents[1] / "support" / "fake_primary.py"
 CALICO = {"name": "k8s-pod-network", "cniVersion": "0.3.1",
           "plugins": [{"type": "calico", "mtu": 1500}, {"type": "portmap", "snat": True}]}
 

@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from chartlib import PLATFORMS
+from support.chartlib import PLATFORMS
 
 pytestmark = pytest.mark.peers
 MANAGER = "istio-cni-chart-test"
@@ -204,7 +204,7 @@ def test_real_authorizer_grants_least_privilege(api, namespace, applied_rbac, mo
 
 
 def test_helm_install_and_uninstall_on_the_real_api_server(api, namespace, helm, control_plane):
-    from chartlib import CHART
+    from support.chartlib import CHART
 
     kc = ["--kubeconfig", str(control_plane.kubeconfig), "--namespace", namespace]
     out = helm.run("install", "istio-cni", str(CHART), *kc, "--set", "platform=k3s").stdout
