@@ -254,7 +254,10 @@ def test_nonpositive_agent_timeout_goes_direct_at_once(run_dir, args, peer, time
     assert p.requests == []
 
 
-def test_logs_are_forwarded_once_at_exit(conf, args, peer):
+def test_logs_are_forwarded_once_at_exit(conf, args, peer, monkeypatch):
+    # The flush's real 0.25 s limit could expire on a loaded machine before the peer thread has
+    # recorded the request; what is tested is what is sent, and how often, not how fast.
+    monkeypatch.setattr(agent_client, "LOG_FLUSH_TIMEOUT", 10.0)
     p = peer(lambda req, _: http({"fallback": "nope"}))
     assert agent_client.try_agent(conf, args) is None  # attaches the sink, logs the fallback
     log.info("direct path committed", netns="/run/netns/x")
