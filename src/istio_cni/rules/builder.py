@@ -181,72 +181,17 @@ def _proxy_owner(r: _Collector, cfg: RedirectConfig, loopback: _Family, dns: boo
             # With DNS capture, uid rules also leave port 53 to the agent (upstream does this
             # for uids only).
             if dns and kind == "--uid-owner":
-                r.add_versioned(
-                    "nat",
-                    OUTPUT,
-                    "-o",
-                    "lo",
-                    "!",
-                    "-d",
-                    loopback,
-                    "-p",
-                    "tcp",
-                    "-m",
-                    "multiport",
-                    "!",
-                    "--dports",
-                    "53," + tunnel,
-                    "-m",
-                    "owner",
-                    kind,
-                    ident,
-                    "-j",
-                    IN_REDIRECT,
-                )
+                not_to_proxy: tuple[str, ...] = ("-m", "multiport", "!", "--dports", "53," + tunnel)
             else:
-                r.add_versioned(
-                    "nat",
-                    OUTPUT,
-                    "-o",
-                    "lo",
-                    "!",
-                    "-d",
-                    loopback,
-                    "-p",
-                    "tcp",
-                    "!",
-                    "--dport",
-                    tunnel,
-                    "-m",
-                    "owner",
-                    kind,
-                    ident,
-                    "-j",
-                    IN_REDIRECT,
-                )
+                not_to_proxy = ("!", "--dport", tunnel)
+            owner = ("-m", "owner", kind, ident)
+            r.add_versioned(
+                "nat", OUTPUT, "-o", "lo", "!", "-d", loopback, "-p", "tcp", *not_to_proxy, *owner, "-j", IN_REDIRECT
+            )
             if keep_lo:
                 # app -> itself over lo is not captured, except DNS to a local server.
-                if dns:
-                    r.add(
-                        "nat",
-                        OUTPUT,
-                        "-o",
-                        "lo",
-                        "-p",
-                        "tcp",
-                        "!",
-                        "--dport",
-                        "53",
-                        "-m",
-                        "owner",
-                        "!",
-                        kind,
-                        ident,
-                        "-j",
-                        "RETURN",
-                    )
-                else:
-                    r.add("nat", OUTPUT, "-o", "lo", "-m", "owner", "!", kind, ident, "-j", "RETURN")
+                not_dns = ("-p", "tcp", "!", "--dport", "53") if dns else ()
+                r.add("nat", OUTPUT, "-o", "lo", *not_dns, "-m", "owner", "!", kind, ident, "-j", "RETURN")
             # The proxy's own traffic never loops back into it, whatever the protocol.
             r.add("nat", OUTPUT, "-m", "owner", kind, ident, "-j", "RETURN")
 
@@ -272,39 +217,16 @@ def _dns(r: _Collector, cfg: RedirectConfig) -> None:
         if all_dns:
             r.add("nat", OUTPUT_DNS, "-p", proto, "--dport", "53", "-j", "REDIRECT", to, DNS_AGENT_PORT)
             continue
+        # Only the named servers; each rule in its own family's table.
         for server in v4s:
-            r.add(
-                "nat",
-                OUTPUT_DNS,
-                "-p",
-                proto,
-                "--dport",
-                "53",
-                "-d",
-                server + "/32",
-                "-j",
-                "REDIRECT",
-                to,
-                DNS_AGENT_PORT,
-                v6=False,
-            )
+            r.add("nat", OUTPUT_DNS, *_to_dns_agent(proto, server + "/32", to), v6=False)
         for server in v6s:
-            r.add(
-                "nat",
-                OUTPUT_DNS,
-                "-p",
-                proto,
-                "--dport",
-                "53",
-                "-d",
-                server + "/128",
-                "-j",
-                "REDIRECT",
-                to,
-                DNS_AGENT_PORT,
-                v4=False,
-            )
+            r.add("nat", OUTPUT_DNS, *_to_dns_agent(proto, server + "/128", to), v4=False)
     _dns_conntrack_zones(r, cfg)
+
+
+def _to_dns_agent(proto: str, server: str, to: str) -> tuple[str, ...]:
+    return ("-p", proto, "--dport", "53", "-d", server, "-j", "REDIRECT", to, DNS_AGENT_PORT)
 
 
 def _dns_conntrack_zones(r: _Collector, cfg: RedirectConfig) -> None:
