@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def main() -> int:
     from istio_cni.tools import netns as nsutil
     from istio_cni_installer.binaries import Binaries
     from istio_cni_installer.bundle import build
+    from istio_cni_installer.front import read_config
 
     with tempfile.TemporaryDirectory(prefix="importtime-add-") as tmp:
         tmp = Path(tmp)
@@ -64,7 +66,10 @@ def main() -> int:
         b = Binaries(bundle, str(bin_dir), str(bin_dir))
         b.ensure()
         timed = tmp / "istio-cni-importtime"
-        timed.write_text(b.launcher.read_text().replace(" -I -S ", " -X importtime -I -S ", 1))
+        # The launcher is the compiled front (an ELF); run what it execs, with -X importtime.
+        cfg = read_config(b.launcher.read_bytes())
+        timed.write_text(f"#!/bin/sh\nLD_LIBRARY_PATH={shlex.quote(cfg['lib'])} exec {shlex.quote(cfg['python'])} "
+                         f"-X importtime -I -S -c {shlex.quote(cfg['code'])} \"$@\"\n")
         timed.chmod(0o755)
         with FakeAPI() as api, nsutil.temporary("imptime") as pod_ns, nsutil.temporary("impnode") as node_ns:
             api.add_pod(sidecar_pod("web"))
