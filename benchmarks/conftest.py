@@ -136,21 +136,30 @@ class Plugin:
 def _our_bin_dir(base: Path) -> tuple[Path, str]:
     """The plugin as kubelet runs it: the installer's bundle + its compiled front.
 
-    Falls back to the venv console script (recorded in ``launcher``) when the bundle cannot
-    be built, so the numbers always say which one they measured.
+    The bundle is built by the node image's interpreter (``harness.IMAGE_PYTHON``), as users
+    run it; by the venv's when that one is missing or another Python version, and the label
+    says so. Falls back to the venv console script (recorded in ``launcher``) when no bundle
+    can be built, so the numbers always say which one they measured.
     """
     bin_dir = base / "bin"
     bin_dir.mkdir(parents=True)
     try:
         from istio_cni_installer.binaries import Binaries
-        from istio_cni_installer.bundle import build
+        from istio_cni_installer.bundle import build, read_manifest
     except ImportError as e:
         (bin_dir / "istio-cni").symlink_to(VENV_PLUGIN)
         return bin_dir, f"venv console script {VENV_PLUGIN} (bundle builder unavailable: {e})"
-    info = build(base / "bundle")
-    Binaries(info.path, mounted=str(bin_dir), host=str(bin_dir)).ensure()
-    mib = info.size_bytes / 2**20
-    return bin_dir, f"bundle front (compiled launcher -> bundled python -I -S), bundle {mib:.1f} MiB"
+    why_not = harness.image_python_usable()
+    if why_not:
+        path, built_by = build(base / "bundle").path, f"the venv's interpreter ({why_not})"
+    else:
+        path = str(harness.build_image_python_bundle(base / "bundle", base / "shim"))
+        built_by = f"{harness.IMAGE_PYTHON}, as the node image"
+    Binaries(path, mounted=str(bin_dir), host=str(bin_dir)).ensure()
+    m = read_manifest(path)
+    mib = m["size_bytes"] / 2**20
+    return bin_dir, (f"bundle front (compiled launcher -> bundled python {m.get('python_version', '?')} -I -S), "
+                     f"bundle {mib:.1f} MiB built by {built_by}")
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 from istio_cni.tools import netns as nsutil
 
@@ -28,6 +30,12 @@ NODE_NAME = "bench-node"
 REDIRECT_POD = "bench-sidecar"  # injected pod
 PLAIN_POD = "bench-plain"  # no sidecar: passed through
 CONCURRENT = 64  # simultaneous ADDs in the concurrency benchmarks
+# Debian 12's interpreter: the one the node image's bundle carries (tools/images/build.py
+# installs it, installer/Dockerfile builds the bundle with it). Static libpython, PGO/LTO:
+# 1.3-2.3 ms faster per direct ADD than pyenv's shared build under the venv
+# (benchmarks/interp_compare.py), so measuring the venv's bundle overstates what users run.
+IMAGE_PYTHON = "/usr/bin/python3.11"
+REPO = Path(__file__).resolve().parent.parent
 
 
 class ProcResult:
@@ -308,3 +316,34 @@ def assert_nothing_committed(ns: PodNetns, who: str) -> None:
     have = committed_rules(ns)
     if any(have.values()):
         raise AssertionError(f"{who}: a skipped pod got rules in {ns.name}: {have}")
+
+
+def build_image_python_bundle(out: Path, shim: Path) -> Path:
+    """The bundle of this tree (src/, installer/) as ``IMAGE_PYTHON`` builds it, i.e. as the node
+    image ships it. The venv's compiled modules are CPython 3.11 ABI and load in either
+    interpreter; ``_cffi_backend`` and PyYAML, which that interpreter lacks, come from the venv
+    through ``shim`` (symlinks), nothing else does."""
+    import _cffi_backend
+    import yaml
+
+    shim.mkdir(parents=True, exist_ok=True)
+    for target in (Path(_cffi_backend.__file__), Path(yaml.__file__).parent):
+        link = shim / target.name
+        if not link.exists():
+            link.symlink_to(target)
+    paths = [str(shim), str(REPO / "src"), str(REPO / "installer")]
+    code = f"import sys;sys.path[:0]={paths!r};from istio_cni_installer.bundle import build;build({str(out)!r})"
+    subprocess.run([IMAGE_PYTHON, "-I", "-c", code], check=True, timeout=300, capture_output=True)
+    return out
+
+
+def image_python_usable() -> str:
+    """"" when ``IMAGE_PYTHON`` can build the bundle, else why not."""
+    try:
+        r = subprocess.run([IMAGE_PYTHON, "-I", "-c", "import sys;print(sys.version_info[:2])"],
+                           capture_output=True, text=True, timeout=60)
+    except OSError as e:
+        return f"{IMAGE_PYTHON}: {e.strerror}"
+    if r.stdout.strip() != str(sys.version_info[:2]):
+        return f"{IMAGE_PYTHON} is {r.stdout.strip() or r.stderr.strip()[-200:]}, the venv {sys.version_info[:2]}"
+    return ""

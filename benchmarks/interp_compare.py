@@ -33,7 +33,6 @@ import os
 import random
 import secrets
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -48,7 +47,6 @@ for _p in (str(REPO / "tests"), str(BENCH)):
 
 import harness  # noqa: E402
 
-DEBIAN_PYTHON = "/usr/bin/python3.11"
 IMAGES = Path(os.environ.get("ISTIO_CNI_TOOLS_CACHE", Path.home() / ".cache" / "istio-cni-tools")) / "images"
 IMAGE_BUNDLE = "opt/istio-cni/bundle/"
 
@@ -84,20 +82,6 @@ def build_venv_bundle(out: Path) -> Path:
     from istio_cni_installer.bundle import build
 
     return Path(build(out).path)
-
-
-def build_debian_bundle(out: Path, shim: Path) -> Path:
-    """The bundle as /usr/bin/python3.11 builds it, from this tree (src/, installer/)."""
-    import _cffi_backend
-    import yaml
-
-    shim.mkdir()
-    (shim / Path(_cffi_backend.__file__).name).symlink_to(_cffi_backend.__file__)
-    (shim / "yaml").symlink_to(Path(yaml.__file__).parent)
-    paths = [str(shim), str(REPO / "src"), str(REPO / "installer")]
-    code = f"import sys;sys.path[:0]={paths!r};from istio_cni_installer.bundle import build;build({str(out)!r})"
-    subprocess.run([DEBIAN_PYTHON, "-I", "-c", code], check=True, timeout=300)
-    return out
 
 
 def image_archive() -> Path | None:
@@ -233,7 +217,7 @@ def main() -> int:
         for d in ("probe-venv", "probe-debian", "probe-image"):
             (tmp / d).mkdir()
         bundles = {"venv": build_venv_bundle(tmp / "b-venv"),
-                   "debian": build_debian_bundle(tmp / "b-debian", tmp / "shim")}
+                   "debian": harness.build_image_python_bundle(tmp / "b-debian", tmp / "shim")}
         archive = None if a.no_image else image_archive()
         if archive is not None:
             bundles["image"] = extract_image_bundle(archive, tmp / "b-image")

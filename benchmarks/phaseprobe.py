@@ -36,6 +36,10 @@ def _wrap(obj, attr, label):
 
 
 _marks["probe"] = _now()
+# As the bundle's launch code does: the plugin's modules from the bundle's module archive.
+from istio_cni._modarchive import serve as _serve  # noqa: E402
+
+_serve(_env[b"ISTIO_CNI_PHASE_SITE"].decode())
 _preload = _env.get(b"ISTIO_CNI_PHASE_MODULES", b"").decode().split()
 for _m in _preload:
     try:
@@ -45,21 +49,43 @@ for _m in _preload:
 _marks["imported"] = _now()
 
 if _preload:
-    # Only modules this ADD imports (preloaded above): wrapping must not import anything new.
+    # Only modules this ADD imports: wrapping must not import anything new. Those imported
+    # after the preload (ahead of the pod GET's answer: plugin.ImportAhead) are wrapped as soon
+    # as the GET returns, before the ADD calls into them.
     _M = sys.modules
-    for _mod, _attr, _label in (
-            ("skel", "read_stdin", "parse"), ("skel", "decode_netconf", "parse"),
-            ("skel", "conf_version", "parse"), ("skel", "check_netns", "netns_check"),
-            ("plugin", "_setup", "parse"), ("plugin", "prev_result", "parse"),
-            ("k8s", "get_pod", "get_pod"), ("kubeconfig", "load", "kubeconfig"),
-            ("transport", "lean_tls_context", "tls_context"), ("transport", "connect", "connect"),
-            ("decide", "decide", "decide"), ("redirect", "redirect_from_pod", "decide"),
-            ("rules.builder", "build", "decide"), ("netfilter.routes", "netns_addresses", "addresses"),
-            ("netfilter", "apply", "commit"), ("agent_client", "try_agent", "agent")):
-        if "istio_cni." + _mod in _M:
-            _wrap(_M["istio_cni." + _mod], _attr, _label)
+    _targets = [
+        ("skel", "read_stdin", "parse"), ("skel", "decode_netconf", "parse"),
+        ("skel", "conf_version", "parse"), ("skel", "check_netns", "netns_check"),
+        ("plugin", "_setup", "parse"), ("plugin", "prev_result", "parse"),
+        ("kubeconfig", "load", "kubeconfig"),
+        ("transport", "lean_tls_context", "tls_context"), ("transport", "connect", "connect"),
+        ("decide", "decide", "decide"), ("redirect", "redirect_from_pod", "decide"),
+        ("rules.builder", "build", "decide"), ("netfilter.routes", "netns_addresses", "addresses"),
+        ("netfilter", "apply", "commit"), ("agent_client", "try_agent", "agent")]
+
+    def _wrap_present():
+        for _t in list(_targets):
+            if "istio_cni." + _t[0] in _M:
+                _wrap(_M["istio_cni." + _t[0]], _t[1], _t[2])
+                _targets.remove(_t)
+
+    _wrap_present()
+    if "istio_cni.k8s" in _M:
+        _k8s = _M["istio_cni.k8s"]
+        _get_pod = _k8s.get_pod
+
+        def _get_pod_then_wrap(*a, **k):
+            try:
+                return _get_pod(*a, **k)
+            finally:
+                _wrap_present()
+
+        _k8s.get_pod = _get_pod_then_wrap
+        _wrap(_k8s, "get_pod", "get_pod")
     if "istio_cni.transport" in _M:
         _wrap(_M["istio_cni.transport"].TLSConn, "__init__", "handshake")
+    if "istio_cni.plugin" in _M:  # the imports done while the API server works (in handshake/GET)
+        _wrap(_M["istio_cni.plugin"].ImportAhead, "__call__", "ahead")
     _skel = _M["istio_cni.skel"]
     _write = _skel._write
 
@@ -76,8 +102,8 @@ else:  # the listing run: which modules does this ADD import?
     _write = _skel._write
 
     def _final(stream, obj):
-        mods = sorted(n for n, m in sys.modules.items()
-                      if n not in _base and type(m) is type(sys) and getattr(m, "__spec__", None) is not None)
+        mods = [n for n, m in sys.modules.items()  # in import order
+                if n not in _base and type(m) is type(sys) and getattr(m, "__spec__", None) is not None]
         ext = [n for n in mods if str(getattr(sys.modules[n], "__file__", "")).endswith(".so")]
         sys.stderr.write("PHASES " + repr({"modules": mods, "extensions": ext}) + "\n")
         return _write(stream, obj)

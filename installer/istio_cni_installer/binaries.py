@@ -41,12 +41,16 @@ COMPLETE = ".complete"
 
 
 def launch_code(site: str) -> str:
-    """The ``-c`` program the bundled interpreter runs: the bundle's site-packages first, then
+    """The ``-c`` program the bundled interpreter runs: the bundle's site-packages first, the
+    plugin's modules served from the bundle's module archive (``istio_cni._modarchive``), then
     the plugin. LD_LIBRARY_PATH is read by ld.so at exec and again by every later dlopen, so it
     is dropped from the environment right away: programs the plugin runs must not see our
-    libraries."""
+    libraries. Through ``posix``, since the ADD path does not import ``os``
+    (``istio_cni.environ``); ``os.environ``, if a later path imports ``os``, is built on the
+    same dict."""
     return (
-        f"import os,sys;os.environ.pop('LD_LIBRARY_PATH',None);sys.path.insert(0,{site!r});"
+        "import posix,sys;posix.environ.pop(b'LD_LIBRARY_PATH',None);posix.unsetenv('LD_LIBRARY_PATH');"
+        f"sys.path.insert(0,{site!r});from istio_cni._modarchive import serve;serve({site!r});"
         "from istio_cni.__main__ import main;main()"
     )
 

@@ -11,6 +11,8 @@ except glibc itself, which every host has. Layout::
     lib/libpython3.X.so.1.0 ...   non-glibc shared libraries (launcher sets LD_LIBRARY_PATH)
     lib/python3.X/                stdlib minus tests, idle, tkinter, ensurepip, lib2to3, ...
     site-packages/istio_cni/      the plugin (+ _cffi_backend*.so)
+    site-packages/istio_cni.modules   the plugin's pure-Python modules compiled into one file,
+                                  which the launcher serves them from (istio_cni._modarchive)
     site-packages/yaml/           PyYAML + libyaml binding (YAML kubeconfigs only)
     MANIFEST.json                 id (content hash), interpreter path, size
 
@@ -31,6 +33,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from istio_cni._modarchive import ARCHIVE, write as write_archive
 from istio_cni.value import Value
 
 # Directories of the stdlib the plugin never imports (and that make up most of its size).
@@ -153,7 +156,7 @@ def _strip_elves(root: Path) -> None:
 
 # Part of the bundle id: bump when the way the bundle is made changes but its hashed inputs
 # do not (e.g. the .pyc invalidation mode below).
-BUNDLE_FORMAT = b"istio-cni-bundle 3; pyc unchecked-hash; compiled front"
+BUNDLE_FORMAT = b"istio-cni-bundle 4; pyc unchecked-hash; compiled front; module archive"
 
 
 def _content_id(root: Path) -> tuple[str, int, int]:
@@ -172,7 +175,7 @@ def _content_id(root: Path) -> tuple[str, int, int]:
             data = p.read_bytes()
             size += len(data)
             files += 1
-            if n.endswith(".pyc"):
+            if n.endswith(".pyc") or n == ARCHIVE:  # both compiled from the hashed sources
                 continue
             h.update(str(p.relative_to(root)).encode() + b"\0" + hashlib.sha256(data).digest())
     return h.hexdigest()[:16], size, files
@@ -247,6 +250,8 @@ def build(output: Path | str) -> BundleInfo:
         ddir="site-packages",
         invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
     )
+    # The launcher reads the plugin's modules from one file (istio_cni._modarchive).
+    write_archive(str(site))
     bundle_id, size, files = _content_id(stage)
     manifest = {
         "id": bundle_id,

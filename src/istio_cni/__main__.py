@@ -56,15 +56,19 @@ def main() -> None:
 
 def _take_front_exchange() -> None:
     """Keep the front's exchange record for agent_client, out of every child's sight: the
-    variable leaves the environment and the fd is not inherited by programs we run."""
-    import os
+    variable leaves the environment and the fd is not inherited by programs we run. Through
+    ``posix``, not ``os`` (kept off the ADD path: ``istio_cni.environ``); ``os.environ``, if a
+    later path imports ``os``, is built on the same ``posix.environ`` dict."""
+    import posix
 
-    value = os.environ.pop(FRONT_EXCHANGE_ENV, None)
+    key = FRONT_EXCHANGE_ENV.encode()
+    value = posix.environ.pop(key, None)
     if value is None:
         return
-    fd = int(value) if value.isdigit() and len(value) < 8 else -1
+    posix.unsetenv(key)
+    fd = int(value) if value.isdigit() and len(value) < 8 else -1  # bytes.isdigit: ASCII only
     try:
-        os.set_inheritable(fd, False)
+        posix.set_inheritable(fd, False)
     except OSError:
         fd = -1  # not an open fd: agent_client reports the record unreadable
     import istio_cni
@@ -80,7 +84,7 @@ def _exit_now(code: int) -> None:
     What a normal exit does that matters still happens first: exit handlers (the agent log
     relay) and flushing stdout/stderr."""
     import atexit
-    import os
+    import posix  # not os: see istio_cni.environ
 
     try:
         atexit._run_exitfuncs()
@@ -91,7 +95,7 @@ def _exit_now(code: int) -> None:
                     stream.flush()
             except Exception:  # a closed or broken pipe: nothing left to tell anyone
                 pass
-        os._exit(code)
+        posix._exit(code)
 
 
 if __name__ == "__main__":

@@ -87,23 +87,26 @@ def finish(exit_code: int) -> None:
 
 
 def _spool(line: str) -> None:
-    import os
+    """Append ``line`` to the spool beside the agent's socket (a missing run dir: dropped).
 
-    run_dir = os.path.dirname(agent_socket)
-    if not run_dir or not os.path.isdir(run_dir):
+    Through ``posix``, not ``os`` (kept off the ADD path: ``istio_cni.environ``)."""
+    import posix
+
+    run_dir = agent_socket.rpartition("/")[0]
+    if not run_dir:
         return
     try:
-        fd = os.open(
-            os.path.join(run_dir, SPOOL_NAME),
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+        fd = posix.open(
+            f"{run_dir}/{SPOOL_NAME}",
+            posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC | posix.O_NOFOLLOW,
             0o600,
         )
-    except OSError:
+    except (OSError, ValueError):  # no such dir (agent never ran here), not a dir, a NUL
         return
     try:
-        if os.fstat(fd).st_size < SPOOL_MAX_BYTES:
-            os.write(fd, line.encode())  # one short O_APPEND write: lines never interleave
+        if posix.fstat(fd).st_size < SPOOL_MAX_BYTES:
+            posix.write(fd, line.encode())  # one short O_APPEND write: lines never interleave
     except OSError:
         pass
     finally:
-        os.close(fd)
+        posix.close(fd)

@@ -74,10 +74,10 @@ def _outcome(token: bytes) -> BaseException | None:
     if token == b"timeout":
         return TimeoutError("timed out")
     if token.isdigit() and len(token) < 6:
-        import os
+        import posix  # not os: see istio_cni.environ
 
         code = int(token)
-        return OSError(code, os.strerror(code))  # the errno's own subclass, as a live socket raises
+        return OSError(code, posix.strerror(code))  # the errno's own subclass, as a live socket raises
     raise AgentUnavailable(f"front hand-over record has a bad field {token[:20]!r}")
 
 
@@ -123,12 +123,12 @@ def _front_exchange(sock_path: str) -> _Replayed | None:
     if fd is None:
         return None
     istio_cni.FRONT_EXCHANGE_FD = None  # one ADD, one replay
-    import os
+    import posix  # not os: see istio_cni.environ
 
     chunks, size = [], 0
     try:
         while size <= FRONT_RECORD_MAX:
-            chunk = os.read(fd, FRONT_RECORD_MAX + 1 - size)
+            chunk = posix.read(fd, FRONT_RECORD_MAX + 1 - size)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -137,7 +137,7 @@ def _front_exchange(sock_path: str) -> _Replayed | None:
         raise AgentUnavailable(f"front hand-over record unreadable: {e.strerror}") from None
     finally:
         try:
-            os.close(fd)
+            posix.close(fd)
         except OSError:
             pass
     data = b"".join(chunks)
@@ -274,20 +274,29 @@ def interpret(answer: bytes, expected: dict | None = None) -> dict:
     return result
 
 
+def _exists(path: str) -> bool:
+    """``os.path.exists`` without ``os`` (kept off the ADD path: ``istio_cni.environ``)."""
+    import posix
+
+    try:
+        posix.stat(path)
+    except (OSError, ValueError):  # ValueError: a NUL in the path, as os.path.exists
+        return False
+    return True
+
+
 def try_agent(conf: PluginConf, args: CmdArgs, expected: dict | None = None) -> dict | None:
     """ADD through the agent: the CNI result, a raised CNI error, or ``None`` (direct path).
 
     Every failure of the channel (absent, refused, slow, reset, garbled, oversized, non-UTF-8,
     wrong shape) is one warning line and ``None``, within ``conf.agent_timeout`` (capped)."""
-    import os
-
     sock = conf.agent_socket
     try:
         replayed = _front_exchange(sock) if sock else None
         unreadable = None
     except AgentUnavailable as e:
         replayed, unreadable = None, e
-    if replayed is None and unreadable is None and (not sock or not os.path.exists(sock)):
+    if replayed is None and unreadable is None and (not sock or not _exists(sock)):
         log.debug("node agent socket absent, using the direct path", socket=sock)
         addtiming.fallback = addtiming.FALLBACK_ABSENT
         return None

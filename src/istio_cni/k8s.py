@@ -106,11 +106,17 @@ def bearer_token(cluster: Cluster) -> str:
 class Client:
     """GETs JSON objects from the API server named by a kubeconfig ``Cluster``."""
 
-    def __init__(self, cluster: Cluster, timeout: float = 5.0) -> None:
+    def __init__(
+        self, cluster: Cluster, timeout: float = 5.0, idle: Callable[[Callable[[], bool]], object] | None = None
+    ) -> None:
+        """``idle(ready)``, when given, runs while the server works on our TLS handshake and on
+        the request (polling ``ready``, which says the answer is there): work the caller would
+        do after the answer anyway, done in time otherwise spent waiting."""
         from .transport import lean_tls_context, split_server
 
         self.cluster = cluster
         self.timeout = timeout
+        self.idle = idle
         self.scheme, self.host, self.port, self.prefix = split_server(cluster.server)
         self._ctx = lean_tls_context(cluster) if self.scheme == "https" else None
         self._token = bearer_token(cluster)
@@ -119,14 +125,14 @@ class Client:
         """One attempt, all of it (connect, TLS handshake, send, the whole answer) bounded by
         ``timeout``. Raises ``HTTPError`` for a non-200, ``OSError``/``ValueError`` else."""
         from .http1 import read_response
-        from .transport import HTTPError, TLSConn, connect, host_header
+        from .transport import HTTPError, TLSConn, connect, host_header, raw_ready
 
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         raw = connect(self.host, self.port, deadline)
         sock: _socket.socket | TLSConn = raw
         try:
             if self._ctx is not None:
-                sock = TLSConn(self._ctx, raw, self.host, deadline)
+                sock = TLSConn(self._ctx, raw, self.host, deadline, self.idle)
             req = [
                 f"GET {self.prefix}{path} HTTP/1.1",
                 f"Host: {host_header(self.host, self.port)}",
@@ -138,6 +144,8 @@ class Client:
                 req.append(f"Authorization: Bearer {self._token}")
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(("\r\n".join(req) + "\r\n\r\n").encode())
+            if self.idle is not None:
+                self.idle(sock.ready if isinstance(sock, TLSConn) else lambda: raw_ready(raw))
             status, reason, body = read_response(sock, deadline)
         finally:
             sock.close()
@@ -160,11 +168,11 @@ def _status_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace")  # not JSON, or JSON but not an object
 
 
-def _client(conf: PluginConf) -> Client:
+def _client(conf: PluginConf, idle: Callable[[Callable[[], bool]], object] | None = None) -> Client:
     from .kubeconfig import load
 
     try:
-        return Client(load(conf.kubeconfig))
+        return Client(load(conf.kubeconfig), idle=idle)
     except errors.CNIError:
         raise
     except ValueError as e:  # KubeconfigError, or a server URL transport cannot use
@@ -180,18 +188,19 @@ def get_pod(
     sleep: Callable[[float], object] = time.sleep,
     client: Client | None = None,
     ref_checked: bool = False,
+    idle: Callable[[Callable[[], bool]], object] | None = None,
 ) -> dict:
     """GET the pod, retrying as the module docstring describes. Never logs the token.
 
     ``ref_checked``: the caller already ran ``check_pod_ref`` on this reference (the ADD
-    does, once, before it tries the agent)."""
+    does, once, before it tries the agent). ``idle``: see ``Client``."""
     from .transport import HTTPError
 
     if not ref_checked:
         check_pod_ref(namespace, name)
     path = pod_path(namespace, name)
     if client is None:
-        client = _client(conf)
+        client = _client(conf, idle)
     attempt_timeout = getattr(client, "timeout", 5.0)
     lookup_end = time.monotonic() + (conf.lookup_attempts - 1) * conf.retry_interval + attempt_timeout
     last = ""

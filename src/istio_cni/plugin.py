@@ -96,6 +96,45 @@ def plan_pod(pod: dict, addresses: Callable[[], Sequence[str]]) -> tuple[RuleSet
     return build(redirect_from_pod(pod, addresses=addresses())), "sidecar injected"
 
 
+# What a redirected pod imports right after the pod GET, in that order; the backend's own
+# modules by the configured backend (auto: what a fresh pod netns gets). ``decide`` comes first
+# since a skipped pod needs it too.
+_AFTER_THE_GET = ("decide", "redirect", "rules.builder", "rules.nft_builder", "netfilter.routes", "netfilter")
+_BACKEND_MODULES = {
+    "auto": ("netfilter.detect", "netfilter.iptc"),
+    "iptc": ("netfilter.iptc",),
+    "nft": ("netfilter.nft",),
+    "dry-run": ("netfilter.dryrun",),
+}
+
+
+class ImportAhead:
+    """``idle`` for the pod GET (``k8s.Client``): while the API server works on our TLS
+    handshake and on the request, import what the ADD loads after the answer.
+
+    This process would otherwise sit waiting there (~1-3 ms per ADD against a real
+    kube-apiserver), and a redirected pod imports these modules anyway, so the wait hides
+    their cost. One module at a time, and only while ``ready()`` says the answer is not there:
+    a skipped pod, which needs ``decide`` only, pays for at most one module more than the
+    wait covered. A module that fails to import is left for the ADD's own import, which
+    reports the failure where it belongs. (``benchmarks/RESULTS.md``, "Imports while the API
+    server works".)"""
+
+    __slots__ = ("names",)
+
+    def __init__(self, backend: str) -> None:
+        names = _AFTER_THE_GET + _BACKEND_MODULES.get(backend, ())
+        self.names = [f"{__package__}.{n}" for n in reversed(names)]  # popped from the end
+
+    def __call__(self, ready: Callable[[], bool]) -> None:
+        names = self.names
+        while names and not ready():
+            try:
+                __import__(names.pop())
+            except Exception:  # the ADD's own import raises it again, in its place
+                continue
+
+
 def _netns_addresses(netns: str) -> Callable[[], list[str]]:
     def addresses() -> list[str]:
         from .netfilter.routes import netns_addresses
@@ -130,7 +169,7 @@ def cmd_add(args: CmdArgs) -> dict:
         conf,
         k8s,
         _netns_addresses(args.netns),
-        get_pod=lambda ns, name: get_pod(conf, ns, name, ref_checked=True),
+        get_pod=lambda ns, name: get_pod(conf, ns, name, ref_checked=True, idle=ImportAhead(conf.netfilter_backend)),
     )
     if ruleset is None:
         log.info("skipping pod", reason=reason)

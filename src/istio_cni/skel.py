@@ -17,10 +17,9 @@ only types, frames and safe messages (``errors.internal_error``), never reprs or
 
 from __future__ import annotations
 
-import os
 import sys
 
-from . import errors
+from . import environ, errors
 from .log import log
 from .versions import LATEST, SUPPORTED_VERSIONS, vtuple
 
@@ -194,7 +193,7 @@ def plugin_main(
 ) -> int:
     """Run one CNI command. ``funcs`` maps ADD/DEL/CHECK/STATUS/GC to callables
     ``f(CmdArgs) -> dict | None``. Returns the process exit code."""
-    env = os.environ if env is None else env
+    env = environ() if env is None else env
     stdout = sys.stdout if stdout is None else stdout
     command = env.get("CNI_COMMAND", "")
     version = LATEST

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import _socket
     import _ssl
     import ssl
+    from collections.abc import Callable
     from typing import TypeVar
 
     from typing_extensions import Buffer
@@ -175,19 +176,80 @@ def _ascii_idna() -> None:
     sys.modules["encodings.idna"] = _IdnaStub  # type: ignore[assignment]  # not a ModuleType, see above
 
 
+def raw_ready(raw: _socket.socket) -> bool:
+    """Has the peer sent bytes not read yet (or closed, or failed)? Never waits."""
+    import _socket
+
+    prev = raw.gettimeout()
+    raw.settimeout(0.0)
+    try:
+        raw.recv(1, _socket.MSG_PEEK)
+        return True  # data, or b"" at EOF
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # the next real read reports it
+    finally:
+        raw.settimeout(prev)
+
+
 class TLSConn:
     """``recv``/``sendall``/``settimeout``/``close`` over an ``_ssl`` socket object (what
-    ``read_response`` needs). The handshake is bounded by ``deadline`` (monotonic)."""
+    ``read_response`` needs). The handshake is bounded by ``deadline`` (monotonic).
 
-    __slots__ = ("raw", "tls")
+    ``idle``, when given, is handed ``ready`` while the server works on our ClientHello: the
+    handshake starts without waiting, ``idle`` runs until the answer is there (it polls
+    ``ready``), then the handshake completes as usual. ``ready`` also serves while the server
+    works on a request: it reads ahead without waiting and keeps what it got for ``recv``."""
 
-    def __init__(self, ctx: _ssl._SSLContext, raw: _socket.socket, host: str, deadline: float | None = None) -> None:
+    __slots__ = ("raw", "tls", "_ahead")
+
+    def __init__(
+        self,
+        ctx: _ssl._SSLContext,
+        raw: _socket.socket,
+        host: str,
+        deadline: float | None = None,
+        idle: Callable[[Callable[[], bool]], object] | None = None,
+    ) -> None:
+        import _ssl
+
         _ascii_idna()
         self.raw = raw
+        self._ahead: bytes | BaseException | None = None
         self.tls = ctx._wrap_socket(raw, False, host)  # type: ignore[attr-defined]  # C method, not in typeshed
+        if idle is not None:
+            prev = raw.gettimeout()
+            raw.settimeout(0.0)
+            try:
+                self.tls.do_handshake()  # sends the ClientHello; the answer is not there yet
+            except (_ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+                idle(lambda: raw_ready(raw))
+            finally:
+                raw.settimeout(prev)
         if deadline is not None:
             raw.settimeout(time_left(deadline))  # _ssl reads the socket's timeout per call
         self.tls.do_handshake()
+
+    def ready(self) -> bool:
+        """Is there an answer (data, EOF or an error) to read? Reads ahead, never waits."""
+        import _ssl
+
+        if self._ahead is not None:
+            return True
+        prev = self.raw.gettimeout()
+        self.raw.settimeout(0.0)
+        try:
+            self._ahead = self.tls.read(65536)  # TLS 1.3 session tickets are consumed here too
+        except (_ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+            return False
+        except (_ssl.SSLEOFError, _ssl.SSLZeroReturnError):
+            self._ahead = b""
+        except OSError as e:  # _ssl.SSLError included: recv raises it where it belongs
+            self._ahead = e
+        finally:
+            self.raw.settimeout(prev)
+        return True
 
     def settimeout(self, seconds: float) -> None:
         self.raw.settimeout(seconds)
@@ -200,6 +262,14 @@ class TLSConn:
     def recv(self, n: int) -> bytes:
         import _ssl
 
+        ahead = self._ahead
+        if ahead is not None:  # what ready() read: bytes (b"" at EOF) or the error to raise
+            self._ahead = None
+            if isinstance(ahead, BaseException):
+                raise ahead
+            if len(ahead) > n:
+                self._ahead = ahead[n:]
+            return ahead[:n]
         try:
             return self.tls.read(n)
         except _ssl.SSLEOFError:  # peer closed without close_notify: treat as EOF, as ssl.py does
@@ -286,10 +356,10 @@ def connect(host: str, port: int, deadline: float) -> _socket.socket:
 
 def _memfile(b64: str) -> str:
     """Client cert/key data -> a path ssl can load, without touching the disk (memfd)."""
-    import os
+    import posix  # not os: see istio_cni.environ
 
     from ._fastpath import b64decode
 
-    fd = os.memfd_create("kubecred", os.MFD_CLOEXEC)
-    os.write(fd, b64decode(b64))
+    fd = posix.memfd_create("kubecred", posix.MFD_CLOEXEC)
+    posix.write(fd, b64decode(b64))
     return f"/proc/self/fd/{fd}"

@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from support.emulator import require_syscall
 
 from istio_cni import errors
@@ -179,3 +180,39 @@ def test_error_registry_unique_codes():
     with pytest.raises(TypeError):
         class Dup(errors.CNIError):  # noqa: F841
             code = 11
+
+
+# ---- the environment without ``os`` (istio_cni.environ / getenv: the ADD path's budget) -------
+
+_ENV_KEY = st.binary(min_size=1, max_size=12).filter(lambda b: b"=" not in b and b"\0" not in b)
+_ENV_VALUE = st.binary(max_size=40).filter(lambda b: b"\0" not in b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.dictionaries(_ENV_KEY, _ENV_VALUE, max_size=6))
+def test_environ_decodes_as_os_environ(items):
+    import os
+
+    import istio_cni
+
+    saved = dict(os.environb)
+    try:
+        for k, v in items.items():
+            os.environb[b"ISTIO_CNI_T_" + k] = v
+        assert istio_cni.environ() == dict(os.environ)
+        for k in items:
+            name = os.fsdecode(b"ISTIO_CNI_T_" + k)
+            assert istio_cni.getenv(name) == os.environ.get(name)
+        assert istio_cni.getenv("ISTIO_CNI_T_surely_unset_\udcff") is None
+    finally:
+        for k in set(os.environb) - set(saved):
+            del os.environb[k]
+        os.environb.update(saved)
+
+
+def test_plugin_main_reads_the_process_environment(monkeypatch):
+    # env=None: the CNI variables come from the process environment (istio_cni.environ).
+    monkeypatch.setenv("CNI_COMMAND", "VERSION")
+    out = io.StringIO()
+    assert plugin_main({}, stdin=io.BytesIO(b""), stdout=out) == 0
+    assert json.loads(out.getvalue())["supportedVersions"] == list(SUPPORTED_VERSIONS)

@@ -39,6 +39,7 @@ thread, so other threads keep working in their own namespaces meanwhile.
 
 from __future__ import annotations
 
+from .. import getenv
 from ..backends import NAMES, RESTORE_VARIANTS
 from ..errors import NetfilterError
 from ..log import log
@@ -97,9 +98,7 @@ def _legacy_available() -> bool:
 
 def choose(preferred: str = "auto", rs: RuleSet | None = None) -> tuple[str, str]:
     """(backend name, reason) for the current netns."""
-    import os
-
-    env = os.environ.get(ENV)
+    env = getenv(ENV)
     if env:
         return env, f"{ENV}={env}"
     if preferred not in NAMES:
@@ -172,9 +171,7 @@ def commit(rs: RuleSet, preferred: str = "auto", *, long_lived: bool = False) ->
 
 
 def _auto(preferred: str) -> bool:
-    import os
-
-    return not os.environ.get(ENV) and preferred == "auto"
+    return not getenv(ENV) and preferred == "auto"
 
 
 def apply(netns_path: str, rs: RuleSet, preferred: str = "auto", *, long_lived: bool = False) -> str:
@@ -236,9 +233,7 @@ def remove(netns_path: str, preferred: str = "auto", rs: RuleSet | None = None) 
 
 def _removers(preferred: str, rs: RuleSet | None) -> list[Backend]:
     """Explicit choice: that backend. Auto: every subsystem that may hold our rules."""
-    import os
-
-    name = os.environ.get(ENV) or preferred
+    name = getenv(ENV) or preferred
     if name != "auto":
         return [make_backend(name)]
     from .detect import legacy_rule_count, nft_tables

@@ -1,0 +1,154 @@
+"""The plugin's own modules from one file: the bundle's import fast path.
+
+Each module the path finder imports costs a directory lookup, a ``stat``, an open/read/close of
+its ``.pyc`` and the importlib machinery around them. The bundle (built once, immutable, made
+by one interpreter) carries instead every pure-Python module of ``istio_cni`` compiled into
+``ARCHIVE`` in its site-packages: the launcher reads that one file and installs a finder; a
+module's code is unmarshalled only when it is imported. Extension modules (``_fastpath``,
+``_nf``, ...) and anything the archive lacks go through the normal finders: the archive's
+packages keep their real ``__path__``, and the ``.py`` files stay in the bundle for tracebacks.
+``benchmarks/RESULTS.md`` ("One file for the plugin's modules") has the measurement.
+
+Written by ``write`` (the bundle builder), read by ``serve`` (the launcher); the format lives
+here only: ``HEADER``, the interpreter's bytecode magic, the index's size (8 bytes, little
+endian), the ``marshal``-ed index ``{module name: (is package, path relative to site-packages,
+offset, size)}``, then each module's ``marshal``-ed code at its offset. Only the index is read
+up front; a module's code is read (``pread``) when it is imported, so the process holds only
+what it runs.
+"""
+
+import marshal
+
+ARCHIVE = "istio_cni.modules"  # in site-packages, beside the package
+HEADER = b"istio-cni module archive 1\n"
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import CodeType, ModuleType
+
+
+def _magic() -> bytes:
+    import _frozen_importlib_external  # loaded by the interpreter's start: costs nothing
+
+    return _frozen_importlib_external.MAGIC_NUMBER
+
+
+class _ArchiveFinder:
+    """Meta path finder and loader for the modules in the archive open at ``fd``."""
+
+    def __init__(self, site: str, fd: int, index: dict) -> None:
+        self.site = site
+        self.fd = fd
+        self.index = index
+
+    def find_spec(self, name: str, path: "Sequence[str] | None" = None, target: object = None) -> "ModuleSpec | None":
+        entry = self.index.get(name)
+        if entry is None:
+            return None
+        import _frozen_importlib
+
+        is_package, relpath = entry[0], entry[1]
+        origin = f"{self.site}/{relpath}"
+        # A duck-typed loader: importlib.abc.Loader would import importlib.abc on every ADD.
+        spec = _frozen_importlib.ModuleSpec(name, self, origin=origin, is_package=is_package)  # type: ignore[arg-type]
+        if is_package:
+            spec.submodule_search_locations = [origin.rpartition("/")[0]]
+        spec.has_location = True  # sets __file__
+        return spec
+
+    def create_module(self, spec: "ModuleSpec") -> None:
+        return None  # the default module object
+
+    def exec_module(self, module: "ModuleType") -> None:
+        exec(self._code(module.__spec__), module.__dict__)  # type: ignore[arg-type]  # spec set by import
+
+    def _code(self, spec: "ModuleSpec") -> "CodeType":
+        import _imp
+        import posix
+
+        origin = spec.origin or ""
+        _, _, offset, size = self.index[spec.name]
+        try:
+            code = marshal.loads(posix.pread(self.fd, size, offset))
+        except (OSError, ValueError, EOFError, TypeError):  # a damaged entry: the source is beside it
+            with open(origin, "rb") as f:
+                code = compile(f.read(), origin, "exec", dont_inherit=True)
+        # As SourceFileLoader does (CPython's own helper, not in typeshed): the bundle's real path.
+        _imp._fix_co_filename(code, origin)  # type: ignore[attr-defined]
+        return code
+
+
+def serve(site: str) -> bool:
+    """Serve the plugin's modules from ``<site>/ARCHIVE``; False (nothing changed, the normal
+    finders serve them) when there is none or it was made by another interpreter. Never
+    raises: the launcher calls it before the plugin's own error handling exists. The archive
+    stays open (close-on-exec) for the life of this one-shot process."""
+    import posix
+    import sys
+
+    prefix = HEADER + _magic()
+    try:
+        fd = posix.open(f"{site}/{ARCHIVE}", posix.O_RDONLY | posix.O_CLOEXEC)
+    except Exception:
+        return False
+    try:
+        head = posix.read(fd, len(prefix) + 8)
+        if len(head) != len(prefix) + 8 or not head.startswith(prefix):
+            raise ValueError("not an archive of this interpreter")
+        size = int.from_bytes(head[len(prefix) :], "little")
+        index = marshal.loads(posix.pread(fd, size, len(head)))
+        if not isinstance(index, dict):
+            raise ValueError("bad index")
+    except Exception:
+        posix.close(fd)
+        return False
+    sys.meta_path.insert(0, _ArchiveFinder(site, fd, index))
+    return True
+
+
+def write(site: str, out: str | None = None) -> int:
+    """Compile every ``.py`` of the ``istio_cni`` package under ``site`` into ``<site>/ARCHIVE``
+    (or ``out``); returns how many modules it holds. Build time only (the bundle builder)."""
+    import os
+
+    blobs: list[bytes] = []
+    entries = []
+    pkg_root = os.path.join(site, "istio_cni")
+    for dirpath, dirnames, filenames in os.walk(pkg_root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for fn in sorted(filenames):
+            if not fn.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, fn)
+            rel = os.path.relpath(path, site)
+            parts = rel[: -len(".py")].split(os.sep)
+            is_package = parts[-1] == "__init__"
+            name = ".".join(parts[:-1] if is_package else parts)
+            with open(path, "rb") as f:
+                code = compile(f.read(), f"site-packages/{rel}", "exec", dont_inherit=True)
+            entries.append((name, is_package, rel.replace(os.sep, "/")))
+            blobs.append(marshal.dumps(code))
+    prefix = HEADER + _magic()
+
+    def index_at(start: int) -> bytes:
+        index, offset = {}, start
+        for (name, is_package, rel), blob in zip(entries, blobs, strict=True):
+            index[name] = (is_package, rel, offset, len(blob))
+            offset += len(blob)
+        return marshal.dumps(index)
+
+    # The offsets count the index's own size, which can move with the offsets (marshal writes
+    # a repeated small int as a back-reference): recompute until the size holds still.
+    index = b""
+    while True:
+        settled = index_at(len(prefix) + 8 + len(index))
+        if len(settled) == len(index):
+            break
+        index = settled
+    target = out or os.path.join(site, ARCHIVE)
+    with open(target + ".tmp", "wb") as archive:
+        archive.write(prefix + len(settled).to_bytes(8, "little") + settled + b"".join(blobs))
+    os.replace(target + ".tmp", target)
+    return len(entries)

@@ -1,0 +1,112 @@
+"""The bundle's module archive (istio_cni._modarchive): written once, served by the launcher,
+falling back to the normal finders whenever it cannot be trusted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import istio_cni._modarchive as modarchive
+
+# A package shaped like the plugin's (a subpackage, a relative import, a function that raises),
+# named istio_cni because the archive holds that package; it carries a copy of the real loader.
+FILES = {
+    "istio_cni/__init__.py": "",
+    "istio_cni/a.py": "X = 1\n",
+    "istio_cni/sub/__init__.py": "",
+    "istio_cni/sub/b.py": "from .. import a\nY = a.X + 1\n\n\ndef boom():\n    raise ValueError('boom from b')\n",
+}
+
+PROBE = """
+import json, sys, traceback
+site = sys.argv[1]
+sys.path.insert(0, site)
+from istio_cni._modarchive import serve
+served = serve(site)
+import istio_cni.sub.b as b
+try:
+    b.boom()
+except ValueError:
+    tb = traceback.format_exc()
+print(json.dumps({"served": served, "Y": b.Y, "file": b.__file__, "loader": type(b.__spec__.loader).__name__,
+                  "path": list(sys.modules["istio_cni.sub"].__path__), "tb": tb}))
+"""
+
+
+@pytest.fixture
+def site(tmp_path):
+    root = tmp_path / "site"
+    for rel, text in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    shutil.copy(modarchive.__file__, root / "istio_cni" / "_modarchive.py")
+    return root
+
+
+def run(site: Path) -> dict:
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", PROBE, str(site)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_modules_come_from_the_archive_with_their_real_paths(site):
+    assert modarchive.write(str(site)) == 5
+    (site / "istio_cni" / "a.py").write_text("X = 99\n")  # the archive, not the disk, is served
+    got = run(site)
+    assert got["served"] is True
+    assert got["Y"] == 2
+    assert got["loader"] == "_ArchiveFinder"
+    assert got["file"] == f"{site}/istio_cni/sub/b.py"
+    assert got["path"] == [f"{site}/istio_cni/sub"]  # unarchived children (extension modules) still found
+    assert f'File "{site}/istio_cni/sub/b.py", line 6, in boom' in got["tb"]
+    assert "raise ValueError('boom from b')" in got["tb"]  # source lines from the file beside it
+
+
+def test_without_an_archive_the_normal_finders_serve(site):
+    got = run(site)
+    assert got["served"] is False and got["loader"] == "SourceFileLoader" and got["Y"] == 2
+
+
+@pytest.mark.parametrize("damage", ["header", "magic", "truncated", "index"])
+def test_an_archive_that_cannot_be_trusted_is_ignored(site, damage):
+    modarchive.write(str(site))
+    path = site / modarchive.ARCHIVE
+    data = bytearray(path.read_bytes())
+    start = len(modarchive.HEADER)
+    if damage == "header":
+        data[0:8] = b"garbage!"
+    elif damage == "magic":  # another interpreter's bytecode
+        data[start] ^= 0xFF
+    elif damage == "truncated":
+        data = data[: start + 6]
+    else:
+        data[start + 12 : start + 40] = b"\xff" * 28
+    path.write_bytes(bytes(data))
+    got = run(site)
+    assert got["served"] is False and got["Y"] == 2
+
+
+def test_a_damaged_module_entry_is_compiled_from_its_source(site):
+    modarchive.write(str(site))
+    (site / "istio_cni" / "a.py").write_text("X = 41\n")
+    path = site / modarchive.ARCHIVE
+    data = path.read_bytes()
+    path.write_bytes(data[:-8] + b"\xff" * 8)  # the last module's code (sorted: istio_cni.sub.b)
+    got = run(site)
+    assert got["served"] is True and got["Y"] == 2  # b from source; a still from the archive (1)
+    assert "raise ValueError('boom from b')" in got["tb"]
+
+
+def test_the_archive_holds_every_plugin_module(tmp_path):
+    # What the bundle builder writes for the real package: every .py, names as Python sees them.
+    src = Path(modarchive.__file__).parent
+    site = tmp_path / "site"
+    shutil.copytree(src, site / "istio_cni", ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c", "*.pyx"))
+    n = modarchive.write(str(site))
+    assert n == len(list((site / "istio_cni").rglob("*.py")))
