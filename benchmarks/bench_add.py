@@ -332,7 +332,9 @@ def _paired_variants(request, our_plugin, pod_ruleset, script_dir):
 def bench_add_paired(benchmark, request, our_plugin, netns_pool, pod_ruleset, record, tmp_path):
     """The budget figures: every compared variant once per round, in a rotating order, each on
     its own fresh netns, so all of them see the same machine load (this machine is shared and
-    its load moves by 10x within minutes; benchmarks run one after another would not)."""
+    its load moves by 10x within minutes; benchmarks run one after another would not). Each
+    variant starts once the machine is quiet (``harness.settle``, untimed), not while the kernel
+    still tears down the previous round's namespaces."""
     variants, note = _paired_variants(request, our_plugin, pod_ruleset, tmp_path)
     roles = list(variants)
     samples = {role: [] for role in roles}
@@ -349,15 +351,25 @@ def bench_add_paired(benchmark, request, our_plugin, netns_pool, pod_ruleset, re
         last.update({role: netns_pool.new() for role in roles})
         return (dict(last),), {}
 
+    settled = []
+
     def one_round(namespaces):
         start = sum(len(s) for s in samples.values()) // len(roles)
         for role in roles[start % len(roles):] + roles[:start % len(roles)]:
+            # Untimed (samples are the processes' own spawn-to-reap times): every variant starts
+            # on a quiet machine, not on the kernel's teardown of the last round's namespaces or
+            # the previous variant's deferred work (harness.settle).
+            settled.append(harness.settle())
             result = variants[role][0](namespaces[role]).check(f"paired round, {role}")
             samples[role].append(result.seconds)
 
     benchmark.pedantic(one_round, setup=setup, rounds=PAIRED_ROUNDS, warmup_rounds=1, iterations=1)
     verify_last()
     medians = {role: statistics.median(s[1:]) * 1e3 for role, s in samples.items()}  # [0]: warm-up
+    quartiles = {role: [round(q * 1e3, 2) for q in statistics.quantiles(s[1:], n=4)] for role, s in samples.items()}
     record(benchmark, "paired-add", paired_medians_ms={k: round(v, 2) for k, v in medians.items()},
+           paired_quartiles_ms=quartiles,
            paired_rounds=PAIRED_ROUNDS, launcher=our_plugin.launcher,
+           settle_ms_median=round(statistics.median(settled) * 1e3, 1),
+           settle_ms_max=round(max(settled) * 1e3, 1),
            **({"upstream_go_missing": note} if note else {}))

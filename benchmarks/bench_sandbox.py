@@ -15,7 +15,9 @@ Between variants the conflist is swapped (atomic rename) and the round waits, un
 containerd's CRI reports that very conflist loaded (``crictl info``). Every sandbox is checked
 (untimed): our/upstream's rules in its netns or none for the primary alone, and for the agent
 variant the agent's own "redirect rules committed" line for that netns (no fallback).
-``crictl stopp`` + ``rmp`` (CNI DEL through the same conflist) follow, untimed.
+``crictl stopp`` + ``rmp`` (CNI DEL through the same conflist) follow, untimed, and the next
+variant starts once the machine is quiet again (``harness.settle``, untimed: the kernel tears a
+deleted netns down on a worker for a few ms after ``rmp`` returned).
 
 Which pod: an injected pod object (``harness.sidecar_pod``) in the API, bound to a node name
 that does not exist (``harness.NODE_NAME``), so no kubelet ever owns it; the sandbox carries that
@@ -313,11 +315,14 @@ def bench_run_pod_sandbox_paired(benchmark, sandbox_node, record):
     """Every variant once per round, rotating the order, so all see the same machine load."""
     sandbox_node.stop_kubelet()
     samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    settled: list[float] = []
 
     def one_round():
         start = sum(len(s) for s in samples.values()) // len(VARIANTS)
         for variant in VARIANTS[start % len(VARIANTS):] + VARIANTS[:start % len(VARIANTS)]:
             sandbox_node.use(variant)
+            # Untimed: not on the kernel's teardown of the last sandbox's netns (harness.settle).
+            settled.append(harness.settle())
             seconds, sandbox = sandbox_node.run_sandbox(sandbox_node.sandbox_config())
             sandbox_node.verify_and_remove(variant, sandbox)
             samples[variant].append(seconds)
@@ -333,6 +338,7 @@ def bench_run_pod_sandbox_paired(benchmark, sandbox_node, record):
     median_diff = {v: round(medians[v] - medians["primary"], 2) for v in VARIANTS if v != "primary"}
     record(benchmark, "sandbox-paired", sandbox_medians_ms=medians, sandbox_p99_ms=p99,
            sandbox_added_ms=added, sandbox_medians_minus_primary_ms=median_diff, sandbox_rounds=len(ms["primary"]),
+           settle_ms_median=round(statistics.median(settled) * 1e3, 1), settle_ms_max=round(max(settled) * 1e3, 1),
            runtime="containerd 1.6 CRI via crictl runp, bridge primary, kubelet stopped")
     # This benchmark's API server is the node's own (etcd + kube-apiserver inside the node's netns).
     benchmark.extra_info.update(api_server="node", api_server_note=NODE_API_NOTE)

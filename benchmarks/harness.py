@@ -347,3 +347,31 @@ def image_python_usable() -> str:
     if r.stdout.strip() != str(sys.version_info[:2]):
         return f"{IMAGE_PYTHON} is {r.stdout.strip() or r.stderr.strip()[-200:]}, the venv {sys.version_info[:2]}"
     return ""
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def settle(window: float = 0.05, idle: float = 0.85, limit: float = 1.0) -> float:
+    """Wait (untimed, at most ``limit`` s) until the machine is quiet: a ``window`` in which
+    the CPUs were at least ``idle`` idle. Returns the seconds waited.
+
+    What it is for: deleting a pod netns hands its teardown to a kernel worker (``cleanup_net``:
+    veths, netfilter tables, RCU grace periods), which keeps a core busy for a few ms after
+    ``ip netns delete`` has returned, and the previous variant's own exits and deferred work do
+    the same. Without this the next variant of a round pays for that on a 2-core machine.
+    """
+    start = time.monotonic()
+    idle0, total0 = _cpu_times()
+    while True:
+        time.sleep(window)
+        idle1, total1 = _cpu_times()
+        busy_free = (idle1 - idle0) / max(total1 - total0, 1)
+        now = time.monotonic()
+        if busy_free >= idle or now - start >= limit:
+            return now - start
+        idle0, total0 = idle1, total1

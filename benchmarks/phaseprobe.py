@@ -8,9 +8,12 @@
 # others, runs the plugin's main() and, when the result is about to be written, prints one line
 # "PHASES {...}" to stderr: marks (CLOCK_MONOTONIC seconds, comparable with the parent's clock),
 # accumulated seconds per wrapped function, and the modules imported since T0.
-# Only builtin modules here (posix, sys, time are loaded by the interpreter itself).
+# Only builtin modules here (gc, posix, sys, time: builtins or loaded by the interpreter itself).
+import gc
 import posix
 import sys
+
+gc.disable()  # as the bundle's launch code does (istio_cni_installer.binaries.launch_code)
 
 _now = time.monotonic  # noqa: F821  (time is imported by the -c line)
 _env = posix.environ
@@ -41,6 +44,10 @@ from istio_cni._modarchive import serve as _serve  # noqa: E402
 
 _serve(_env[b"ISTIO_CNI_PHASE_SITE"].decode())
 _preload = _env.get(b"ISTIO_CNI_PHASE_MODULES", b"").decode().split()
+if _preload:  # as main() does first: OpenSSL's set-up starts on its C thread, then the imports
+    from istio_cni.__main__ import _warm_tls_for_add  # noqa: E402
+
+    _warm_tls_for_add()
 for _m in _preload:
     try:
         __import__(_m)

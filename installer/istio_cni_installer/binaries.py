@@ -47,8 +47,11 @@ def launch_code(site: str) -> str:
     is dropped from the environment right away: programs the plugin runs must not see our
     libraries. Through ``posix``, since the ADD path does not import ``os``
     (``istio_cni.environ``); ``os.environ``, if a later path imports ``os``, is built on the
-    same dict."""
+    same dict. The cyclic garbage collector is off: a one-shot process that allocates a few
+    MB frees everything at exit, and its collections during the imports cost ~0.6 ms per exec
+    (benchmarks/RESULTS.md, "Run 7")."""
     return (
+        "import gc;gc.disable();"
         "import posix,sys;posix.environ.pop(b'LD_LIBRARY_PATH',None);posix.unsetenv('LD_LIBRARY_PATH');"
         f"sys.path.insert(0,{site!r});from istio_cni._modarchive import serve;serve({site!r});"
         "from istio_cni.__main__ import main;main()"

@@ -31,6 +31,7 @@ def main() -> None:
 
     addtiming.mark_start()
     _take_front_exchange()
+    _warm_tls_for_add()
     if len(sys.argv) > 1 and sys.argv[1] == "validate":  # the istio-validation init container
         try:
             from .tools.validate import main as validate_main
@@ -52,6 +53,21 @@ def main() -> None:
     if addtiming.agent_socket:  # set by a direct-path ADD that wanted the agent
         addtiming.finish(code)
     _exit_now(code)
+
+
+def _warm_tls_for_add() -> None:
+    """An ADD that reaches Python is most likely one that GETs its pod (the compiled front
+    answers ordinary agent-path ADDs itself): have OpenSSL loaded and set up on a C thread
+    meanwhile (``_fastpath.openssl_warm_start``). Other commands never do TLS."""
+    import posix
+
+    if posix.environ.get(b"CNI_COMMAND") != b"ADD":
+        return
+    try:
+        from ._fastpath import openssl_warm_start
+    except ImportError:  # a broken install: the ADD reports it in its own place
+        return
+    openssl_warm_start()
 
 
 def _take_front_exchange() -> None:
@@ -86,6 +102,11 @@ def _exit_now(code: int) -> None:
     import atexit
     import posix  # not os: see istio_cni.environ
 
+    # posix._exit runs no C exit handler, so OpenSSL's cleanup cannot race its warm-up thread
+    # (a pass-through ADD never joined it): no need to wait for it.
+    warm = sys.modules.get(__package__ + "._fastpath")
+    if warm is not None:
+        atexit.unregister(warm.openssl_warm_wait)
     try:
         atexit._run_exitfuncs()
     finally:

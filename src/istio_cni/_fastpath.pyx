@@ -446,3 +446,85 @@ def b64decode(str s):
     elif pad == 2:  # 2 characters left: 12 bits -> 1 byte
         q[o] = (acc >> 4) & 0xFF
     return bytes(out)
+
+
+# ---- OpenSSL's first-use set-up on a C thread (the direct path's pod GET) -----------------
+#
+# A fresh process pays ~2.4 ms to load libssl/libcrypto (relocations: what `import _ssl`
+# costs) and ~2 ms for OpenSSL's first SSL_CTX_new (config file, providers, fetching every
+# cipher and digest into the library context's caches); a second context costs ~0.2 ms. The
+# ADD needs neither until its pod GET, after ~5 ms of imports and parsing, so a plain C thread
+# (no Python, no GIL: it never waits for the interpreter nor makes it wait) does both
+# meanwhile: load the same libssl.so.3 `_ssl` links and create and free one client context.
+# The work is the same as without it, only on another core when one is free; on a busy node
+# it runs when scheduled, which is never later than the ADD would have run it itself.
+# `openssl_warm_wait` joins it before the ADD's own context is made, so no thread is left
+# by then (the restore backend forks later), and at a normal exit (see openssl_warm_start).
+# benchmarks/RESULTS.md, "OpenSSL off the critical path".
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_attr_t:
+        pass
+    int pthread_create(pthread_t *thread, const pthread_attr_t *attr,
+                       void *(*start)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t thread, void **retval)
+
+cdef extern from "<dlfcn.h>" nogil:
+    void *dlopen(const char *filename, int flags)
+    void *dlsym(void *handle, const char *symbol)
+    enum:
+        RTLD_NOW
+        RTLD_LOCAL
+
+ctypedef const void *(*_method_fn)() noexcept nogil
+ctypedef void *(*_ctx_new_fn)(const void *method) noexcept nogil
+ctypedef void (*_ctx_free_fn)(void *ctx) noexcept nogil
+
+cdef pthread_t _warm_thread
+cdef int _warm_state = 0  # 0: never started, 1: running, 2: joined (once per process)
+
+
+cdef void *_warm_openssl(void *arg) noexcept nogil:
+    # RTLD_NOW as CPython loads extension modules (and with them libssl): the same binding work.
+    # The handle is never closed: _ssl links this very library.
+    cdef void *ssl = dlopen(b"libssl.so.3", RTLD_NOW | RTLD_LOCAL)
+    if ssl == NULL:
+        return NULL  # another OpenSSL, or none: the ADD does it all itself, as before
+    cdef _method_fn method = <_method_fn>dlsym(ssl, b"TLS_client_method")
+    cdef _ctx_new_fn ctx_new = <_ctx_new_fn>dlsym(ssl, b"SSL_CTX_new")
+    cdef _ctx_free_fn ctx_free = <_ctx_free_fn>dlsym(ssl, b"SSL_CTX_free")
+    if method == NULL or ctx_new == NULL or ctx_free == NULL:
+        return NULL
+    cdef void *ctx = ctx_new(method())
+    if ctx != NULL:
+        ctx_free(ctx)
+    return NULL
+
+
+def openssl_warm_start():
+    """Start the OpenSSL warm-up thread (see above), once per process; False if it was started
+    before or the thread cannot be made (then nothing changes: the GET does it all itself)."""
+    global _warm_state
+    if _warm_state != 0:
+        return False
+    if pthread_create(&_warm_thread, NULL, _warm_openssl, NULL) != 0:
+        return False
+    _warm_state = 1
+    # A normal exit runs OpenSSL's own exit handler (OPENSSL_cleanup), which must not free
+    # what the thread is still setting up: Python's exit handlers run first and join it. The
+    # plugin's os._exit runs no C exit handler, so it need not wait (__main__._exit_now).
+    import atexit
+
+    atexit.register(openssl_warm_wait)
+    return True
+
+
+def openssl_warm_wait():
+    """Wait (without the GIL) for the warm-up thread, if one is running; idempotent."""
+    global _warm_state
+    if _warm_state != 1:
+        return
+    with nogil:
+        pthread_join(_warm_thread, NULL)
+    _warm_state = 2

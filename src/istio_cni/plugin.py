@@ -96,13 +96,25 @@ def plan_pod(pod: dict, addresses: Callable[[], Sequence[str]]) -> tuple[RuleSet
     return build(redirect_from_pod(pod, addresses=addresses())), "sidecar injected"
 
 
-# What a redirected pod imports right after the pod GET, in that order; the backend's own
-# modules by the configured backend (auto: what a fresh pod netns gets). ``decide`` comes first
-# since a skipped pod needs it too.
-_AFTER_THE_GET = ("decide", "redirect", "rules.builder", "rules.nft_builder", "netfilter.routes", "netfilter")
+# What a redirected pod imports right after the pod GET, in that order, in small steps (a step
+# begun just before the answer arrives delays it by that step); the backend's own modules by
+# the configured backend (auto: what a fresh pod netns gets). ``decide`` comes first since a
+# skipped pod needs it too.
+_AFTER_THE_GET = (
+    "decide",
+    "rules.model",
+    "rules.checks",
+    "redirect",
+    "rules.config",
+    "rules.builder",
+    "rules.nft_builder",
+    "netfilter.routes",
+    "netfilter",
+)
+_IPTC = ("netfilter.owned", "netfilter.xt", "_nf", "netfilter.xtenc", "netfilter.iptc")
 _BACKEND_MODULES = {
-    "auto": ("netfilter.detect", "netfilter.iptc"),
-    "iptc": ("netfilter.iptc",),
+    "auto": (*_IPTC, "netfilter.detect"),
+    "iptc": _IPTC,
     "nft": ("netfilter.nft",),
     "dry-run": ("netfilter.dryrun",),
 }

@@ -125,7 +125,14 @@ def lean_tls_context(cluster: Cluster) -> _ssl._SSLContext:
     every pod ADD; ``_ssl`` is the same engine without that. The context is what
     ``ssl.SSLContext(PROTOCOL_TLS_CLIENT)`` gives: TLS >= 1.2, certificate and hostname
     (or IP SAN) verification in OpenSSL, unless the kubeconfig says insecure-skip-tls-verify.
+
+    An ADD's entry point may have started OpenSSL's set-up on a C thread
+    (``_fastpath.openssl_warm_start``); it is joined first, so the context is made on warm
+    caches and no thread outlives this call.
     """
+    from ._fastpath import openssl_warm_wait
+
+    openssl_warm_wait()
     import _ssl
 
     return _configure(_ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT), cluster)

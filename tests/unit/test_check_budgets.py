@@ -291,7 +291,7 @@ def test_phase_table_puts_each_phase_next_to_its_floor(tmp_path, capsys):
     text = md.read_text()
     assert "| interpreter start (fork, compiled front, exec, init) | 14.00 | 12.50 | 1.50 |" in text
     assert "through the front 12.50 ms, through the #!/bin/sh launcher it replaced 13.25 ms" in text
-    assert "| imports (every module of this ADD) | 9.50 | 2.00 | 7.50 |" in text
+    assert "| imports before the pod GET (module archive included) | 9.50 | 2.00 | 7.50 |" in text
     assert "| setns + commit | 1.20 | 0.50 | 0.70 |" in text
     assert "| agent: decode, decision, rules, addresses, commit (agent's clock) | 1.50 | - | - |" in text
     assert "Phases of the direct path (20 interleaved rounds" in text

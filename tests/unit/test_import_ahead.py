@@ -111,11 +111,12 @@ def test_an_error_met_while_reading_ahead_is_raised_by_recv():
 
 def test_import_ahead_imports_in_order_and_stops_when_the_answer_is_there(monkeypatch):
     imported = []
-    monkeypatch.setattr("builtins.__import__", lambda name, *a, **k: imported.append(name))
+    # ImportAhead's own __import__ calls only (a module global shadows the builtin for them).
+    monkeypatch.setattr(plugin, "__import__", lambda name, *a, **k: imported.append(name), raising=False)
     ahead = plugin.ImportAhead("auto")
     answers = iter([False, False, True])
     ahead(lambda: next(answers))
-    assert imported == ["istio_cni.decide", "istio_cni.redirect"]
+    assert imported == [f"istio_cni.{n}" for n in plugin._AFTER_THE_GET[:2]]
     ahead(lambda: False)  # the next wait goes on where the first stopped, to the end
     assert imported[2:] == [f"istio_cni.{n}" for n in plugin._AFTER_THE_GET[2:] + plugin._BACKEND_MODULES["auto"]]
     ahead(lambda: False)
@@ -130,7 +131,7 @@ def test_import_ahead_leaves_a_failing_import_to_the_add(monkeypatch):
             raise ImportError("broken install")
         return real(name, *a, **k)
 
-    monkeypatch.setattr("builtins.__import__", flaky)
+    monkeypatch.setattr(plugin, "__import__", flaky, raising=False)
     ahead = plugin.ImportAhead("iptc")
     ahead(lambda: False)  # no exception, every other module imported
     assert not ahead.names
