@@ -318,11 +318,12 @@ def assert_nothing_committed(ns: PodNetns, who: str) -> None:
         raise AssertionError(f"{who}: a skipped pod got rules in {ns.name}: {have}")
 
 
-def build_image_python_bundle(out: Path, shim: Path) -> Path:
-    """The bundle of this tree (src/, installer/) as ``IMAGE_PYTHON`` builds it, i.e. as the node
-    image ships it. The venv's compiled modules are CPython 3.11 ABI and load in either
-    interpreter; ``_cffi_backend`` and PyYAML, which that interpreter lacks, come from the venv
-    through ``shim`` (symlinks), nothing else does."""
+def build_image_python_bundle(out: Path, shim: Path, root: Path = REPO) -> Path:
+    """The bundle of the tree at ``root`` (its src/ and installer/, compiled modules built in
+    place; default: this one) as ``IMAGE_PYTHON`` builds it, i.e. as the node image ships it.
+    The venv's compiled modules are CPython 3.11 ABI and load in either interpreter;
+    ``_cffi_backend`` and PyYAML, which that interpreter lacks, come from the venv through
+    ``shim`` (symlinks), nothing else does."""
     import _cffi_backend
     import yaml
 
@@ -331,7 +332,7 @@ def build_image_python_bundle(out: Path, shim: Path) -> Path:
         link = shim / target.name
         if not link.exists():
             link.symlink_to(target)
-    paths = [str(shim), str(REPO / "src"), str(REPO / "installer")]
+    paths = [str(shim), str(root / "src"), str(root / "installer")]
     code = f"import sys;sys.path[:0]={paths!r};from istio_cni_installer.bundle import build;build({str(out)!r})"
     subprocess.run([IMAGE_PYTHON, "-I", "-c", code], check=True, timeout=300, capture_output=True)
     return out
