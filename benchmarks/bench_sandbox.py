@@ -5,7 +5,8 @@ private network and mount namespace; see tests/node/cluster.py) and its control 
 round runs ``crictl runp`` once per variant, in rotating order, each timed from exec to exit:
 
 * ``primary``       the node's conflist with the bridge primary alone
-* ``direct``        + our plugin (installer bundle and launcher in the node's CNI bin dir), its
+* ``direct``        + our plugin (installer bundle, built by the node image's interpreter as the
+                    image builds it, and its front in the node's CNI bin dir), its
                     ``cni_agent_run_dir`` without ``agent.sock``: the direct path
 * ``agent``         + our plugin, ``cni_agent_run_dir`` holding a live node agent's socket
                     (``python -m istio_cni_installer.agent`` inside the node, watching the API)
@@ -76,6 +77,7 @@ class SandboxNode:
         self.agent_log = base / "agent.log"  # the CRI benchmark's agent (watching GHOST_NODE)
         self.uid = ""
         self.attempt = 0
+        self.bundle_built_by = ""
 
     # -- set-up ---------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -121,13 +123,14 @@ class SandboxNode:
         from peers.tools import CACHE, build_failure
 
         from istio_cni_installer.binaries import Binaries
-        from istio_cni_installer.bundle import build
 
         why = build_failure("istio-cni")
         if why:
             pytest.skip(f"upstream Go istio-cni unavailable: {why}")
         bin_dir = str(self.node.cni_bin_dir)
-        Binaries(build(self.base / "bundle").path, mounted=bin_dir, host=bin_dir).ensure()
+        # The bundle as the node image ships it (Debian's python3.11), like bench_add's.
+        path, self.bundle_built_by = harness.shipped_bundle(self.base / "bundle", self.base / "shim")
+        Binaries(path, mounted=bin_dir, host=bin_dir).ensure()
         shutil.copy2((CACHE / "bin" / "istio-cni").resolve(), self.node.cni_bin_dir / "istio-cni-upstream")
 
     def _start_agent(self, run_dir: Path, node_name: str, log: str) -> None:
@@ -339,6 +342,7 @@ def bench_run_pod_sandbox_paired(benchmark, sandbox_node, record):
     record(benchmark, "sandbox-paired", sandbox_medians_ms=medians, sandbox_p99_ms=p99,
            sandbox_added_ms=added, sandbox_medians_minus_primary_ms=median_diff, sandbox_rounds=len(ms["primary"]),
            settle_ms_median=round(statistics.median(settled) * 1e3, 1), settle_ms_max=round(max(settled) * 1e3, 1),
+           bundle_built_by=sandbox_node.bundle_built_by,
            runtime="containerd 1.6 CRI via crictl runp, bridge primary, kubelet stopped")
     # This benchmark's API server is the node's own (etcd + kube-apiserver inside the node's netns).
     benchmark.extra_info.update(api_server="node", api_server_note=NODE_API_NOTE)

@@ -145,16 +145,11 @@ def _our_bin_dir(base: Path) -> tuple[Path, str]:
     bin_dir.mkdir(parents=True)
     try:
         from istio_cni_installer.binaries import Binaries
-        from istio_cni_installer.bundle import build, read_manifest
+        from istio_cni_installer.bundle import read_manifest
     except ImportError as e:
         (bin_dir / "istio-cni").symlink_to(VENV_PLUGIN)
         return bin_dir, f"venv console script {VENV_PLUGIN} (bundle builder unavailable: {e})"
-    why_not = harness.image_python_usable()
-    if why_not:
-        path, built_by = build(base / "bundle").path, f"the venv's interpreter ({why_not})"
-    else:
-        path = str(harness.build_image_python_bundle(base / "bundle", base / "shim"))
-        built_by = f"{harness.IMAGE_PYTHON}, as the node image"
+    path, built_by = harness.shipped_bundle(base / "bundle", base / "shim")
     Binaries(path, mounted=str(bin_dir), host=str(bin_dir)).ensure()
     m = read_manifest(path)
     mib = m["size_bytes"] / 2**20

@@ -376,3 +376,15 @@ def settle(window: float = 0.05, idle: float = 0.85, limit: float = 1.0) -> floa
         if busy_free >= idle or now - start >= limit:
             return now - start
         idle0, total0 = idle1, total1
+
+
+def shipped_bundle(out: Path, shim: Path) -> tuple[str, str]:
+    """(bundle path, who built it): this tree's bundle built by ``IMAGE_PYTHON`` as the node
+    image builds it, or, when that interpreter is missing or another Python version, by the
+    venv's, named so in the second item (every benchmark record that uses it says which)."""
+    why_not = image_python_usable()
+    if why_not:
+        from istio_cni_installer.bundle import build
+
+        return build(out).path, f"the venv's interpreter ({why_not})"
+    return str(build_image_python_bundle(out, shim)), f"{IMAGE_PYTHON}, as the node image"
