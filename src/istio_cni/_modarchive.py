@@ -38,13 +38,27 @@ def _magic() -> bytes:
 class _ArchiveFinder:
     """Meta path finder and loader for the modules in the archive open at ``fd``."""
 
-    def __init__(self, site: str, fd: int, index: dict) -> None:
+    def __init__(self, site: str, fd: int, index: dict, file_size: int) -> None:
         self.site = site
         self.fd = fd
         self.index = index
+        self.file_size = file_size
+
+    def _entry(self, name: str) -> "tuple | None":
+        """``name``'s index entry if it is well formed and inside the file, else None (the
+        normal finders serve the module): a damaged index never leads to a huge read."""
+        entry = self.index.get(name)
+        if not (type(entry) is tuple and len(entry) == 4):
+            return None
+        is_package, relpath, offset, size = entry
+        if not (type(is_package) is bool and type(relpath) is str and type(offset) is int and type(size) is int):
+            return None
+        if not (0 <= offset and 0 < size and offset + size <= self.file_size and relpath.endswith(".py")):
+            return None
+        return entry
 
     def find_spec(self, name: str, path: "Sequence[str] | None" = None, target: object = None) -> "ModuleSpec | None":
-        entry = self.index.get(name)
+        entry = self._entry(name)
         if entry is None:
             return None
         import _frozen_importlib
@@ -72,7 +86,7 @@ class _ArchiveFinder:
         import posix
 
         origin = spec.origin or ""
-        _, _, offset, size = self.index[spec.name]
+        _, _, offset, size = self.index[spec.name]  # checked by find_spec
         try:
             code = marshal.loads(posix.pread(self.fd, size, offset))
         except (OSError, ValueError, EOFError, TypeError):  # a damaged entry: the source is beside it
@@ -97,17 +111,20 @@ def serve(site: str) -> bool:
     except Exception:
         return False
     try:
+        file_size = posix.fstat(fd).st_size
         head = posix.read(fd, len(prefix) + 8)
         if len(head) != len(prefix) + 8 or not head.startswith(prefix):
             raise ValueError("not an archive of this interpreter")
         size = int.from_bytes(head[len(prefix) :], "little")
+        if size > file_size - len(head):  # a damaged size field: never a read past the file
+            raise ValueError("index larger than the archive")
         index = marshal.loads(posix.pread(fd, size, len(head)))
         if not isinstance(index, dict):
             raise ValueError("bad index")
     except Exception:
         posix.close(fd)
         return False
-    sys.meta_path.insert(0, _ArchiveFinder(site, fd, index))
+    sys.meta_path.insert(0, _ArchiveFinder(site, fd, index, file_size))
     return True
 
 

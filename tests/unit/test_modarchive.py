@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import istio_cni._modarchive as modarchive
 
@@ -110,3 +111,63 @@ def test_the_archive_holds_every_plugin_module(tmp_path):
     shutil.copytree(src, site / "istio_cni", ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c", "*.pyx"))
     n = modarchive.write(str(site))
     assert n == len(list((site / "istio_cni").rglob("*.py")))
+
+
+# ---- bad bytes: a damaged header or index is refused, bounded, never a traceback ----------
+
+FUZZ_PROBE = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # a damaged size must not become a 1 GB read
+site = sys.argv[1]
+sys.path.insert(0, site)
+from istio_cni._modarchive import serve
+t = time.monotonic()
+served = serve(site)
+import istio_cni.sub.b as b
+print(served, b.Y, round(time.monotonic() - t, 3))
+"""
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_damaged_header_or_index_bytes_are_refused_or_served(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("fuzzsite")
+    for rel, text in FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    shutil.copy(modarchive.__file__, root / "istio_cni" / "_modarchive.py")
+    modarchive.write(str(root))
+    path = root / modarchive.ARCHIVE
+    blob = bytearray(path.read_bytes())
+    start = len(modarchive.HEADER) + 4  # the size field and the index after it (code blobs: .pyc trust)
+    index_end = start + 8 + int.from_bytes(blob[start:start + 8], "little")
+    for _ in range(data.draw(st.integers(1, 6))):
+        i = data.draw(st.integers(start, index_end - 1))
+        blob[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        blob = blob[:data.draw(st.integers(0, len(blob)))]
+    path.write_bytes(bytes(blob))
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", FUZZ_PROBE, str(root)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-1500:]
+    served, y, seconds = r.stdout.split()
+    assert served in ("True", "False") and y == "2" and float(seconds) < 5
+
+
+def test_an_index_entry_pointing_past_the_file_is_left_to_the_normal_finders(site):
+    # Rewrite the index (same length: only an int changes) so sub.b's size runs past the file.
+    import marshal
+
+    modarchive.write(str(site))
+    path = site / modarchive.ARCHIVE
+    blob = path.read_bytes()
+    start = len(modarchive.HEADER) + 4
+    size = int.from_bytes(blob[start:start + 8], "little")
+    index = marshal.loads(blob[start + 8:start + 8 + size])
+    is_package, rel, offset, length = index["istio_cni.sub.b"]
+    index["istio_cni.sub.b"] = (is_package, rel, offset, (1 << 40) + length)
+    new = marshal.dumps(index)
+    path.write_bytes(blob[:start] + len(new).to_bytes(8, "little") + new + blob[start + 8 + size:])
+    got = run(site)
+    assert got["served"] is True and got["Y"] == 2
+    assert got["loader"] == "SourceFileLoader"  # that module from disk; the others from the archive
