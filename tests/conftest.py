@@ -115,6 +115,20 @@ def netns():
         nsutil.delete(name)
 
 
+@pytest.fixture
+def log_lines(monkeypatch):
+    """The plugin log's JSON lines written from now on, as a callable returning them parsed."""
+    import io
+    import json
+
+    from istio_cni.log import log
+
+    stream = io.StringIO()
+    monkeypatch.setattr(log, "stream", stream)
+    monkeypatch.setattr(log, "sinks", [])
+    return lambda: [json.loads(ln) for ln in stream.getvalue().splitlines()]
+
+
 @pytest.fixture(scope="session")
 def conformance() -> Path:
     if not CONFORMANCE.is_dir():

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 from support.injected_pods import injected_pod
-from support.nodeharness import PLUGIN, Node
+from support.nodeharness import Node, node_each_launcher  # noqa: F401 - node_each_launcher: fixture "node"
 from support.promtext import sample
 
 from istio_cni import addtiming
@@ -17,16 +17,6 @@ from istio_cni import addtiming
 pytestmark = pytest.mark.root
 
 SCRAPE_WAIT_SECONDS = 20.0  # the spool is drained every 5 s; a bound, not a timing claim
-
-
-# kubelet execs the bundle's compiled front, which serves an ordinary agent-path ADD itself and
-# hands everything else to the plugin; the venv entry point is the plugin alone. Same outcomes.
-@pytest.fixture(params=["plugin", "front"])
-def node(request, mini_api, tmp_path):
-    plugin = request.getfixturevalue("plugin_bundle").launcher if request.param == "front" else PLUGIN
-    n = Node(mini_api, tmp_path, plugin=plugin)
-    yield n
-    n.stop_agent()
 
 
 def monitoring_port(node: Node) -> int:

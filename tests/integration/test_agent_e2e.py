@@ -10,19 +10,9 @@ import time
 
 import pytest
 from support.injected_pods import injected_pod, uninjected_pod
-from support.nodeharness import PLUGIN, Node, plugin_env, rules_in
+from support.nodeharness import node_each_launcher, plugin_env, rules_in  # noqa: F401 - node_each_launcher: fixture "node"
 
 pytestmark = pytest.mark.root
-
-
-# kubelet execs the bundle's compiled front, which serves an ordinary agent-path ADD itself and
-# hands everything else to the plugin; the venv entry point is the plugin alone. Same outcomes.
-@pytest.fixture(params=["plugin", "front"])
-def node(request, mini_api, tmp_path):
-    plugin = request.getfixturevalue("plugin_bundle").launcher if request.param == "front" else PLUGIN
-    n = Node(mini_api, tmp_path, plugin=plugin)
-    yield n
-    n.stop_agent()
 
 
 def ok(r) -> dict:

@@ -127,18 +127,6 @@ def no_legacy_nat(monkeypatch):
     monkeypatch.setattr(iptc, "_lib", lambda family: _NoLegacyNat(real(family)))
 
 
-@pytest.fixture
-def log_lines(monkeypatch):
-    import json
-
-    from istio_cni.log import log
-
-    stream = io.StringIO()
-    monkeypatch.setattr(log, "stream", stream)
-    monkeypatch.setattr(log, "sinks", [])
-    return lambda: [json.loads(ln) for ln in stream.getvalue().splitlines()]
-
-
 def test_auto_commits_through_nft_when_legacy_nat_is_missing(netns, no_legacy_nat, log_lines):
     ns = netns("nonat")
     assert netfilter.apply(nsutil.path(ns), RS) == "nft"

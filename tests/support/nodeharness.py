@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from istio_cni.tools import netns as nsutil
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,3 +111,14 @@ class Node:
     def pod_gets(self, pod: str, namespace: str = "default") -> int:
         path = f"/api/v1/namespaces/{namespace}/pods/{pod}"
         return sum(1 for m, p in self.api.requests if m == "GET" and p.split("?")[0] == path)
+
+
+# kubelet execs the bundle's compiled front, which serves an ordinary agent-path ADD itself and
+# hands everything else to the plugin; the venv entry point is the plugin alone. Same outcomes.
+# Fixture ``node`` for the modules that import it: every test using it runs through both.
+@pytest.fixture(params=["plugin", "front"], name="node")
+def node_each_launcher(request, mini_api, tmp_path):
+    plugin = request.getfixturevalue("plugin_bundle").launcher if request.param == "front" else PLUGIN
+    n = Node(mini_api, tmp_path, plugin=plugin)
+    yield n
+    n.stop_agent()

@@ -3,7 +3,6 @@ servers, temp files that never follow a planted link, one log line per invalid c
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import select
@@ -14,7 +13,6 @@ import urllib.request
 
 import pytest
 
-from istio_cni.log import log
 from istio_cni_installer import atomic
 from istio_cni_installer.health import HealthServer, Metrics
 
@@ -166,14 +164,6 @@ def test_write_atomic_gives_up_after_bounded_collisions(tmp_path, monkeypatch):
 
 
 # --- invalid conf files -------------------------------------------------------------------
-
-
-@pytest.fixture
-def log_lines(monkeypatch):
-    stream = io.StringIO()
-    monkeypatch.setattr(log, "stream", stream)
-    monkeypatch.setattr(log, "sinks", [])
-    return lambda: [json.loads(ln) for ln in stream.getvalue().splitlines()]
 
 
 def _conflist(tmp_path):

@@ -259,7 +259,7 @@ def usable(preferred: str = "auto") -> str:
     import os
     import shutil
 
-    name = os.environ.get(ENV) or preferred
+    name = getenv(ENV) or preferred
     problems = []
 
     def iptc_ok() -> bool:
