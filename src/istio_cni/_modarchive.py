@@ -11,8 +11,9 @@ packages keep their real ``__path__``, and the ``.py`` files stay in the bundle 
 
 Written by ``write`` (the bundle builder), read by ``serve`` (the launcher); the format lives
 here only: ``HEADER``, the interpreter's bytecode magic, the index's size (8 bytes, little
-endian), the ``marshal``-ed index ``{module name: (is package, path relative to site-packages,
-offset, size)}``, then each module's ``marshal``-ed code at its offset. Only the index is read
+endian), the ``marshal``-ed index ``{module name: (is package, offset, size)}``, then each
+module's ``marshal``-ed code at its offset. A module's source path follows from its name
+(``istio_cni/x/y.py`` or ``.../__init__.py``), so the archive cannot point anywhere else. Only the index is read
 up front; a module's code is read (``pread``) when it is imported, so the process holds only
 what it runs.
 """
@@ -20,7 +21,7 @@ what it runs.
 import marshal
 
 ARCHIVE = "istio_cni.modules"  # in site-packages, beside the package
-HEADER = b"istio-cni module archive 1\n"
+HEADER = b"istio-cni module archive 2\n"
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
 if TYPE_CHECKING:
@@ -48,12 +49,12 @@ class _ArchiveFinder:
         """``name``'s index entry if it is well formed and inside the file, else None (the
         normal finders serve the module): a damaged index never leads to a huge read."""
         entry = self.index.get(name)
-        if not (type(entry) is tuple and len(entry) == 4):
+        if not (type(entry) is tuple and len(entry) == 3):
             return None
-        is_package, relpath, offset, size = entry
-        if not (type(is_package) is bool and type(relpath) is str and type(offset) is int and type(size) is int):
+        is_package, offset, size = entry
+        if not (type(is_package) is bool and type(offset) is int and type(size) is int):
             return None
-        if not (0 <= offset and 0 < size and offset + size <= self.file_size and relpath.endswith(".py")):
+        if not (0 <= offset and 0 < size and offset + size <= self.file_size):
             return None
         return entry
 
@@ -63,8 +64,9 @@ class _ArchiveFinder:
             return None
         import _frozen_importlib
 
-        is_package, relpath = entry[0], entry[1]
-        origin = f"{self.site}/{relpath}"
+        is_package = entry[0]
+        source = f"{self.site}/{name.replace('.', '/')}"
+        origin = f"{source}/__init__.py" if is_package else f"{source}.py"
         # A duck-typed loader: importlib.abc.Loader would import importlib.abc on every ADD.
         spec = _frozen_importlib.ModuleSpec(name, self, origin=origin, is_package=is_package)  # type: ignore[arg-type]
         if is_package:
@@ -86,7 +88,7 @@ class _ArchiveFinder:
         import posix
 
         origin = spec.origin or ""
-        _, _, offset, size = self.index[spec.name]  # checked by find_spec
+        _, offset, size = self.index[spec.name]  # checked by find_spec
         try:
             code = marshal.loads(posix.pread(self.fd, size, offset))
         except (OSError, ValueError, EOFError, TypeError):  # a damaged entry: the source is beside it
@@ -148,14 +150,14 @@ def write(site: str, out: str | None = None) -> int:
             name = ".".join(parts[:-1] if is_package else parts)
             with open(path, "rb") as f:
                 code = compile(f.read(), f"site-packages/{rel}", "exec", dont_inherit=True)
-            entries.append((name, is_package, rel.replace(os.sep, "/")))
+            entries.append((name, is_package))
             blobs.append(marshal.dumps(code))
     prefix = HEADER + _magic()
 
     def index_at(start: int) -> bytes:
         index, offset = {}, start
-        for (name, is_package, rel), blob in zip(entries, blobs, strict=True):
-            index[name] = (is_package, rel, offset, len(blob))
+        for (name, is_package), blob in zip(entries, blobs, strict=True):
+            index[name] = (is_package, offset, len(blob))
             offset += len(blob)
         return marshal.dumps(index)
 
