@@ -30,7 +30,7 @@ venv: $(STAMP)
 
 # Build deps are installed into the venv and the package built without isolation, so a
 # rebuild after editing the .pyx / cffi script takes seconds rather than a minute.
-$(STAMP): pyproject.toml setup.py src/istio_cni/_fastpath.pyx src/istio_cni/_nf.cffi.py $(wildcard src/front/*) src/istio_cni/_nft.cffi.py
+$(STAMP): pyproject.toml setup.py src/istio_cni/_fastpath.pyx src/istio_cni/_tlsget.h src/istio_cni/_nf.cffi.py $(wildcard src/front/*) src/istio_cni/_nft.cffi.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check --upgrade pip "setuptools>=77" wheel "Cython>=3.0" "cffi>=1.16"
 	$(PIP) install -q --disable-pip-version-check --no-build-isolation -e '.[test]'

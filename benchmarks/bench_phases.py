@@ -9,9 +9,9 @@ bundled interpreter, ``-I -S``, whose ``-c`` line takes ``time.monotonic()`` fir
 runs ``benchmarks/phaseprobe.py``, which wraps the phase functions with timers and imports
 up front every module the ADD needs before its pod GET (listed in import order by a first
 run), so those imports are one row. The modules a redirected pod needs after the GET are
-imported as in a real ADD: while the API server works on the handshake and the request
-(``plugin.ImportAhead``), so they are inside the handshake and GET rows, and their own time is
-the "import-ahead" row (information, not added up again). The
+imported as in a real ADD: while the C thread's TLS client and the API server work on the
+connection, the handshake and the request (``plugin.ImportAhead``), so they are inside the
+exchange row, and their own time is the "import-ahead" row (information, not added up again). The
 parent reads CLOCK_MONOTONIC right before spawning and right after reaping: interpreter start
 = first line - spawn, result and exit = reaped - the moment the result is written. The
 probe's own cost (reading and compiling phaseprobe.py) is its own row, outside the others.
@@ -23,8 +23,9 @@ Floors, measured in the same run against the same API server and netns shape:
 * imports: a fresh interpreter importing only the compiled modules this ADD loads (``.so``
   files: the dynamic loading nothing can avoid);
 * everything else: the same operation in this warm process (nothing to import or first-call,
-  e.g. a TLS handshake with a ready context, a pod GET over a fresh connection, a libiptc
-  commit into a fresh netns); for the agent exchange, the same request bytes answered by a
+  e.g. the C thread's whole exchange (connect, handshake, GET) with OpenSSL loaded, reading
+  that answer's HTTP and JSON, a libiptc commit into a fresh netns);
+  for the agent exchange, the same request bytes answered by a
   minimal AF_UNIX server with the same answer.
 """
 
@@ -105,13 +106,14 @@ def _rows_of(t0: float, t1: float, ph: dict, agent_work: float | None) -> dict:
     wall = t1 - t0
     rows = {"interpreter": m["first"] - t0, "probe": m["probe"] - m["first"],
             "imports": m["imported"] - m["probe"], "exit": t1 - m["result"]}
-    for k in ("parse", "netns_check", "kubeconfig", "tls_context", "connect", "handshake", "decide",
-              "addresses", "commit"):
+    for k in ("parse", "netns_check", "kubeconfig", "tls_context", "connect", "handshake", "exchange",
+              "decide", "addresses", "commit"):
         rows[k] = acc.get(k, 0.0)
     ahead = acc.get("ahead", 0.0)  # inside handshake and get: added to the table, not to the sum
-    # get_pod wraps kubeconfig/TLS/connect/handshake: its own part is what is left.
+    # get_pod wraps kubeconfig/TLS/connect/handshake (or the C thread's exchange): its own part
+    # is what is left.
     rows["get"] = max(acc.get("get_pod", 0.0) - sum(rows[k] for k in ("kubeconfig", "tls_context", "connect",
-                                                                    "handshake")), 0.0)
+                                                                    "handshake", "exchange")), 0.0)
     if agent_work is not None:
         rows["agent_work"] = agent_work
         rows["agent_channel"] = max(acc.get("agent", 0.0) - agent_work, 0.0)
@@ -233,6 +235,7 @@ def _warm_floors(plugin, pool, pod_ruleset) -> dict:
     from istio_cni._fastpath import json_dumps, json_loads
     from istio_cni.config import parse_conf
     from istio_cni.decide import decide
+    from istio_cni.http1 import Received, read_response
     from istio_cni.k8s import Client, pod_path
     from istio_cni.kubeconfig import load
     from istio_cni.netfilter.routes import netns_addresses
@@ -245,32 +248,28 @@ def _warm_floors(plugin, pool, pod_ruleset) -> dict:
     conf = parse_conf(json_loads(stdin))
     kc_path = conf.kubeconfig
     cluster = load(kc_path)
-    client = Client(cluster)
-    ctx = transport.lean_tls_context(cluster)
+    client = Client(cluster, tls_in_c=True)  # as the one-shot plugin does it (an IP host)
     path = pod_path(harness.POD_NAMESPACE, REDIRECT_POD)
     pod = client.get(path)
+    answer = client._exchange_in_c(path, time.monotonic() + 5)
+    assert answer is not None, "the C thread's TLS client is unusable here"
+    raw = answer.data.tobytes()
 
     def kubeconfig():
         with open(kc_path, "rb") as f:
             json_loads(f.read())
 
-    def handshake():
-        deadline = time.monotonic() + 5
-        transport.TLSConn(ctx, transport.connect(client.host, client.port, deadline), client.host,
-                          deadline).close()
-
-    def connect():
-        transport.connect(client.host, client.port, time.monotonic() + 5).close()
+    def get_here():
+        json_loads(read_response(Received(raw))[2])
 
     floors = {
         "parse": _timeit(lambda: json_loads(stdin)),
         "netns_check": _timeit(lambda: check_netns(ns.path)),
         "kubeconfig": _timeit(kubeconfig),
-        "tls_context": _timeit(lambda: transport.lean_tls_context(cluster)),
-        "connect": _timeit(connect),
+        "tls_context": _timeit(lambda: transport.c_tls_params(cluster)),
+        "exchange": _timeit(lambda: client._exchange_in_c(path, time.monotonic() + 5)),
+        "get": _timeit(get_here),
     }
-    floors["handshake"] = round(max(_timeit(handshake) - floors["connect"], 0.0), 3)
-    floors["get"] = round(max(_timeit(lambda: client.get(path)) - floors["connect"] - floors["handshake"], 0.0), 3)
     floors["decide"] = _timeit(lambda: build(redirect_from_pod(pod, addresses=[f"{ns.address}/24"]))
                                if decide(pod) else None)
     floors["addresses"] = _timeit(lambda: netns_addresses(ns.path))

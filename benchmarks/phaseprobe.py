@@ -65,7 +65,8 @@ if _preload:
         ("skel", "conf_version", "parse"), ("skel", "check_netns", "netns_check"),
         ("plugin", "_setup", "parse"), ("plugin", "prev_result", "parse"),
         ("kubeconfig", "load", "kubeconfig"),
-        ("transport", "lean_tls_context", "tls_context"), ("transport", "connect", "connect"),
+        ("transport", "lean_tls_context", "tls_context"), ("transport", "c_tls_params", "tls_context"),
+        ("transport", "connect", "connect"),
         ("decide", "decide", "decide"), ("redirect", "redirect_from_pod", "decide"),
         ("rules.builder", "build", "decide"), ("netfilter.routes", "netns_addresses", "addresses"),
         ("netfilter", "apply", "commit"), ("agent_client", "try_agent", "agent")]
@@ -91,6 +92,8 @@ if _preload:
         _wrap(_k8s, "get_pod", "get_pod")
     if "istio_cni.transport" in _M:
         _wrap(_M["istio_cni.transport"].TLSConn, "__init__", "handshake")
+    if "istio_cni.k8s" in _M:  # the one-shot plugin's TLS: connect, handshake, GET on a C thread
+        _wrap(_M["istio_cni.k8s"].Client, "_exchange_in_c", "exchange")
     if "istio_cni.plugin" in _M:  # the imports done while the API server works (in handshake/GET)
         _wrap(_M["istio_cni.plugin"].ImportAhead, "__call__", "ahead")
     _skel = _M["istio_cni.skel"]

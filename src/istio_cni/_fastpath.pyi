@@ -1,7 +1,7 @@
 """Type stub for the compiled ``istio_cni._fastpath`` (built from ``_fastpath.pyx``).
 
-Three jobs: network-namespace entry/exit, ``CNI_ARGS`` splitting, and JSON on the standard
-library's C engine. The netns exception types are ``istio_cni.errors``' (re-exported here).
+Four jobs: network-namespace entry/exit, ``CNI_ARGS`` splitting, JSON on the standard
+library's C engine, and OpenSSL on C threads (its set-up, the pod GET). The netns exception types are ``istio_cni.errors``' (re-exported here).
 """
 
 from types import TracebackType
@@ -40,3 +40,27 @@ def json_quote(s: str) -> str: ...
 def b64decode(s: str) -> bytes: ...
 def openssl_warm_start() -> bool: ...
 def openssl_warm_wait() -> None: ...
+def is_ip_literal(host: str) -> bool: ...
+
+@disjoint_base  # a C type
+class HttpsGet:
+    """One HTTPS exchange on a C thread (``_tlsget.h``); see ``_fastpath.pyx``."""
+
+    def __new__(  # Cython __cinit__
+        cls,
+        host: str,
+        port: int,
+        request: bytes,
+        deadline: float,
+        cap: int,
+        *,
+        insecure: bool = False,
+        ca_pem: bytes | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+    ) -> Self: ...
+    def done(self) -> bool: ...
+    def result(self) -> bytes: ...
+
+def tls_client_profile() -> tuple[int, int, int, int, list[str]] | None: ...

@@ -22,7 +22,7 @@ from libc.string cimport strerror
 
 # Defined with the other error types (errors.py is loaded on every exec anyway); imported
 # here so ``_fastpath.NotANetns`` stays the same class.
-from istio_cni.errors import NetnsRestoreFailed, NotANetns
+from istio_cni.errors import NetnsRestoreFailed, NotANetns, TLSFailure, TLSMaterialError, TLSUnavailable
 
 cdef extern from "<fcntl.h>" nogil:
     int open(const char *path, int flags)
@@ -448,19 +448,24 @@ def b64decode(str s):
     return bytes(out)
 
 
-# ---- OpenSSL's first-use set-up on a C thread (the direct path's pod GET) -----------------
+# ---- OpenSSL on C threads: its first-use set-up, then the direct path's pod GET ---------------
 #
-# A fresh process pays ~2.4 ms to load libssl/libcrypto (relocations: what `import _ssl`
-# costs) and ~2 ms for OpenSSL's first SSL_CTX_new (config file, providers, fetching every
-# cipher and digest into the library context's caches); a second context costs ~0.2 ms. The
-# ADD needs neither until its pod GET, after ~5 ms of imports and parsing, so a plain C thread
-# (no Python, no GIL: it never waits for the interpreter nor makes it wait) does both
-# meanwhile: load the same libssl.so.3 `_ssl` links and create and free one client context.
-# The work is the same as without it, only on another core when one is free; on a busy node
-# it runs when scheduled, which is never later than the ADD would have run it itself.
-# `openssl_warm_wait` joins it before the ADD's own context is made, so no thread is left
-# by then (the restore backend forks later), and at a normal exit (see openssl_warm_start).
-# benchmarks/RESULTS.md, "OpenSSL off the critical path".
+# A fresh process pays ~2.4 ms to load libssl/libcrypto (relocations) and ~2 ms for OpenSSL's
+# first SSL_CTX_new (config file, providers, fetching every cipher and digest into the
+# library context's caches); a second context costs ~0.2 ms. An ADD that reaches Python is
+# most likely one that GETs its pod, so ``openssl_warm_start`` has a plain C thread (no
+# Python, no GIL: it never waits for the interpreter nor makes it wait) do both while the
+# interpreter imports and parses. The GET itself is ``HttpsGet``: connect, handshake,
+# request and the whole answer on another C thread (_tlsget.h says why and how), while the
+# interpreter imports what the ADD needs after the answer. The work is the same as on the
+# Python path, only on another core when one is free. Both threads are joined before the
+# plugin runs anything else (the restore backend forks later), and at a normal exit (see
+# openssl_warm_start). benchmarks/RESULTS.md, "OpenSSL off the critical path" and "The pod
+# GET on a C thread".
+
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcpy, strlen
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
@@ -470,36 +475,59 @@ cdef extern from "<pthread.h>" nogil:
                        void *(*start)(void *) noexcept nogil, void *arg)
     int pthread_join(pthread_t thread, void **retval)
 
-cdef extern from "<dlfcn.h>" nogil:
-    void *dlopen(const char *filename, int flags)
-    void *dlsym(void *handle, const char *symbol)
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char *src, void *dst)
     enum:
-        RTLD_NOW
-        RTLD_LOCAL
+        AF_INET
+        AF_INET6
 
-ctypedef const void *(*_method_fn)() noexcept nogil
-ctypedef void *(*_ctx_new_fn)(const void *method) noexcept nogil
-ctypedef void (*_ctx_free_fn)(void *ctx) noexcept nogil
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_CLOEXEC
+
+cdef extern from "_tlsget.h" nogil:
+    ctypedef struct tg_get:
+        int family
+        unsigned char addr[16]
+        int port
+        char ip[48]
+        int insecure
+        char *ca_pem
+        size_t ca_len
+        char *ca_file
+        char *cert_file
+        char *key_file
+        char *request
+        size_t request_len
+        double deadline
+        size_t cap
+        char *buf
+        size_t len
+        int kind
+        int err
+        char msg[400]
+        int done_fd
+        pthread_t thread
+        int started
+    void *tg_warm(void *arg) noexcept nogil
+    void *tg_thread(void *arg) noexcept nogil
+    int tg_wait_done(tg_get *g, double timeout)
+    double tg_now()
+    int tg_profile(uint64_t *options, long *min_version, int *verify_mode, unsigned long *flags,
+                   char *names, size_t names_len)
+    enum:
+        TG_OK
+        TG_ERRNO
+        TG_TIMEOUT
+        TG_TLS
+        TG_VERIFY
+        TG_MATERIAL
+        TG_TOO_LARGE
+        TG_SETUP
 
 cdef pthread_t _warm_thread
 cdef int _warm_state = 0  # 0: never started, 1: running, 2: joined (once per process)
-
-
-cdef void *_warm_openssl(void *arg) noexcept nogil:
-    # RTLD_NOW as CPython loads extension modules (and with them libssl): the same binding work.
-    # The handle is never closed: _ssl links this very library.
-    cdef void *ssl = dlopen(b"libssl.so.3", RTLD_NOW | RTLD_LOCAL)
-    if ssl == NULL:
-        return NULL  # another OpenSSL, or none: the ADD does it all itself, as before
-    cdef _method_fn method = <_method_fn>dlsym(ssl, b"TLS_client_method")
-    cdef _ctx_new_fn ctx_new = <_ctx_new_fn>dlsym(ssl, b"SSL_CTX_new")
-    cdef _ctx_free_fn ctx_free = <_ctx_free_fn>dlsym(ssl, b"SSL_CTX_free")
-    if method == NULL or ctx_new == NULL or ctx_free == NULL:
-        return NULL
-    cdef void *ctx = ctx_new(method())
-    if ctx != NULL:
-        ctx_free(ctx)
-    return NULL
 
 
 def openssl_warm_start():
@@ -508,7 +536,7 @@ def openssl_warm_start():
     global _warm_state
     if _warm_state != 0:
         return False
-    if pthread_create(&_warm_thread, NULL, _warm_openssl, NULL) != 0:
+    if pthread_create(&_warm_thread, NULL, tg_warm, NULL) != 0:
         return False
     _warm_state = 1
     # A normal exit runs OpenSSL's own exit handler (OPENSSL_cleanup), which must not free
@@ -528,3 +556,168 @@ def openssl_warm_wait():
     with nogil:
         pthread_join(_warm_thread, NULL)
     _warm_state = 2
+
+
+cdef char *_copy(bytes data, str what) except? NULL:
+    """A malloc'd NUL-terminated copy of ``data`` (a path or the request): no NUL inside."""
+    if b"\0" in data:
+        raise ValueError(f"{what} contains a NUL byte")
+    cdef Py_ssize_t n = len(data)
+    cdef char *out = <char *>malloc(n + 1)
+    if out == NULL:
+        raise MemoryError()
+    memcpy(out, <const char *>data, n)
+    out[n] = 0
+    return out
+
+
+cdef bytes _path(str path):
+    return path.encode("utf-8", "surrogateescape")  # what os.fsencode gives on Linux
+
+
+cdef class HttpsGet:
+    """One HTTPS exchange on a C thread, started on construction (``_tlsget.h``).
+
+    ``host`` must be an IP literal (``ValueError`` otherwise: the caller takes the Python
+    path). Trust: ``insecure`` (no verification), else ``ca_pem`` (PEM bytes), else
+    ``ca_file``, else the system's store; ``cert_file``/``key_file``: the client's
+    credentials. ``request``: the bytes sent once the handshake is done; ``deadline``:
+    ``time.monotonic()`` value bounding every wait; ``cap``: the most bytes of answer taken.
+
+    ``done()`` says, without waiting, whether the answer (or the failure) is there;
+    ``result()`` waits for it and returns every byte the server sent before closing, or
+    raises: ``OSError`` for socket errors, ``TimeoutError``, ``errors.TLSFailure`` (its
+    verification failures name CERTIFICATE_VERIFY_FAILED as ``_ssl`` does),
+    ``errors.TLSMaterialError``, ``ValueError`` for an answer over ``cap``,
+    ``errors.TLSUnavailable`` when this OpenSSL cannot be used."""
+
+    cdef tg_get *g
+    cdef bint joined
+    cdef bint abandoned
+
+    def __cinit__(self, str host, int port, bytes request, double deadline, Py_ssize_t cap, *,
+                  bint insecure=False, bytes ca_pem=None, str ca_file=None, str cert_file=None,
+                  str key_file=None):
+        cdef tg_get *g = <tg_get *>calloc(1, sizeof(tg_get))
+        if g == NULL:
+            raise MemoryError()
+        self.g = g
+        g.done_fd = -1
+        raw_host = host.encode("ascii", "replace")
+        if len(raw_host) >= <Py_ssize_t>sizeof(g.ip) or b"\0" in raw_host:
+            raise ValueError(f"{host[:60]!r} is not an IP address")
+        memcpy(g.ip, <const char *>raw_host, len(raw_host))
+        g.ip[len(raw_host)] = 0
+        if inet_pton(AF_INET, g.ip, g.addr) == 1:
+            g.family = AF_INET
+        elif inet_pton(AF_INET6, g.ip, g.addr) == 1:
+            g.family = AF_INET6
+        else:
+            raise ValueError(f"{host[:60]!r} is not an IP address")
+        if not 0 < port < 65536:
+            raise ValueError(f"invalid port {port}")
+        if cap <= 0:
+            raise ValueError("cap must be positive")
+        g.port = port
+        g.insecure = insecure
+        g.deadline = deadline
+        g.cap = <size_t>cap
+        g.request = _copy(request, "the request")
+        g.request_len = <size_t>len(request)
+        if ca_pem is not None:
+            g.ca_pem = _copy(ca_pem, "certificate-authority-data")
+            g.ca_len = <size_t>len(ca_pem)
+        if ca_file:
+            g.ca_file = _copy(_path(ca_file), "the certificate-authority path")
+        if cert_file:
+            g.cert_file = _copy(_path(cert_file), "the client certificate path")
+        if key_file:
+            g.key_file = _copy(_path(key_file), "the client key path")
+        g.done_fd = eventfd(0, EFD_CLOEXEC)
+        if g.done_fd < 0:
+            raise TLSUnavailable(f"eventfd: {strerror(errno).decode()}")
+        if pthread_create(&g.thread, NULL, tg_thread, g) != 0:
+            raise TLSUnavailable("cannot start the TLS thread")
+        g.started = 1
+
+    def done(self):
+        """Is the exchange over (answer or failure)? Never waits."""
+        return self.g.started == 0 or tg_wait_done(self.g, 0.0) != 0
+
+    def result(self):
+        """Wait for the exchange (at most until the deadline, plus 1 s for the thread to
+        notice it) and return the answer's bytes, or raise (see the class)."""
+        cdef tg_get *g = self.g
+        cdef double timeout
+        cdef int finished
+        if not g.started or self.abandoned:
+            raise TLSUnavailable("the exchange did not start")
+        if not self.joined:
+            timeout = g.deadline - tg_now() + 1.0
+            with nogil:
+                finished = tg_wait_done(g, timeout if timeout > 0 else 0.0)
+            if not finished:
+                # Stuck outside a bounded wait (a CA file that is a FIFO, say): the thread
+                # keeps its struct, which is never freed (a one-shot process, failing now).
+                self.abandoned = True
+                raise TimeoutError("the TLS exchange did not end by its deadline")
+            with nogil:
+                pthread_join(g.thread, NULL)
+            self.joined = True
+            openssl_warm_wait()  # no thread of ours outlives the GET (the restore backend forks)
+        kind = g.kind
+        if kind == TG_OK:
+            return g.buf[:g.len] if g.len else b""
+        msg = g.msg.decode("utf-8", "replace")
+        if kind == TG_ERRNO:
+            raise OSError(g.err, f"{strerror(g.err).decode('utf-8', 'replace')} ({msg})")
+        if kind == TG_TIMEOUT:
+            raise TimeoutError(msg)
+        if kind == TG_TLS or kind == TG_VERIFY:
+            raise TLSFailure(msg)
+        if kind == TG_MATERIAL:
+            raise TLSMaterialError(msg)
+        if kind == TG_TOO_LARGE:
+            raise ValueError(f"{msg} ({g.cap} bytes)")
+        raise TLSUnavailable(msg)
+
+    def __dealloc__(self):
+        cdef tg_get *g = self.g
+        if g == NULL or self.abandoned:
+            return
+        if g.started and not self.joined:
+            with nogil:  # bounded: every wait of the thread ends at its deadline
+                pthread_join(g.thread, NULL)
+        if g.done_fd >= 0:
+            close(g.done_fd)
+        free(g.ca_pem)
+        free(g.ca_file)
+        free(g.cert_file)
+        free(g.key_file)
+        free(g.request)
+        free(g.buf)
+        free(g)
+        self.g = NULL
+
+
+def is_ip_literal(str host):
+    """Is ``host`` an IPv4 or IPv6 address literal (what ``HttpsGet`` connects to)?"""
+    cdef unsigned char addr[16]
+    raw = host.encode("ascii", "replace")
+    if b"\0" in raw:
+        return False
+    return inet_pton(AF_INET, raw, addr) == 1 or inet_pton(AF_INET6, raw, addr) == 1
+
+
+def tls_client_profile():
+    """What ``HttpsGet``'s contexts are made with: (options, minimum version, verify mode,
+    verify flags, cipher names); None when OpenSSL is unusable. For the parity test against
+    the interpreter's own ``_ssl``."""
+    cdef uint64_t options = 0
+    cdef long min_version = 0
+    cdef int verify_mode = 0
+    cdef unsigned long flags = 0
+    cdef char names[8192]
+    if not tg_profile(&options, &min_version, &verify_mode, &flags, names, sizeof(names)):
+        return None
+    return options, min_version, verify_mode, flags, names.decode().split(":")

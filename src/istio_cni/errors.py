@@ -166,6 +166,24 @@ class NetnsRestoreFailed(BaseException):
     plugin reports it and exits, the node agent ends its process."""
 
 
+# ---- the pod GET on a C thread: raised by ``_fastpath.HttpsGet`` ------------------------------
+
+
+class TLSFailure(OSError):
+    """The TLS handshake or stream failed (what ``_ssl.SSLError`` is on the Python path): an
+    ``OSError``, so the pod lookup retries it like any transport failure."""
+
+
+class TLSMaterialError(ValueError):
+    """The kubeconfig's CA, client certificate or key cannot be loaded: a configuration
+    problem, reported at once as the Python path reports it (``k8s._client``)."""
+
+
+class TLSUnavailable(Exception):
+    """No usable OpenSSL for the C client (no libssl.so.3, a function missing, no thread):
+    the lookup falls back to ``_ssl``."""
+
+
 # ---- internal errors: where it broke, never the values it broke on ---------------------------
 
 

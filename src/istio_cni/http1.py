@@ -37,6 +37,24 @@ MAX_CHUNK_LINE = 4 << 10  # hex size + chunk extensions; real servers send "1f40
 _RECV = 65536
 
 
+class Received:
+    """A whole answer already received (``_fastpath.HttpsGet``'s bytes) as a ``Receiver``:
+    the same strict reading applies to it as to a live connection."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = memoryview(data), 0
+
+    def settimeout(self, seconds: float) -> None:
+        pass  # nothing left to wait for
+
+    def recv(self, n: int) -> bytes:
+        chunk = bytes(self.data[self.pos : self.pos + n])
+        self.pos += len(chunk)
+        return chunk
+
+
 class ResponseError(ValueError):
     """The answer is not a well-framed HTTP/1.1 response within our bounds (malformed,
     truncated, ambiguous or oversized). The message says which; it never quotes more than

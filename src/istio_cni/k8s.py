@@ -21,9 +21,11 @@ from .log import log
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the ADD path's budget)
 if TYPE_CHECKING:
     import _socket
+    import _ssl
     from collections.abc import Callable
 
     from .config import PluginConf
+    from .http1 import Received
     from .kubeconfig import Cluster
     from .transport import TLSConn
 
@@ -104,56 +106,126 @@ def bearer_token(cluster: Cluster) -> str:
 
 
 class Client:
-    """GETs JSON objects from the API server named by a kubeconfig ``Cluster``."""
+    """GETs JSON objects from the API server named by a kubeconfig ``Cluster``.
+
+    TLS is done one of two ways, with the same settings and checks: by ``_fastpath.HttpsGet``
+    on a C thread (the one-shot plugin process, for an API server named by its IP, as the
+    installer writes it: ``tls_in_c`` None), or by ``_ssl`` on this thread (``transport``:
+    every other process and host name, or when the C client finds no usable OpenSSL)."""
 
     def __init__(
-        self, cluster: Cluster, timeout: float = 5.0, idle: Callable[[Callable[[], bool]], object] | None = None
+        self,
+        cluster: Cluster,
+        timeout: float = 5.0,
+        idle: Callable[[Callable[[], bool]], object] | None = None,
+        tls_in_c: bool | None = None,
     ) -> None:
         """``idle(ready)``, when given, runs while the server works on our TLS handshake and on
         the request (polling ``ready``, which says the answer is there): work the caller would
         do after the answer anyway, done in time otherwise spent waiting."""
-        from .transport import lean_tls_context, split_server
+        from .transport import split_server
 
         self.cluster = cluster
         self.timeout = timeout
         self.idle = idle
         self.scheme, self.host, self.port, self.prefix = split_server(cluster.server)
-        self._ctx = lean_tls_context(cluster) if self.scheme == "https" else None
+        self._ctx: _ssl._SSLContext | None = None
+        self._c_tls: dict | None = None  # HttpsGet's trust and credentials, when it does TLS
+        if self.scheme == "https":
+            if tls_in_c is None:
+                from . import ONE_SHOT_PROCESS
+                from ._fastpath import is_ip_literal
+
+                tls_in_c = ONE_SHOT_PROCESS and is_ip_literal(self.host)
+            if tls_in_c:
+                from .transport import c_tls_params
+
+                self._c_tls = c_tls_params(cluster)
+            else:
+                self._use_ssl_module()
         self._token = bearer_token(cluster)
+
+    def _use_ssl_module(self) -> None:
+        from .transport import lean_tls_context
+
+        self._c_tls = None
+        self._ctx = lean_tls_context(self.cluster)
+
+    def _request(self, path: str) -> bytes:
+        from .transport import host_header
+
+        req = [
+            f"GET {self.prefix}{path} HTTP/1.1",
+            f"Host: {host_header(self.host, self.port)}",
+            "Accept: application/json",
+            "User-Agent: istio-cni-python",
+            "Connection: close",
+        ]
+        if self._token:
+            req.append(f"Authorization: Bearer {self._token}")
+        return ("\r\n".join(req) + "\r\n\r\n").encode()
 
     def get(self, path: str, timeout: float | None = None) -> object:
         """One attempt, all of it (connect, TLS handshake, send, the whole answer) bounded by
         ``timeout``. Raises ``HTTPError`` for a non-200, ``OSError``/``ValueError`` else."""
         from .http1 import read_response
-        from .transport import HTTPError, TLSConn, connect, host_header, raw_ready
+        from .transport import HTTPError
 
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        raw = connect(self.host, self.port, deadline)
-        sock: _socket.socket | TLSConn = raw
-        try:
-            if self._ctx is not None:
-                sock = TLSConn(self._ctx, raw, self.host, deadline, self.idle)
-            req = [
-                f"GET {self.prefix}{path} HTTP/1.1",
-                f"Host: {host_header(self.host, self.port)}",
-                "Accept: application/json",
-                "User-Agent: istio-cni-python",
-                "Connection: close",
-            ]
-            if self._token:
-                req.append(f"Authorization: Bearer {self._token}")
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(("\r\n".join(req) + "\r\n\r\n").encode())
-            if self.idle is not None:
-                self.idle(sock.ready if isinstance(sock, TLSConn) else lambda: raw_ready(raw))
-            status, reason, body = read_response(sock, deadline)
-        finally:
-            sock.close()
+        answer = None
+        if self._c_tls is not None:
+            answer = self._exchange_in_c(path, deadline)
+        if answer is not None:  # all received: no deadline left to keep while reading it
+            status, reason, body = read_response(answer)
+        else:
+            status, reason, body = self._exchange(path, deadline)
         if status != 200:
             raise HTTPError(status, reason, body)
         from ._fastpath import json_loads
 
         return json_loads(body)
+
+    def _exchange_in_c(self, path: str, deadline: float) -> Received | None:
+        """The exchange by ``HttpsGet``; None when this OpenSSL cannot serve it (the Python
+        path takes over from then on)."""
+        from ._fastpath import HttpsGet
+        from .errors import TLSMaterialError, TLSUnavailable
+        from .http1 import MAX_BODY, MAX_HEAD, Received
+
+        assert self._c_tls is not None
+        try:
+            # The whole answer is kept until the server closes (we send Connection: close):
+            # the head and body caps, and room for chunk framing, as http1 would allow.
+            exchange = HttpsGet(
+                self.host, self.port, self._request(path), deadline, MAX_HEAD + 2 * MAX_BODY, **self._c_tls
+            )
+            if self.idle is not None:
+                self.idle(exchange.done)
+            return Received(exchange.result())
+        except TLSUnavailable as e:
+            log.debug("TLS on a C thread unavailable, using _ssl", cause=str(e))
+        except TLSMaterialError as e:  # as _client reports it on the Python path
+            raise errors.KubernetesLookupError("cannot load TLS material from the kubeconfig", str(e)) from None
+        self._use_ssl_module()
+        return None
+
+    def _exchange(self, path: str, deadline: float) -> tuple[int, str, bytes]:
+        """The exchange on this thread (``_socket``, and ``_ssl`` for https)."""
+        from .http1 import read_response
+        from .transport import TLSConn, connect, raw_ready
+
+        raw = connect(self.host, self.port, deadline)
+        sock: _socket.socket | TLSConn = raw
+        try:
+            if self._ctx is not None:
+                sock = TLSConn(self._ctx, raw, self.host, deadline, self.idle)
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.sendall(self._request(path))
+            if self.idle is not None:
+                self.idle(sock.ready if isinstance(sock, TLSConn) else lambda: raw_ready(raw))
+            return read_response(sock, deadline)
+        finally:
+            sock.close()
 
 
 def _status_message(body: bytes) -> str:

@@ -138,6 +138,29 @@ def lean_tls_context(cluster: Cluster) -> _ssl._SSLContext:
     return _configure(_ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT), cluster)
 
 
+def c_tls_params(cluster: Cluster) -> dict:
+    """The kubeconfig's trust and client credentials as ``_fastpath.HttpsGet`` takes them:
+    what ``_configure`` gives ``_ssl``, in the same order of precedence."""
+    from ._fastpath import b64decode  # not binascii: see b64decode
+
+    params: dict = {"insecure": cluster.insecure}
+    if cluster.insecure:
+        pass
+    elif cluster.ca_data:
+        params["ca_pem"] = b64decode(cluster.ca_data)
+    elif cluster.ca_file:
+        params["ca_file"] = cluster.ca_file
+    cert: str = cluster.client_cert_file
+    key: str | None = cluster.client_key_file
+    if cluster.client_cert_data:
+        cert = _memfile(cluster.client_cert_data)
+        key = _memfile(cluster.client_key_data) if cluster.client_key_data else None
+    if cert:
+        params["cert_file"] = cert
+        params["key_file"] = key or None
+    return params
+
+
 def ssl_context(cluster: Cluster) -> ssl.SSLContext:
     """The same TLS settings as a full ``ssl.SSLContext``, for long-lived processes (the node
     agent) that use the ``ssl``/``socket`` modules and can afford their import."""
