@@ -248,7 +248,9 @@ def _warm_floors(plugin, pool, pod_ruleset) -> dict:
     conf = parse_conf(json_loads(stdin))
     kc_path = conf.kubeconfig
     cluster = load(kc_path)
-    client = Client(cluster, tls_in_c=True)  # as the one-shot plugin does it (an IP host)
+    # As the one-shot plugin does it (an IP host), resuming its kept TLS session.
+    session = plugin.bin_dir.parent / "phase-floor-tls-session"
+    client = Client(cluster, tls_in_c=True, tls_session_file=str(session))
     path = pod_path(harness.POD_NAMESPACE, REDIRECT_POD)
     pod = client.get(path)
     answer = client._exchange_in_c(path, time.monotonic() + 5)

@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from istio_cni.k8s import TLS_SESSION_NAME
 from istio_cni.log import log
 
 from .atomic import remove_stale_temps
@@ -163,6 +164,10 @@ class Installer:
         self.conflist.uninstall()
         if self.kubeconfig.remove():
             log.info("plugin kubeconfig removed", path=str(self.kubeconfig.path))
+        session = Path(self.s.run_dir) / TLS_SESSION_NAME  # the plugin's, kept beside the kubeconfig
+        if session.exists():
+            session.unlink(missing_ok=True)
+            log.info("plugin TLS session removed", path=str(session))
         for b in self.binaries:
             if b.remove(leave_standin=self.s.del_standin_on_uninstall):
                 log.info("plugin removed", dir=str(b.dir), del_standin=self.s.del_standin_on_uninstall)

@@ -1,7 +1,8 @@
 """Type stub for the compiled ``istio_cni._fastpath`` (built from ``_fastpath.pyx``).
 
 Four jobs: network-namespace entry/exit, ``CNI_ARGS`` splitting, JSON on the standard
-library's C engine, and OpenSSL on C threads (its set-up, the pod GET). The netns exception types are ``istio_cni.errors``' (re-exported here).
+library's C engine, and OpenSSL on C threads (its set-up, the pod GET). The netns exception
+types are ``istio_cni.errors``' (re-exported here).
 """
 
 from types import TracebackType
@@ -59,8 +60,10 @@ class HttpsGet:
         ca_file: str | None = None,
         cert_file: str | None = None,
         key_file: str | None = None,
+        session_file: str | None = None,
     ) -> Self: ...
     def done(self) -> bool: ...
+    def resumed(self) -> bool: ...
     def result(self) -> bytes: ...
 
 def tls_client_profile() -> tuple[int, int, int, int, list[str]] | None: ...

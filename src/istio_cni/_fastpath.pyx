@@ -498,6 +498,7 @@ cdef extern from "_tlsget.h" nogil:
         char *ca_file
         char *cert_file
         char *key_file
+        char *session_file
         char *request
         size_t request_len
         double deadline
@@ -506,6 +507,7 @@ cdef extern from "_tlsget.h" nogil:
         size_t len
         int kind
         int err
+        int resumed
         char msg[400]
         int done_fd
         pthread_t thread
@@ -597,7 +599,7 @@ cdef class HttpsGet:
 
     def __cinit__(self, str host, int port, bytes request, double deadline, Py_ssize_t cap, *,
                   bint insecure=False, bytes ca_pem=None, str ca_file=None, str cert_file=None,
-                  str key_file=None):
+                  str key_file=None, str session_file=None):
         cdef tg_get *g = <tg_get *>calloc(1, sizeof(tg_get))
         if g == NULL:
             raise MemoryError()
@@ -633,6 +635,8 @@ cdef class HttpsGet:
             g.cert_file = _copy(_path(cert_file), "the client certificate path")
         if key_file:
             g.key_file = _copy(_path(key_file), "the client key path")
+        if session_file:
+            g.session_file = _copy(_path(session_file), "the TLS session path")
         g.done_fd = eventfd(0, EFD_CLOEXEC)
         if g.done_fd < 0:
             raise TLSUnavailable(f"eventfd: {strerror(errno).decode()}")
@@ -643,6 +647,10 @@ cdef class HttpsGet:
     def done(self):
         """Is the exchange over (answer or failure)? Never waits."""
         return self.g.started == 0 or tg_wait_done(self.g, 0.0) != 0
+
+    def resumed(self):
+        """Did the finished exchange resume the kept TLS session?"""
+        return bool(self.joined and self.g.resumed)
 
     def result(self):
         """Wait for the exchange (at most until the deadline, plus 1 s for the thread to
@@ -694,6 +702,7 @@ cdef class HttpsGet:
         free(g.ca_file)
         free(g.cert_file)
         free(g.key_file)
+        free(g.session_file)
         free(g.request)
         free(g.buf)
         free(g)

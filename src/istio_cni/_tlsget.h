@@ -27,7 +27,10 @@
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -36,6 +39,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,6 +53,7 @@
 #define TG_SSL_CTRL_SET_MIN_PROTO_VERSION 123
 #define TG_SSL_CTRL_GET_MIN_PROTO_VERSION 130
 #define TG_TLS1_2_VERSION 0x0303
+#define TG_TLS1_3_VERSION 0x0304
 #define TG_SSL_VERIFY_NONE 0
 #define TG_SSL_VERIFY_PEER 1
 #define TG_SSL_VERIFY_FAIL_IF_NO_PEER_CERT 2
@@ -106,6 +111,21 @@ typedef struct {
     int (*SSL_read)(void *, void *, int);
     int (*SSL_get_error)(const void *, int);
     long (*SSL_get_verify_result)(const void *);
+    int (*SSL_set_session)(void *, void *);
+    void *(*SSL_get1_session)(void *);
+    int (*SSL_session_reused)(const void *);
+    void (*SSL_SESSION_free)(void *);
+    void *(*SSL_SESSION_dup)(const void *);
+    int (*i2d_SSL_SESSION)(const void *, unsigned char **);
+    void *(*d2i_SSL_SESSION)(void **, const unsigned char **, long);
+    int (*SSL_SESSION_is_resumable)(const void *);
+    int (*SSL_SESSION_get_protocol_version)(const void *);
+    void *(*EVP_MD_CTX_new)(void);
+    void (*EVP_MD_CTX_free)(void *);
+    const void *(*EVP_sha256)(void);
+    int (*EVP_DigestInit_ex)(void *, const void *, void *);
+    int (*EVP_DigestUpdate)(void *, const void *, size_t);
+    int (*EVP_DigestFinal_ex)(void *, unsigned char *, unsigned int *);
     int (*OPENSSL_sk_num)(const void *);
     void *(*OPENSSL_sk_value)(const void *, int);
     void *(*BIO_new_mem_buf)(const void *, int);
@@ -172,6 +192,21 @@ static void tg_load(void)
     TG_SYM(SSL_read);
     TG_SYM(SSL_get_error);
     TG_SYM(SSL_get_verify_result);
+    TG_SYM(SSL_set_session);
+    TG_SYM(SSL_get1_session);
+    TG_SYM(SSL_session_reused);
+    TG_SYM(SSL_SESSION_free);
+    TG_SYM(SSL_SESSION_dup);
+    TG_SYM(i2d_SSL_SESSION);
+    TG_SYM(d2i_SSL_SESSION);
+    TG_SYM(SSL_SESSION_is_resumable);
+    TG_SYM(SSL_SESSION_get_protocol_version);
+    TG_SYM(EVP_MD_CTX_new);
+    TG_SYM(EVP_MD_CTX_free);
+    TG_SYM(EVP_sha256);
+    TG_SYM(EVP_DigestInit_ex);
+    TG_SYM(EVP_DigestUpdate);
+    TG_SYM(EVP_DigestFinal_ex);
     TG_SYM(OPENSSL_sk_num);
     TG_SYM(OPENSSL_sk_value);
     TG_SYM(BIO_new_mem_buf);
@@ -223,16 +258,33 @@ static void *tg_context(void)
     return ctx;
 }
 
+/* The context the warm-up thread made, kept for the first exchange (it only adds the
+ * kubeconfig's material): the lock is held while it is made, so an exchange that starts
+ * meanwhile waits for it rather than making a second one on a cold library. */
+static pthread_mutex_t tg_warm_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *tg_warm_ctx;
+
 /* The warm-up thread's work (see _fastpath.pyx): OpenSSL loaded and its first context made. */
 static void *tg_warm(void *arg)
 {
     (void)arg;
     if (tg_openssl()) {
-        void *ctx = tg_context();
-        if (ctx != NULL)
-            tg_api.SSL_CTX_free(ctx);
+        pthread_mutex_lock(&tg_warm_lock);
+        if (tg_warm_ctx == NULL)
+            tg_warm_ctx = tg_context();
+        pthread_mutex_unlock(&tg_warm_lock);
     }
     return NULL;
+}
+
+/* A fresh client context: the warm-up thread's if it is still unused, else a new one. */
+static void *tg_take_context(void)
+{
+    pthread_mutex_lock(&tg_warm_lock);
+    void *ctx = tg_warm_ctx;
+    tg_warm_ctx = NULL;
+    pthread_mutex_unlock(&tg_warm_lock);
+    return ctx != NULL ? ctx : tg_context();
 }
 
 /* What failed, for the Python side to raise (kinds map to exception types in _fastpath.pyx). */
@@ -259,6 +311,7 @@ typedef struct tg_get {
     char *ca_file;   /* or NULL; neither: the system's default trust store */
     char *cert_file; /* client certificate chain (PEM), or NULL */
     char *key_file;  /* its key, or NULL (then in cert_file) */
+    char *session_file; /* where the TLS session is kept between processes, or NULL (tg_session_*) */
     char *request;
     size_t request_len;
     double deadline;
@@ -269,6 +322,7 @@ typedef struct tg_get {
     size_t room; /* allocated size of buf */
     int kind;
     int err;
+    int resumed; /* the handshake resumed the kept session */
     char msg[400];
     /* the thread and its end */
     int done_fd; /* eventfd written once the thread is done with everything but freeing */
@@ -406,6 +460,11 @@ static int tg_connect(tg_get *g)
         tg_fail(g, TG_ERRNO, errno, "socket%s", "");
         return -1;
     }
+    /* Our Finished and the request go out as two small writes: without NODELAY, Nagle holds
+     * the request until the server ACKs the Finished, a delayed ACK away (~40 ms) after a
+     * resumed handshake. */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct sockaddr_in sin;
     struct sockaddr_in6 sin6;
     struct sockaddr *sa;
@@ -520,6 +579,155 @@ static int tg_unexpected_eof(void *ssl, int r)
            TG_ERR_REASON(last) == TG_SSL_R_UNEXPECTED_EOF_WHILE_READING;
 }
 
+/* ---- The TLS session, kept between plugin processes ---------------------------------------
+ *
+ * A full TLS 1.3 handshake costs the API server a signature with its key and us a chain
+ * verification: ~1.3 ms of the pod GET here (benchmarks/RESULTS.md, "TLS session
+ * resumption"). Every ADD is a new process, so the session (TLS 1.3 ticket and resumption
+ * secret, OpenSSL's DER form) is kept in a file in the node program's run dir, beside the
+ * plugin's kubeconfig and its token and with the same protection (root only): whoever can
+ * read it can read those too. Resuming proves the server is the one our earlier handshake
+ * verified (only it can open the ticket); a server that cannot opens a full handshake,
+ * verified as ever. The file is bound to the trust it was made under (the server's IP and
+ * port, the CA data or the CA file's identity): a new CA, or another server, never resumes an
+ * old session. Sessions authenticated by a client certificate are never kept (the identity
+ * would outlive a rotated certificate); the bearer token travels in every request anyway.
+ * The file is read with O_NOFOLLOW, must be a regular file owned by us, writable by nobody
+ * else, at most TG_SESSION_MAX bytes; it is replaced by rename, never written in place, and
+ * only after a full handshake. Anything unexpected: no resumption, and the GET goes on. */
+
+#define TG_SESSION_MAGIC "istio-cni tls session 1\n"
+#define TG_SESSION_MAGIC_LEN (sizeof(TG_SESSION_MAGIC) - 1)
+#define TG_SESSION_BINDING 32
+#define TG_SESSION_HEAD (TG_SESSION_MAGIC_LEN + TG_SESSION_BINDING)
+#define TG_SESSION_MAX 16384
+
+static int tg_digest_part(void *md, const void *data, size_t len)
+{
+    uint64_t n = len; /* length-prefixed: parts cannot run into each other */
+    return tg_api.EVP_DigestUpdate(md, &n, sizeof(n)) == 1 && tg_api.EVP_DigestUpdate(md, data, len) == 1;
+}
+
+/* What the session is bound to (SHA-256); 0 when this exchange keeps no session. */
+static int tg_session_binding(tg_get *g, unsigned char out[TG_SESSION_BINDING])
+{
+    if (g->session_file == NULL || g->insecure || g->cert_file != NULL)
+        return 0;
+    char where[64];
+    snprintf(where, sizeof(where), "%s|%d", g->ip, g->port);
+    void *md = tg_api.EVP_MD_CTX_new();
+    if (md == NULL)
+        return 0;
+    unsigned int len = 0;
+    int ok = tg_api.EVP_DigestInit_ex(md, tg_api.EVP_sha256(), NULL) == 1 &&
+             tg_digest_part(md, TG_SESSION_MAGIC, TG_SESSION_MAGIC_LEN) && tg_digest_part(md, where, strlen(where));
+    if (ok && g->ca_pem != NULL) {
+        ok = tg_digest_part(md, "ca-data", 7) && tg_digest_part(md, g->ca_pem, g->ca_len);
+    } else if (ok && g->ca_file != NULL) {
+        struct stat st;
+        ok = stat(g->ca_file, &st) == 0;
+        if (ok) { /* the file's identity: a replaced or rewritten CA file binds anew */
+            int64_t id[5] = {(int64_t)st.st_dev, (int64_t)st.st_ino, (int64_t)st.st_size,
+                             (int64_t)st.st_mtim.tv_sec, (int64_t)st.st_mtim.tv_nsec};
+            ok = tg_digest_part(md, "ca-file", 7) && tg_digest_part(md, g->ca_file, strlen(g->ca_file)) &&
+                 tg_digest_part(md, id, sizeof(id));
+        }
+    } else if (ok) {
+        ok = tg_digest_part(md, "system", 6);
+    }
+    ok = ok && tg_api.EVP_DigestFinal_ex(md, out, &len) == 1 && len == TG_SESSION_BINDING;
+    tg_api.EVP_MD_CTX_free(md);
+    tg_api.ERR_clear_error();
+    return ok;
+}
+
+/* The kept session, if there is a sound one for this binding (else NULL). */
+static void *tg_session_load(tg_get *g, const unsigned char binding[TG_SESSION_BINDING])
+{
+    int fd = open(g->session_file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0)
+        return NULL;
+    unsigned char buf[TG_SESSION_MAX];
+    struct stat st;
+    ssize_t n = -1;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && (st.st_mode & 022) == 0 &&
+        st.st_size > (off_t)TG_SESSION_HEAD && st.st_size <= (off_t)sizeof(buf))
+        n = read(fd, buf, sizeof(buf));
+    close(fd);
+    if (n != (ssize_t)st.st_size || memcmp(buf, TG_SESSION_MAGIC, TG_SESSION_MAGIC_LEN) != 0 ||
+        memcmp(buf + TG_SESSION_MAGIC_LEN, binding, TG_SESSION_BINDING) != 0)
+        return NULL;
+    const unsigned char *p = buf + TG_SESSION_HEAD;
+    void *sess = tg_api.d2i_SSL_SESSION(NULL, &p, (long)(n - (ssize_t)TG_SESSION_HEAD));
+    if (sess != NULL && (p != buf + n || !tg_api.SSL_SESSION_is_resumable(sess) ||
+                         tg_api.SSL_SESSION_get_protocol_version(sess) != TG_TLS1_3_VERSION)) {
+        tg_api.SSL_SESSION_free(sess);
+        sess = NULL;
+    }
+    tg_api.ERR_clear_error();
+    return sess;
+}
+
+static int tg_write_all(int fd, const unsigned char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(fd, data, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return 0;
+        data += w;
+        len -= (size_t)w;
+    }
+    return 1;
+}
+
+/* A resumable TLS 1.3 copy of the connection's session as it is now, or NULL. A copy: a
+ * server that closes without close_notify makes OpenSSL mark the connection's own session
+ * unresumable, though the ticket that came before the answer is as sound as ever. */
+static void *tg_session_snapshot(void *ssl)
+{
+    void *sess = tg_api.SSL_get1_session(ssl);
+    void *copy = NULL;
+    if (sess != NULL && tg_api.SSL_SESSION_is_resumable(sess) &&
+        tg_api.SSL_SESSION_get_protocol_version(sess) == TG_TLS1_3_VERSION)
+        copy = tg_api.SSL_SESSION_dup(sess);
+    if (sess != NULL)
+        tg_api.SSL_SESSION_free(sess);
+    tg_api.ERR_clear_error();
+    return copy;
+}
+
+/* Keep sess (freed here) in the session file. */
+static void tg_session_save(tg_get *g, void *sess, const unsigned char binding[TG_SESSION_BINDING])
+{
+    unsigned char buf[TG_SESSION_MAX];
+    char tmp[PATH_MAX];
+    int len = tg_api.i2d_SSL_SESSION(sess, NULL);
+    /* ".<name>.tmp.<pid>" beside it: the node program's name for temp files, which it removes
+     * at start when a process died before its rename (atomic.remove_stale_temps). */
+    const char *slash = strrchr(g->session_file, '/');
+    int dir_len = slash != NULL ? (int)(slash - g->session_file) + 1 : 0;
+    int named = snprintf(tmp, sizeof(tmp), "%.*s.%s.tmp.%ld", dir_len, g->session_file, g->session_file + dir_len,
+                         (long)getpid());
+    if (len > 0 && (size_t)len <= sizeof(buf) - TG_SESSION_HEAD && named > 0 && (size_t)named < sizeof(tmp)) {
+        unsigned char *p = buf + TG_SESSION_HEAD;
+        memcpy(buf, TG_SESSION_MAGIC, TG_SESSION_MAGIC_LEN);
+        memcpy(buf + TG_SESSION_MAGIC_LEN, binding, TG_SESSION_BINDING);
+        if (tg_api.i2d_SSL_SESSION(sess, &p) == len) {
+            int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+            if (fd >= 0) {
+                int ok = tg_write_all(fd, buf, TG_SESSION_HEAD + (size_t)len);
+                ok = close(fd) == 0 && ok;
+                if (!ok || rename(tmp, g->session_file) != 0)
+                    unlink(tmp);
+            }
+        }
+    }
+    tg_api.SSL_SESSION_free(sess);
+    tg_api.ERR_clear_error();
+}
+
 static void tg_exchange(tg_get *g)
 {
     if (!tg_openssl()) {
@@ -527,13 +735,16 @@ static void tg_exchange(tg_get *g)
         return;
     }
     tg_api.ERR_clear_error();
-    void *ctx = tg_context();
+    void *ctx = tg_take_context();
     if (ctx == NULL) {
         tg_fail_openssl(g, TG_SETUP, "cannot create a TLS client context");
         return;
     }
     void *ssl = NULL;
     int fd = -1;
+    unsigned char binding[TG_SESSION_BINDING];
+    int keep = 0;      /* this exchange keeps its TLS session (tg_session_binding) */
+    void *kept = NULL; /* the session to keep, once the exchange has succeeded */
     if (!tg_material(g, ctx))
         goto out;
     fd = tg_connect(g);
@@ -547,6 +758,15 @@ static void tg_exchange(tg_get *g)
     if (!g->insecure && tg_api.X509_VERIFY_PARAM_set1_ip_asc(tg_api.SSL_get0_param(ssl), g->ip) != 1) {
         tg_fail_openssl(g, TG_SETUP, "cannot set the IP address to verify");
         goto out;
+    }
+    keep = tg_session_binding(g, binding);
+    if (keep) {
+        void *sess = tg_session_load(g, binding);
+        if (sess != NULL) {
+            tg_api.SSL_set_session(ssl, sess); /* offered; the server may still want a full handshake */
+            tg_api.SSL_SESSION_free(sess);
+            tg_api.ERR_clear_error();
+        }
     }
     for (;;) {
         tg_api.ERR_clear_error();
@@ -569,6 +789,8 @@ static void tg_exchange(tg_get *g)
         tg_api.ERR_clear_error();
         int r = tg_api.SSL_read(ssl, chunk, sizeof(chunk));
         if (r > 0) {
+            if (keep && g->len == 0 && !tg_api.SSL_session_reused(ssl))
+                kept = tg_session_snapshot(ssl); /* the ticket comes before the answer */
             if (!tg_append(g, chunk, (size_t)r))
                 goto out;
             continue;
@@ -587,7 +809,22 @@ static void tg_exchange(tg_get *g)
             goto out;
     }
     g->kind = TG_OK;
+    g->resumed = tg_api.SSL_session_reused(ssl);
+    if (keep && !g->resumed) {
+        void *last = tg_session_snapshot(ssl); /* tickets may also follow the answer */
+        if (last != NULL) {
+            if (kept != NULL)
+                tg_api.SSL_SESSION_free(kept);
+            kept = last;
+        }
+        if (kept != NULL) {
+            tg_session_save(g, kept, binding); /* frees it */
+            kept = NULL;
+        }
+    }
 out:
+    if (kept != NULL)
+        tg_api.SSL_SESSION_free(kept);
     tg_api.ERR_clear_error();
     if (ssl != NULL)
         tg_api.SSL_free(ssl);

@@ -119,10 +119,13 @@ class Client:
         timeout: float = 5.0,
         idle: Callable[[Callable[[], bool]], object] | None = None,
         tls_in_c: bool | None = None,
+        tls_session_file: str = "",
     ) -> None:
         """``idle(ready)``, when given, runs while the server works on our TLS handshake and on
         the request (polling ``ready``, which says the answer is there): work the caller would
-        do after the answer anyway, done in time otherwise spent waiting."""
+        do after the answer anyway, done in time otherwise spent waiting.
+        ``tls_session_file``: where the C client keeps the TLS session between plugin
+        processes (``tls_session_file(conf)``); "" keeps none."""
         from .transport import split_server
 
         self.cluster = cluster
@@ -141,6 +144,8 @@ class Client:
                 from .transport import c_tls_params
 
                 self._c_tls = c_tls_params(cluster)
+                if tls_session_file:
+                    self._c_tls["session_file"] = tls_session_file
             else:
                 self._use_ssl_module()
         self._token = bearer_token(cluster)
@@ -240,11 +245,22 @@ def _status_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace")  # not JSON, or JSON but not an object
 
 
+# In the node program's run dir (``cni_agent_run_dir``), beside the plugin's kubeconfig.
+TLS_SESSION_NAME = "tls-session"
+
+
+def tls_session_file(conf: PluginConf) -> str:
+    """Where the plugin keeps its TLS session to the API server between ADDs: the node
+    program's run dir (root only, like the kubeconfig and its token), or "" without one."""
+    run_dir = conf.agent_socket.rpartition("/")[0] if conf.agent_socket else ""
+    return f"{run_dir}/{TLS_SESSION_NAME}" if run_dir else ""
+
+
 def _client(conf: PluginConf, idle: Callable[[Callable[[], bool]], object] | None = None) -> Client:
     from .kubeconfig import load
 
     try:
-        return Client(load(conf.kubeconfig), idle=idle)
+        return Client(load(conf.kubeconfig), idle=idle, tls_session_file=tls_session_file(conf))
     except errors.CNIError:
         raise
     except ValueError as e:  # KubeconfigError, or a server URL transport cannot use

@@ -140,7 +140,11 @@ def test_installer_uninstall_follows_the_setting(plugin_bundle, host_layout):
         inst = Installer(parse([], host_layout.env(plugin_bundle, DEL_STANDIN_ON_UNINSTALL=leave)))
         inst.prepare()
         assert inst.reconcile() is True
+        session = host_layout.run_dir / "tls-session"  # what the plugin keeps beside its kubeconfig
+        session.write_bytes(b"a TLS session")
+        assert (host_layout.run_dir / "istio-cni-kubeconfig").exists()
         inst.uninstall()
+        assert not session.exists() and not (host_layout.run_dir / "istio-cni-kubeconfig").exists()
         exe = host_layout.bin_dir / "istio-cni"
         assert (exe.exists() and is_standin(exe.read_bytes())) is expect_standin
         assert not (host_layout.bin_dir / BUNDLE_DIR).exists()

@@ -362,3 +362,97 @@ def test_both_clients_read_any_answer_alike(pki, tmp_path, raw):
     with tls_server(pki, answer=raw) as (port, _):
         kc = kubeconfig(tmp_path, port, pki)
         assert outcome(kc, True) == outcome(kc, False)
+
+
+# ---- the TLS session kept between plugin processes ---------------------------------------------
+
+
+def c_get(port, pki, session_file, **kw):
+    kw.setdefault("ca_file", str(pki["ca"]))
+    g = _fastpath.HttpsGet("127.0.0.1", port, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", time.monotonic() + 3,
+                           1 << 20, session_file=str(session_file), **kw)
+    assert g.result() == ok_answer()
+    return g.resumed()
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def test_session_kept_then_resumed(pki, run_dir):
+    f = run_dir / "tls-session"
+    with tls_server(pki) as (port, _):
+        assert c_get(port, pki, f) is False  # a full handshake, which keeps its session
+        st = f.stat()
+        assert st.st_mode & 0o777 == 0o600 and f.read_bytes().startswith(b"istio-cni tls session 1\n")
+        assert c_get(port, pki, f) is True and c_get(port, pki, f) is True
+        assert f.stat().st_mtime_ns == st.st_mtime_ns  # a resumed handshake does not rewrite it
+    assert sorted(p.name for p in run_dir.iterdir()) == ["tls-session"]  # no temp file left
+
+
+def test_session_bound_to_the_trust_it_was_made_under(pki, run_dir, tmp_path):
+    f = run_dir / "tls-session"
+    with tls_server(pki) as (port, _):
+        c_get(port, pki, f)
+        assert c_get(port, pki, f, ca_file=None, ca_pem=pki["ca"].read_bytes()) is False  # other CA source
+        assert c_get(port, pki, f, ca_file=None, ca_pem=pki["ca"].read_bytes()) is True
+        copy = tmp_path / "ca-copy.crt"
+        copy.write_bytes(pki["ca"].read_bytes())
+        assert c_get(port, pki, f, ca_file=str(copy)) is False  # another CA file
+        copy.write_bytes(pki["ca"].read_bytes() + b"\n")
+        assert c_get(port, pki, f, ca_file=str(copy)) is False  # the same file, rewritten
+    with tls_server(pki) as (other_port, _):
+        assert c_get(other_port, pki, f) is False  # another server
+
+
+@pytest.mark.parametrize("spoil", ["garbage", "truncated", "group-writable", "other-owner", "symlink", "flipped"])
+def test_unsound_session_file_is_ignored(pki, run_dir, spoil):
+    f = run_dir / "tls-session"
+    with tls_server(pki) as (port, _):
+        c_get(port, pki, f)
+        good = f.read_bytes()
+        if spoil == "garbage":
+            f.write_bytes(b"istio-cni tls session 1\n" + bytes(range(256)) * 8)
+        elif spoil == "truncated":
+            f.write_bytes(good[:-40])
+        elif spoil == "group-writable":
+            f.chmod(0o620)
+        elif spoil == "other-owner":
+            import os
+
+            os.chown(f, 1337, 1337)
+        elif spoil == "symlink":
+            real = run_dir / "elsewhere"
+            f.rename(real)
+            f.symlink_to(real)
+        elif spoil == "flipped":
+            f.write_bytes(good[:-60] + bytes([good[-60] ^ 0xFF]) + good[-59:])
+        assert c_get(port, pki, f) is False  # ignored, and the GET goes on
+
+
+def test_no_session_kept_for_client_certificates_or_without_verification(pki, run_dir):
+    f = run_dir / "tls-session"
+    with tls_server(pki, require_client=True) as (port, _):
+        c_get(port, pki, f, cert_file=str(pki["client"][0]), key_file=str(pki["client"][1]))
+        assert not f.exists()
+    with tls_server(pki) as (port, _):
+        c_get(port, pki, f, ca_file=None, insecure=True)
+        assert not f.exists()
+
+
+def test_the_plugin_keeps_its_session_in_the_run_dir(pki, tmp_path, run_dir):
+    from istio_cni.k8s import tls_session_file
+
+    with tls_server(pki) as (port, _):
+        kc = kubeconfig(tmp_path, port, pki)
+        conf = parse_conf({"cniVersion": "1.0.0", "name": "n", "type": "istio-cni", "kubernetes": {"kubeconfig": kc},
+                           "cni_agent_run_dir": str(run_dir)})
+        assert tls_session_file(conf) == f"{run_dir}/tls-session"
+        c = Client(load(kc), tls_in_c=True, tls_session_file=tls_session_file(conf))
+        assert c.get("/api/v1/namespaces/ns1/pods/web") == POD == c.get("/api/v1/namespaces/ns1/pods/web")
+        assert (run_dir / "tls-session").exists()
+    no_run_dir = parse_conf({"cniVersion": "1.0.0", "name": "n", "type": "istio-cni", "kubernetes": {"kubeconfig": kc}})
+    assert tls_session_file(no_run_dir) == ""
