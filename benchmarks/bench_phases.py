@@ -268,7 +268,7 @@ def _warm_floors(plugin, pool, pod_ruleset) -> dict:
         "parse": _timeit(lambda: json_loads(stdin)),
         "netns_check": _timeit(lambda: check_netns(ns.path)),
         "kubeconfig": _timeit(kubeconfig),
-        "tls_context": _timeit(lambda: transport.c_tls_params(cluster)),
+        "tls_context": _timeit(lambda: transport.tls_material(cluster)),
         "exchange": _timeit(lambda: client._exchange_in_c(path, time.monotonic() + 5)),
         "get": _timeit(get_here),
     }

@@ -65,7 +65,7 @@ if _preload:
         ("skel", "conf_version", "parse"), ("skel", "check_netns", "netns_check"),
         ("plugin", "_setup", "parse"), ("plugin", "prev_result", "parse"),
         ("kubeconfig", "load", "kubeconfig"),
-        ("transport", "lean_tls_context", "tls_context"), ("transport", "c_tls_params", "tls_context"),
+        ("transport", "lean_tls_context", "tls_context"), ("transport", "tls_material", "tls_context"),
         ("transport", "connect", "connect"),
         ("decide", "decide", "decide"), ("redirect", "redirect_from_pod", "decide"),
         ("rules.builder", "build", "decide"), ("netfilter.routes", "netns_addresses", "addresses"),

@@ -141,9 +141,9 @@ class Client:
 
                 tls_in_c = ONE_SHOT_PROCESS and is_ip_literal(self.host)
             if tls_in_c:
-                from .transport import c_tls_params
+                from .transport import tls_material
 
-                self._c_tls = c_tls_params(cluster)
+                self._c_tls = tls_material(cluster)
                 if tls_session_file:
                     self._c_tls["session_file"] = tls_session_file
             else:

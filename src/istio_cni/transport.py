@@ -93,28 +93,22 @@ def quote_segment(segment: str) -> str:
 
 
 def _configure(ctx: _Context, cluster: Cluster) -> _Context:
-    """Trust and client credentials from the kubeconfig. Works on ``_ssl._SSLContext`` and
-    on its subclass ``ssl.SSLContext`` alike."""
+    """Trust and client credentials from the kubeconfig (``tls_material``). Works on
+    ``_ssl._SSLContext`` and on its subclass ``ssl.SSLContext`` alike."""
     import _ssl
 
-    if cluster.insecure:
+    m = tls_material(cluster)
+    if m["insecure"]:
         ctx.check_hostname = False
         ctx.verify_mode = _ssl.CERT_NONE
-    elif cluster.ca_data:
-        from ._fastpath import b64decode  # not binascii: see b64decode
-
-        ctx.load_verify_locations(None, None, b64decode(cluster.ca_data).decode())
-    elif cluster.ca_file:
-        ctx.load_verify_locations(cluster.ca_file)
+    elif "ca_pem" in m:
+        ctx.load_verify_locations(None, None, m["ca_pem"].decode())
+    elif "ca_file" in m:
+        ctx.load_verify_locations(m["ca_file"])
     else:
         ctx.set_default_verify_paths()
-    cert: str = cluster.client_cert_file
-    key: str | None = cluster.client_key_file
-    if cluster.client_cert_data:
-        cert = _memfile(cluster.client_cert_data)
-        key = _memfile(cluster.client_key_data) if cluster.client_key_data else None
-    if cert:
-        ctx.load_cert_chain(cert, key or None)
+    if "cert_file" in m:
+        ctx.load_cert_chain(m["cert_file"], m["key_file"])
     return ctx
 
 
@@ -138,27 +132,29 @@ def lean_tls_context(cluster: Cluster) -> _ssl._SSLContext:
     return _configure(_ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT), cluster)
 
 
-def c_tls_params(cluster: Cluster) -> dict:
-    """The kubeconfig's trust and client credentials as ``_fastpath.HttpsGet`` takes them:
-    what ``_configure`` gives ``_ssl``, in the same order of precedence."""
+def tls_material(cluster: Cluster) -> dict:
+    """The kubeconfig's trust and client credentials, in order of precedence, as
+    ``_fastpath.HttpsGet`` takes them (and ``_configure`` gives them to ``_ssl``): ``insecure``;
+    unless insecure, ``ca_pem`` (certificate-authority-data) or else ``ca_file`` (neither: the
+    system's store); ``cert_file``/``key_file`` (client certificate data goes through a memfd)."""
     from ._fastpath import b64decode  # not binascii: see b64decode
 
-    params: dict = {"insecure": cluster.insecure}
+    material: dict = {"insecure": cluster.insecure}
     if cluster.insecure:
         pass
     elif cluster.ca_data:
-        params["ca_pem"] = b64decode(cluster.ca_data)
+        material["ca_pem"] = b64decode(cluster.ca_data)
     elif cluster.ca_file:
-        params["ca_file"] = cluster.ca_file
+        material["ca_file"] = cluster.ca_file
     cert: str = cluster.client_cert_file
     key: str | None = cluster.client_key_file
     if cluster.client_cert_data:
         cert = _memfile(cluster.client_cert_data)
         key = _memfile(cluster.client_key_data) if cluster.client_key_data else None
     if cert:
-        params["cert_file"] = cert
-        params["key_file"] = key or None
-    return params
+        material["cert_file"] = cert
+        material["key_file"] = key or None
+    return material
 
 
 def ssl_context(cluster: Cluster) -> ssl.SSLContext:
