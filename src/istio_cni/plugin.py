@@ -122,8 +122,7 @@ _BACKEND_MODULES = {
 
 class ImportAhead:
     """``idle`` for the pod GET (``k8s.Client``): while the API server works on our TLS
-    handshake and on the request, import what the ADD loads after the answer, then run
-    ``then`` once (the pod netns' addresses: ``_netns_addresses``, which keeps its answer).
+    handshake and on the request, import what the ADD loads after the answer.
 
     This process would otherwise sit waiting there (~1-3 ms per ADD against a real
     kube-apiserver), and a redirected pod imports these modules anyway, so the wait hides
@@ -133,12 +132,11 @@ class ImportAhead:
     reports the failure where it belongs. (``benchmarks/RESULTS.md``, "Imports while the API
     server works".)"""
 
-    __slots__ = ("names", "then")
+    __slots__ = ("names",)
 
-    def __init__(self, backend: str, then: Callable[[], object] | None = None) -> None:
+    def __init__(self, backend: str) -> None:
         names = _AFTER_THE_GET + _BACKEND_MODULES.get(backend, ())
         self.names = [f"{__package__}.{n}" for n in reversed(names)]  # popped from the end
-        self.then = then
 
     def __call__(self, ready: Callable[[], bool]) -> None:
         names = self.names
@@ -147,26 +145,13 @@ class ImportAhead:
                 __import__(names.pop())
             except Exception:  # the ADD's own import raises it again, in its place
                 continue
-        then = self.then
-        if then is not None and not names and not ready():
-            self.then = None
-            try:
-                then()
-            except Exception:  # as for imports: the ADD's own call meets it again
-                pass
 
 
 def _netns_addresses(netns: str) -> Callable[[], list[str]]:
-    """The pod netns' own addresses, asked once (the primary plugin set them before us, so
-    they do not change during the ADD): ``ImportAhead`` may ask while the API server works."""
-    got: list[list[str]] = []
-
     def addresses() -> list[str]:
-        if not got:
-            from .netfilter.routes import netns_addresses
+        from .netfilter.routes import netns_addresses
 
-            got.append(netns_addresses(netns))
-        return got[0]
+        return netns_addresses(netns)
 
     return addresses
 
@@ -192,10 +177,11 @@ def cmd_add(args: CmdArgs) -> dict:
         answer = try_agent(conf, args, result)  # None: agent absent/slow/garbled -> direct path
         if answer is not None:
             return answer
-    addresses = _netns_addresses(args.netns)
-    ahead = ImportAhead(conf.netfilter_backend, then=addresses)
     ruleset, reason = plan(
-        conf, k8s, addresses, get_pod=lambda ns, name: get_pod(conf, ns, name, ref_checked=True, idle=ahead)
+        conf,
+        k8s,
+        _netns_addresses(args.netns),
+        get_pod=lambda ns, name: get_pod(conf, ns, name, ref_checked=True, idle=ImportAhead(conf.netfilter_backend)),
     )
     if ruleset is None:
         log.info("skipping pod", reason=reason)

@@ -123,32 +123,6 @@ def test_import_ahead_imports_in_order_and_stops_when_the_answer_is_there(monkey
     assert len(imported) == len(plugin._AFTER_THE_GET) + len(plugin._BACKEND_MODULES["auto"])
 
 
-def test_import_ahead_then_runs_once_after_the_imports_and_only_while_waiting(monkeypatch):
-    monkeypatch.setattr(plugin, "__import__", lambda name, *a, **k: None, raising=False)
-    calls = []
-    ahead = plugin.ImportAhead("iptc", then=lambda: calls.append(1))
-    ahead(lambda: False)
-    ahead(lambda: False)
-    assert calls == [1]  # once, after every import
-    answered = plugin.ImportAhead("iptc", then=lambda: calls.append(2))
-    answered(lambda: True)
-    answered.names.clear()
-    answered(lambda: True)  # the answer is there: the ADD does it itself, after deciding
-    assert calls == [1]
-
-
-def test_a_failing_then_is_left_to_the_add_and_addresses_are_asked_once(monkeypatch):
-    monkeypatch.setattr(plugin, "__import__", lambda name, *a, **k: None, raising=False)
-    ahead = plugin.ImportAhead("iptc", then=lambda: 1 / 0)
-    ahead(lambda: False)  # no exception here
-    import istio_cni.netfilter.routes as routes
-
-    asked = []
-    monkeypatch.setattr(routes, "netns_addresses", lambda ns: asked.append(ns) or ["192.0.2.2/24"])
-    addresses = plugin._netns_addresses("/run/netns/x")
-    assert addresses() == addresses() == ["192.0.2.2/24"] and asked == ["/run/netns/x"]
-
-
 def test_import_ahead_leaves_a_failing_import_to_the_add(monkeypatch):
     real = __import__
 
