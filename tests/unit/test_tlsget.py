@@ -333,6 +333,18 @@ def test_the_plugin_process_uses_the_c_client(pki, tmp_path, monkeypatch):
     assert Client(load(kc))._c_tls is None
 
 
+def test_no_usable_openssl_for_the_c_client_falls_back_to_ssl(pki, tmp_path, monkeypatch):
+    def unavailable(*a, **k):
+        raise errors.TLSUnavailable("libssl.so.3 cannot be loaded or lacks a function")
+
+    monkeypatch.setattr(_fastpath, "HttpsGet", unavailable)
+    with tls_server(pki) as (port, _):
+        c = client(kubeconfig(tmp_path, port, pki), True)
+        assert c.get("/api/v1/namespaces/ns1/pods/web") == POD
+        assert c._c_tls is None and c._ctx is not None  # _ssl from then on
+        assert c.get("/api/v1/namespaces/ns1/pods/web") == POD
+
+
 # ---- differential: any answer, both clients ---------------------------------------------------
 
 _heads = st.sampled_from([
