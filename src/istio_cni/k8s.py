@@ -82,13 +82,18 @@ def bearer_token(cluster: Cluster) -> str:
     without quoting it: it would split the request or end up in an error message."""
     token = cluster.token
     if not token and cluster.token_file:
+        from .transport import regular_file
+
         try:
+            regular_file(cluster.token_file, "the service-account token file", _MAX_TOKEN)
             with open(cluster.token_file, "rb") as f:
                 raw = f.read(_MAX_TOKEN + 1).strip()
         except OSError as e:
             raise errors.KubernetesLookupError(
                 f"cannot read the service-account token file {cluster.token_file}", e.strerror or ""
             ) from None
+        except ValueError as e:  # not a regular file (a FIFO would block the read), too large
+            raise errors.KubernetesLookupError(str(e)) from None
         if len(raw) > _MAX_TOKEN:
             raise errors.KubernetesLookupError(
                 f"the service-account token file {cluster.token_file} is larger than {_MAX_TOKEN} bytes"

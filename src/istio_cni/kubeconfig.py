@@ -80,13 +80,18 @@ class Cluster(Value):
 
 
 def _read(path: str) -> bytes:
+    from .transport import regular_file
+
     try:
+        regular_file(path, "kubeconfig", MAX_BYTES)  # a FIFO would block the open for good
         with open(path, "rb") as f:
             data = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise KubeconfigError(f"cannot read kubeconfig {path}: {e.strerror}") from None
-    except ValueError:  # a NUL in the path
-        raise KubeconfigError("the kubeconfig path is not a usable file name") from None
+    except ValueError as e:  # not a regular file, too large, or a NUL in the path
+        if "\0" in path:
+            raise KubeconfigError("the kubeconfig path is not a usable file name") from None
+        raise KubeconfigError(str(e)) from None
     if len(data) > MAX_BYTES:
         raise KubeconfigError(f"kubeconfig {path} is larger than {MAX_BYTES} bytes")
     return data

@@ -132,11 +132,31 @@ def lean_tls_context(cluster: Cluster) -> _ssl._SSLContext:
     return _configure(_ssl._SSLContext(_ssl.PROTOCOL_TLS_CLIENT), cluster)
 
 
+# A CA bundle, certificate chain or key is a few KB; the system's CA bundle ~200 KB.
+MAX_TLS_FILE = 4 << 20
+
+
+def regular_file(path: str, what: str, limit: int = MAX_TLS_FILE) -> str:
+    """``path`` if it names a regular file of at most ``limit`` bytes, else ``ValueError``:
+    a FIFO, a device (``/dev/zero``) or a directory in a kubeconfig would hang or exhaust the
+    lookup that reads it (OpenSSL reads a CA file to its end). Through ``posix``: see
+    ``istio_cni.environ``."""
+    import posix
+
+    st = posix.stat(path)  # OSError (missing, unreadable dir) is the caller's to report
+    if st.st_mode & 0o170000 != 0o100000:
+        raise ValueError(f"{what} {path[:200]!r} is not a regular file")
+    if st.st_size > limit:
+        raise ValueError(f"{what} {path[:200]!r} is larger than {limit} bytes")
+    return path
+
+
 def tls_material(cluster: Cluster) -> dict:
     """The kubeconfig's trust and client credentials, in order of precedence, as
     ``_fastpath.HttpsGet`` takes them (and ``_configure`` gives them to ``_ssl``): ``insecure``;
     unless insecure, ``ca_pem`` (certificate-authority-data) or else ``ca_file`` (neither: the
-    system's store); ``cert_file``/``key_file`` (client certificate data goes through a memfd)."""
+    system's store); ``cert_file``/``key_file`` (client certificate data goes through a memfd).
+    Files must be regular files (``regular_file``)."""
     from ._fastpath import b64decode  # not binascii: see b64decode
 
     material: dict = {"insecure": cluster.insecure}
@@ -145,9 +165,9 @@ def tls_material(cluster: Cluster) -> dict:
     elif cluster.ca_data:
         material["ca_pem"] = b64decode(cluster.ca_data)
     elif cluster.ca_file:
-        material["ca_file"] = cluster.ca_file
-    cert: str = cluster.client_cert_file
-    key: str | None = cluster.client_key_file
+        material["ca_file"] = regular_file(cluster.ca_file, "certificate-authority")
+    cert: str = cluster.client_cert_file and regular_file(cluster.client_cert_file, "client-certificate")
+    key: str | None = cluster.client_key_file and regular_file(cluster.client_key_file, "client-key")
     if cluster.client_cert_data:
         cert = _memfile(cluster.client_cert_data)
         key = _memfile(cluster.client_key_data) if cluster.client_key_data else None

@@ -345,6 +345,49 @@ def test_no_usable_openssl_for_the_c_client_falls_back_to_ssl(pki, tmp_path, mon
         assert c.get("/api/v1/namespaces/ns1/pods/web") == POD
 
 
+@pytest.mark.parametrize("special", ["fifo", "device", "directory"])
+@pytest.mark.parametrize("field", ["certificate-authority", "client-certificate", "client-key", "tokenFile",
+                                   "the kubeconfig itself"])
+def test_special_files_named_by_a_kubeconfig_fail_at_once(pki, tmp_path, tls_in_c, monkeypatch, field, special):
+    """A FIFO would block the open (or OpenSSL's read) for good, /dev/zero never ends: each is
+    one clear CNI error, on both clients, without touching the network."""
+    import os
+
+    import istio_cni
+
+    monkeypatch.setattr(istio_cni, "ONE_SHOT_PROCESS", tls_in_c)
+    target = {"fifo": str(tmp_path / "fifo"), "device": "/dev/zero", "directory": str(tmp_path)}[special]
+    if special == "fifo":
+        os.mkfifo(target)
+    kc = tmp_path / "kc"
+    if field == "the kubeconfig itself":
+        kc_path = target
+    else:
+        doc = json.loads(open(kubeconfig(tmp_path, 1, pki, client="file" if "client" in field else None)).read())
+        where = doc["users"][0]["user"] if field in ("client-certificate", "client-key", "tokenFile") else \
+            doc["clusters"][0]["cluster"]
+        if field == "tokenFile":
+            where.pop("token", None)
+        where[field] = target
+        kc.write_text(json.dumps(doc))
+        kc_path = str(kc)
+    conf = parse_conf({"cniVersion": "1.0.0", "name": "n", "type": "istio-cni", "kubernetes": {"kubeconfig": kc_path}})
+    box: list = []
+
+    def lookup_once() -> None:
+        try:
+            get_pod(conf, "ns1", "web", sleep=lambda s: None)
+        except BaseException as e:
+            box.append(e)
+
+    t = threading.Thread(target=lookup_once, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the lookup hangs on a special file"
+    assert isinstance(box[0], errors.CNIError) and not isinstance(box[0], errors.TryAgainLater), box
+    assert "regular file" in str(box[0]) + box[0].details
+
+
 # ---- differential: any answer, both clients ---------------------------------------------------
 
 _heads = st.sampled_from([
