@@ -106,14 +106,12 @@ def _rows_of(t0: float, t1: float, ph: dict, agent_work: float | None) -> dict:
     wall = t1 - t0
     rows = {"interpreter": m["first"] - t0, "probe": m["probe"] - m["first"],
             "imports": m["imported"] - m["probe"], "exit": t1 - m["result"]}
-    for k in ("parse", "netns_check", "kubeconfig", "tls_context", "connect", "handshake", "exchange",
-              "decide", "addresses", "commit"):
+    for k in ("parse", "netns_check", "kubeconfig", "tls_context", "exchange", "decide", "addresses", "commit"):
         rows[k] = acc.get(k, 0.0)
-    ahead = acc.get("ahead", 0.0)  # inside handshake and get: added to the table, not to the sum
-    # get_pod wraps kubeconfig/TLS/connect/handshake (or the C thread's exchange): its own part
+    ahead = acc.get("ahead", 0.0)  # inside the exchange: added to the table, not to the sum
+    # get_pod wraps the kubeconfig, the TLS material and the C thread's exchange: its own part
     # is what is left.
-    rows["get"] = max(acc.get("get_pod", 0.0) - sum(rows[k] for k in ("kubeconfig", "tls_context", "connect",
-                                                                    "handshake", "exchange")), 0.0)
+    rows["get"] = max(acc.get("get_pod", 0.0) - sum(rows[k] for k in ("kubeconfig", "tls_context", "exchange")), 0.0)
     if agent_work is not None:
         rows["agent_work"] = agent_work
         rows["agent_channel"] = max(acc.get("agent", 0.0) - agent_work, 0.0)

@@ -65,8 +65,7 @@ if _preload:
         ("skel", "conf_version", "parse"), ("skel", "check_netns", "netns_check"),
         ("plugin", "_setup", "parse"), ("plugin", "prev_result", "parse"),
         ("kubeconfig", "load", "kubeconfig"),
-        ("transport", "lean_tls_context", "tls_context"), ("transport", "tls_material", "tls_context"),
-        ("transport", "connect", "connect"),
+        ("transport", "tls_material", "tls_context"),
         ("decide", "decide", "decide"), ("redirect", "redirect_from_pod", "decide"),
         ("rules.builder", "build", "decide"), ("netfilter.routes", "netns_addresses", "addresses"),
         ("netfilter", "apply", "commit"), ("agent_client", "try_agent", "agent")]
@@ -90,11 +89,9 @@ if _preload:
 
         _k8s.get_pod = _get_pod_then_wrap
         _wrap(_k8s, "get_pod", "get_pod")
-    if "istio_cni.transport" in _M:
-        _wrap(_M["istio_cni.transport"].TLSConn, "__init__", "handshake")
     if "istio_cni.k8s" in _M:  # the one-shot plugin's TLS: connect, handshake, GET on a C thread
         _wrap(_M["istio_cni.k8s"].Client, "_exchange_in_c", "exchange")
-    if "istio_cni.plugin" in _M:  # the imports done while the API server works (in handshake/GET)
+    if "istio_cni.plugin" in _M:  # the imports done while the API server works (in the exchange)
         _wrap(_M["istio_cni.plugin"].ImportAhead, "__call__", "ahead")
     _skel = _M["istio_cni.skel"]
     _write = _skel._write

@@ -222,21 +222,30 @@ def _ascii_idna() -> None:
     sys.modules["encodings.idna"] = _IdnaStub  # type: ignore[assignment]  # not a ModuleType, see above
 
 
+def _without_waiting(raw: _socket.socket, attempt: Callable[[], bool]) -> bool:
+    """``attempt()`` with ``raw`` non-blocking, its timeout restored afterwards."""
+    prev = raw.gettimeout()
+    raw.settimeout(0.0)
+    try:
+        return attempt()
+    finally:
+        raw.settimeout(prev)
+
+
 def raw_ready(raw: _socket.socket) -> bool:
     """Has the peer sent bytes not read yet (or closed, or failed)? Never waits."""
     import _socket
 
-    prev = raw.gettimeout()
-    raw.settimeout(0.0)
-    try:
-        raw.recv(1, _socket.MSG_PEEK)
-        return True  # data, or b"" at EOF
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True  # the next real read reports it
-    finally:
-        raw.settimeout(prev)
+    def peek() -> bool:
+        try:
+            raw.recv(1, _socket.MSG_PEEK)
+            return True  # data, or b"" at EOF
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # the next real read reports it
+
+    return _without_waiting(raw, peek)
 
 
 class TLSConn:
@@ -264,15 +273,16 @@ class TLSConn:
         self.raw = raw
         self._ahead: bytes | BaseException | None = None
         self.tls = ctx._wrap_socket(raw, False, host)  # type: ignore[attr-defined]  # C method, not in typeshed
-        if idle is not None:
-            prev = raw.gettimeout()
-            raw.settimeout(0.0)
+
+        def hello() -> bool:  # sends the ClientHello; False: the answer is not there yet
             try:
-                self.tls.do_handshake()  # sends the ClientHello; the answer is not there yet
+                self.tls.do_handshake()
+                return True
             except (_ssl.SSLWantReadError, _ssl.SSLWantWriteError):
-                idle(lambda: raw_ready(raw))
-            finally:
-                raw.settimeout(prev)
+                return False
+
+        if idle is not None and not _without_waiting(raw, hello):
+            idle(lambda: raw_ready(raw))
         if deadline is not None:
             raw.settimeout(time_left(deadline))  # _ssl reads the socket's timeout per call
         self.tls.do_handshake()
@@ -283,19 +293,19 @@ class TLSConn:
 
         if self._ahead is not None:
             return True
-        prev = self.raw.gettimeout()
-        self.raw.settimeout(0.0)
-        try:
-            self._ahead = self.tls.read(65536)  # TLS 1.3 session tickets are consumed here too
-        except (_ssl.SSLWantReadError, _ssl.SSLWantWriteError):
-            return False
-        except (_ssl.SSLEOFError, _ssl.SSLZeroReturnError):
-            self._ahead = b""
-        except OSError as e:  # _ssl.SSLError included: recv raises it where it belongs
-            self._ahead = e
-        finally:
-            self.raw.settimeout(prev)
-        return True
+
+        def read_ahead() -> bool:
+            try:
+                self._ahead = self.tls.read(65536)  # TLS 1.3 session tickets are consumed here too
+            except (_ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+                return False
+            except (_ssl.SSLEOFError, _ssl.SSLZeroReturnError):
+                self._ahead = b""
+            except OSError as e:  # _ssl.SSLError included: recv raises it where it belongs
+                self._ahead = e
+            return True
+
+        return _without_waiting(self.raw, read_ahead)
 
     def settimeout(self, seconds: float) -> None:
         self.raw.settimeout(seconds)
