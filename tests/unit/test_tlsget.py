@@ -221,6 +221,7 @@ def test_verification_failures(pki, tmp_path, tls_in_c, cert, ca, why):
         with pytest.raises(errors.TryAgainLater) as ei:
             lookup(kubeconfig(tmp_path, port, pki, ca=ca), tls_in_c)
     assert "CERTIFICATE_VERIFY_FAILED" in ei.value.details and why in ei.value.details
+    assert "t0ken" not in str(ei.value) + ei.value.details  # the request's token never shows
     assert seen == []  # no request (and no token) went to a server that did not verify
 
 
@@ -523,3 +524,38 @@ def test_the_plugin_keeps_its_session_in_the_run_dir(pki, tmp_path, run_dir):
         assert (run_dir / "tls-session").exists()
     no_run_dir = parse_conf({"cniVersion": "1.0.0", "name": "n", "type": "istio-cni", "kubernetes": {"kubeconfig": kc}})
     assert tls_session_file(no_run_dir) == ""
+
+
+_session_edits = st.lists(
+    st.tuples(st.integers(0, 4000), st.sampled_from(["flip", "cut", "insert"]), st.binary(min_size=1, max_size=8)),
+    min_size=1, max_size=4,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=_session_edits, tail=st.binary(max_size=64))
+def test_any_damaged_session_file_still_gives_the_answer(pki, tmp_path, edits, tail):
+    """Whatever bytes the session file holds (a valid one, damaged anywhere: flipped, cut,
+    grown), the exchange ends with the server's answer, in bounded time, and leaves at most
+    the one file behind."""
+    import secrets
+
+    run = tmp_path / f"run-{secrets.token_hex(4)}"
+    run.mkdir(mode=0o700)
+    f = run / "tls-session"
+    with tls_server(pki) as (port, _):
+        c_get(port, pki, f)
+        data = bytearray(f.read_bytes())
+        for at, how, chunk in edits:
+            at %= len(data) + 1
+            if how == "flip" and at < len(data):
+                data[at] ^= chunk[0] or 0xFF
+            elif how == "cut":
+                del data[at:at + len(chunk)]
+            else:
+                data[at:at] = chunk
+        f.write_bytes(bytes(data) + tail)
+        t0 = time.monotonic()
+        assert c_get(port, pki, f) in (True, False)  # c_get asserts the answer itself
+        assert time.monotonic() - t0 < 3.0
+    assert [p.name for p in run.iterdir()] == ["tls-session"]
