@@ -747,34 +747,56 @@ static void tg_exchange(tg_get *g)
     void *kept = NULL; /* the session to keep, once the exchange has succeeded */
     if (!tg_material(g, ctx))
         goto out;
-    fd = tg_connect(g);
-    if (fd < 0)
-        goto out;
-    ssl = tg_api.SSL_new(ctx);
-    if (ssl == NULL || tg_api.SSL_set_fd(ssl, fd) != 1) {
-        tg_fail_openssl(g, TG_SETUP, "cannot create a TLS connection");
-        goto out;
-    }
-    if (!g->insecure && tg_api.X509_VERIFY_PARAM_set1_ip_asc(tg_api.SSL_get0_param(ssl), g->ip) != 1) {
-        tg_fail_openssl(g, TG_SETUP, "cannot set the IP address to verify");
-        goto out;
-    }
     keep = tg_session_binding(g, binding);
-    if (keep) {
-        void *sess = tg_session_load(g, binding);
+    for (int offered = 0, retried = 0;; offered = 0, retried = 1) {
+        fd = tg_connect(g);
+        if (fd < 0)
+            goto out;
+        ssl = tg_api.SSL_new(ctx);
+        if (ssl == NULL || tg_api.SSL_set_fd(ssl, fd) != 1) {
+            tg_fail_openssl(g, TG_SETUP, "cannot create a TLS connection");
+            goto out;
+        }
+        if (!g->insecure && tg_api.X509_VERIFY_PARAM_set1_ip_asc(tg_api.SSL_get0_param(ssl), g->ip) != 1) {
+            tg_fail_openssl(g, TG_SETUP, "cannot set the IP address to verify");
+            goto out;
+        }
+        void *sess = keep && !retried ? tg_session_load(g, binding) : NULL;
         if (sess != NULL) {
             tg_api.SSL_set_session(ssl, sess); /* offered; the server may still want a full handshake */
             tg_api.SSL_SESSION_free(sess);
             tg_api.ERR_clear_error();
+            offered = 1;
         }
-    }
-    for (;;) {
-        tg_api.ERR_clear_error();
-        int r = tg_api.SSL_connect(ssl);
-        if (r == 1)
+        int shaken = 1;
+        for (;;) {
+            tg_api.ERR_clear_error();
+            int r = tg_api.SSL_connect(ssl);
+            if (r == 1)
+                break;
+            if (!tg_settle(g, ssl, fd, r, "TLS handshake")) {
+                shaken = 0;
+                break;
+            }
+        }
+        if (shaken)
             break;
-        if (!tg_settle(g, ssl, fd, r, "TLS handshake"))
+        /* A server that cannot open a ticket just ignores it, but one whose binder does not
+         * verify (a damaged session file that still parses) must abort the handshake: every
+         * later ADD would meet the same. The file goes, and this exchange tries once more
+         * without it, keeping the session of that full handshake (a session another process
+         * kept meanwhile may go too: it costs one full handshake). Not after a timeout: the
+         * deadline has passed. */
+        if (!offered || g->kind == TG_TIMEOUT)
             goto out;
+        unlink(g->session_file);
+        tg_api.SSL_free(ssl);
+        ssl = NULL;
+        close(fd);
+        fd = -1;
+        g->kind = TG_OK;
+        g->err = 0;
+        g->msg[0] = '\0';
     }
     for (;;) {
         tg_api.ERR_clear_error();

@@ -476,7 +476,8 @@ def test_session_bound_to_the_trust_it_was_made_under(pki, run_dir, tmp_path):
         assert c_get(other_port, pki, f) is False  # another server
 
 
-@pytest.mark.parametrize("spoil", ["garbage", "truncated", "group-writable", "other-owner", "symlink", "flipped"])
+@pytest.mark.parametrize("spoil", ["garbage", "truncated", "group-writable", "other-owner", "symlink", "flipped",
+                                   "refused by the server"])
 def test_unsound_session_file_is_ignored(pki, run_dir, spoil):
     f = run_dir / "tls-session"
     with tls_server(pki) as (port, _):
@@ -498,7 +499,11 @@ def test_unsound_session_file_is_ignored(pki, run_dir, spoil):
             f.symlink_to(real)
         elif spoil == "flipped":
             f.write_bytes(good[:-60] + bytes([good[-60] ^ 0xFF]) + good[-59:])
+        elif spoil == "refused by the server":  # parses, but its PSK binder cannot verify
+            f.write_bytes(good[:107] + bytes([good[107] ^ 0xFF]) + good[108:])
         assert c_get(port, pki, f) is False  # ignored, and the GET goes on
+        if spoil in ("garbage", "truncated", "flipped", "refused by the server"):
+            assert c_get(port, pki, f) is True  # replaced by the full handshake's session
 
 
 def test_no_session_kept_for_client_certificates_or_without_verification(pki, run_dir):
