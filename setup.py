@@ -19,7 +19,7 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 INSTALLER = "installer/istio_cni_installer"
-FRONT_SOURCES = ["src/front/front.c", "src/front/json.c", "src/front/agent.c"]
+FRONT_SOURCES = ["src/front/front.c", "src/front/json.c", "src/front/agent.c", "src/front/prefetch.c"]
 FRONT_FLAGS = ["-O2", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong"]
 
 

@@ -111,13 +111,27 @@ def _rows_of(t0: float, t1: float, ph: dict, agent_work: float | None) -> dict:
     ahead = acc.get("ahead", 0.0)  # inside the exchange: added to the table, not to the sum
     # get_pod wraps the kubeconfig, the TLS material and the C thread's exchange: its own part
     # is what is left.
-    rows["get"] = max(acc.get("get_pod", 0.0) - sum(rows[k] for k in ("kubeconfig", "tls_context", "exchange")), 0.0)
+    rows["after_imports"] = acc.get("after_imports", 0.0)
+    rows["get"] = max(acc.get("get_pod", 0.0) - sum(rows[k] for k in ("kubeconfig", "tls_context", "exchange",
+                                                                     "after_imports")), 0.0)
     if agent_work is not None:
         rows["agent_work"] = agent_work
         rows["agent_channel"] = max(acc.get("agent", 0.0) - agent_work, 0.0)
     rows["other"] = wall - sum(rows.values())
     rows["wall"] = wall
     rows["ahead"] = ahead
+    # Inside the exchange (information, not added up again): the C thread's own steps, from
+    # the GET's start (HttpsGet made) to its end, and how far the OpenSSL warm-up was then.
+    steps = ("kickoff", "start", "context", "connected", "handshake", "answer", "done")
+    if all(f"tls_{k}" in m for k in steps):
+        for a, b in zip(steps, steps[1:], strict=False):
+            rows[f"cthread_{b}"] = m[f"tls_{b}"] - m[f"tls_{a}"]
+    if "pre_start" in m and "pre_done" in m:  # the front's child made the exchange (prefetch.h)
+        rows["prefetch_exchange"] = m["pre_done"] - m["pre_start"]
+        rows["prefetch_ready"] = m["pre_done"] - m["first"]  # negative: before the interpreter ran
+    if "warm_context" in m and "warm_start" in m:
+        rows["warm"] = m["warm_context"] - m["warm_start"]
+        rows["warm_started"] = m["warm_start"] - m["first"]  # after the interpreter's start
     return rows
 
 
@@ -131,9 +145,16 @@ class Prober:
                 "exec(compile(open(P,'rb').read(),P,'exec'))")
         self.front = plugin.bin_dir / "istio-cni"
         self.launcher = _launcher(tmp / "istio-cni-probe", self.python, self.lib, code, self.front)
+        # The direct path as kubelet runs it: the front's whole config (its agent attempt, then
+        # the pod GET it starts itself, src/front/prefetch.h), the probe's code.
+        config = {**read_config(self.front.read_bytes()), "python": self.python, "lib": self.lib, "code": code}
+        self.kubelet_launcher = tmp / "istio-cni-probe-as-kubelet"
+        self.kubelet_launcher.write_bytes(configure(self.front.read_bytes(), config))
+        self.kubelet_launcher.chmod(0o755)
         self.modules: list[str] = []
 
-    def add(self, ns, run_dir: Path, pod: str = REDIRECT_POD, normal_exit: bool = False) -> tuple[float, float, dict]:
+    def add(self, ns, run_dir: Path, pod: str = REDIRECT_POD, normal_exit: bool = False,
+            as_kubelet: bool = False) -> tuple[float, float, dict]:
         from istio_cni._fastpath import json_dumps
 
         env = harness.cni_env(str(self.plugin.bin_dir), ns, pod, _container_id())
@@ -142,7 +163,7 @@ class Prober:
             env["ISTIO_CNI_PHASE_NORMAL_EXIT"] = "1"
         env["ISTIO_CNI_PHASE_MODULES"] = " ".join(self.modules)
         stdin = json_dumps(harness.netconf(str(run_dir), ns.prev_result())).encode()
-        t0, t1, rc, out, err = _spawn([self.launcher], env, stdin)
+        t0, t1, rc, out, err = _spawn([self.kubelet_launcher if as_kubelet else self.launcher], env, stdin)
         assert rc == 0, (out, err.decode(errors="replace")[-2000:])
         return t0, t1, _phases(err)
 
@@ -377,13 +398,13 @@ def bench_phases(benchmark, our_plugin, phase_agent, netns_pool, pod_ruleset, tm
         direct_floor.sample()
         agent_floor.sample()
         ns = netns_pool.new()
-        t0, t1, ph = prober.add(ns, our_plugin.run_dir)
+        t0, t1, ph = prober.add(ns, our_plugin.run_dir, as_kubelet=True)
         harness.assert_redirect_committed(ns, pod_ruleset, "phase probe (direct)")
         row = _rows_of(t0, t1, ph, None)
         # Lever check, paired in the same round: the same ADD leaving through interpreter
         # finalisation (sys.exit) instead of the plugin's flush + os._exit.
         ns = netns_pool.new()
-        t0, t1, ph = prober.add(ns, our_plugin.run_dir, normal_exit=True)
+        t0, t1, ph = prober.add(ns, our_plugin.run_dir, normal_exit=True, as_kubelet=True)
         row["exit_normal"] = t1 - ph["marks"]["result"]
         direct.append(row)
         saved, prober.modules = prober.modules, agent_modules

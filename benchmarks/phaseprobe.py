@@ -44,9 +44,10 @@ from istio_cni._modarchive import serve as _serve  # noqa: E402
 
 _serve(_env[b"ISTIO_CNI_PHASE_SITE"].decode())
 _preload = _env.get(b"ISTIO_CNI_PHASE_MODULES", b"").decode().split()
-if _preload:  # as main() does first: OpenSSL's set-up starts on its C thread, then the imports
-    from istio_cni.__main__ import _warm_tls_for_add  # noqa: E402
+if _preload:  # as main() does first: the front's prefetch taken, OpenSSL's set-up started, imports
+    from istio_cni.__main__ import _take_front_prefetch, _warm_tls_for_add  # noqa: E402
 
+    _take_front_prefetch()
     _warm_tls_for_add()
 for _m in _preload:
     try:
@@ -85,12 +86,55 @@ if _preload:
             try:
                 return _get_pod(*a, **k)
             finally:
+                # What the import-ahead did not get to (all of it when the front's child had
+                # the answer ready): imported here, as the ADD would next, and timed apart.
+                _t = _now()
+                for _n in reversed(_M["istio_cni.plugin"].ImportAhead("auto").names):
+                    try:
+                        __import__(_n)
+                    except Exception:
+                        pass
+                _acc["after_imports"] = _acc.get("after_imports", 0.0) + _now() - _t
                 _wrap_present()
 
         _k8s.get_pod = _get_pod_then_wrap
         _wrap(_k8s, "get_pod", "get_pod")
     if "istio_cni.k8s" in _M:  # the one-shot plugin's TLS: connect, handshake, GET on a C thread
         _wrap(_M["istio_cni.k8s"].Client, "_exchange_in_c", "exchange")
+        _fp = _M["istio_cni._fastpath"]
+
+        class _SteppedGet(_fp.HttpsGet):
+            """The C thread's steps into the marks (``tls_<step>``), and the warm-up's
+            (``warm_<step>``), once its answer is taken."""
+
+            def __init__(self, *a, **k):
+                _marks["tls_kickoff"] = _now()
+
+            def result(self):
+                try:
+                    return super().result()
+                finally:
+                    for _name, _at in self.steps().items():
+                        if _at:
+                            _marks["tls_" + _name] = _at
+                    for _name, _at in _fp.openssl_warm_steps().items():
+                        if _at:
+                            _marks["warm_" + _name] = _at
+
+        _fp.HttpsGet = _SteppedGet
+
+        class _SteppedPrefetch(_fp.Prefetched):
+            """The front's child's steps into the marks (``pre_<step>``), once its answer is taken."""
+
+            def result(self):
+                try:
+                    return super().result()
+                finally:
+                    for _name, _at in self.steps().items():
+                        if _at:
+                            _marks["pre_" + _name] = _at
+
+        _fp.Prefetched = _SteppedPrefetch
     if "istio_cni.plugin" in _M:  # the imports done while the API server works (in the exchange)
         _wrap(_M["istio_cni.plugin"].ImportAhead, "__call__", "ahead")
     _skel = _M["istio_cni.skel"]

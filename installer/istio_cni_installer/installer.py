@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from istio_cni.k8s import TLS_SESSION_NAME
+from istio_cni.k8s import PREFETCH_NAME, TLS_SESSION_NAME
 from istio_cni.log import log
 
 from .atomic import remove_stale_temps
@@ -164,10 +164,16 @@ class Installer:
         self.conflist.uninstall()
         if self.kubeconfig.remove():
             log.info("plugin kubeconfig removed", path=str(self.kubeconfig.path))
-        session = Path(self.s.run_dir) / TLS_SESSION_NAME  # the plugin's, kept beside the kubeconfig
-        if session.exists():
-            session.unlink(missing_ok=True)
-            log.info("plugin TLS session removed", path=str(session))
+        # The plugin's, kept beside the kubeconfig: its TLS session, and the description of its
+        # pod GET for the front (it holds the token).
+        for name, what in (
+            (TLS_SESSION_NAME, "plugin TLS session removed"),
+            (PREFETCH_NAME, "plugin pod GET description removed"),
+        ):
+            path = Path(self.s.run_dir) / name
+            if path.exists() or path.is_symlink():
+                path.unlink(missing_ok=True)
+                log.info(what, path=str(path))
         for b in self.binaries:
             if b.remove(leave_standin=self.s.del_standin_on_uninstall):
                 log.info("plugin removed", dir=str(b.dir), del_standin=self.s.del_standin_on_uninstall)

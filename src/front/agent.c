@@ -308,6 +308,8 @@ static int version_supported(const char *versions, const char *v, size_t vl)
 struct add_plan {
     const char *version;
     size_t vlen;
+    struct pod_ref ref;
+    size_t run_dir_len; /* sock starts with the run dir */
     char sock[sizeof(((struct sockaddr_un *)0)->sun_path)];
     double timeout;
     int expected; /* node of the prevResult handed on, -1: {"cniVersion": version}, -2: unknown */
@@ -348,6 +350,8 @@ static int plan_add(const struct jdoc *d, const char *versions, const char *sock
         return -1; /* no agent configured */
     if (strlen(sock_name) + sl + 2 > sizeof pl->sock)
         return -1;
+    pl->ref = ref;
+    pl->run_dir_len = sl;
     memcpy(pl->sock, s, sl);
     pl->sock[sl] = '/';
     strcpy(pl->sock + sl + 1, sock_name);
@@ -692,8 +696,22 @@ static void build_request(struct out *req, const struct bytes *in, const struct 
     free(body.buf);
 }
 
+/* The agent did not answer: the plugin takes this ADD to the API server (its direct path). */
+static void plan_direct(const struct add_plan *pl, struct direct_add *direct)
+{
+    if (pl->ref.nsl >= sizeof direct->ns || pl->ref.nl >= sizeof direct->name)
+        return;
+    memcpy(direct->run_dir, pl->sock, pl->run_dir_len);
+    direct->run_dir_len = pl->run_dir_len;
+    memcpy(direct->ns, pl->ref.ns, pl->ref.nsl);
+    direct->nsl = pl->ref.nsl;
+    memcpy(direct->name, pl->ref.name, pl->ref.nl);
+    direct->nl = pl->ref.nl;
+    direct->planned = 1;
+}
+
 enum front_outcome agent_add(const struct bytes *in, const char *versions, const char *sock_name,
-                             struct exchange *x)
+                             struct exchange *x, struct direct_add *direct)
 {
     struct jdoc netconf, ans;
     struct add_plan pl;
@@ -721,6 +739,8 @@ enum front_outcome agent_add(const struct bytes *in, const char *versions, const
     }
     exchange(&pl, &req, x);
     free(req.buf);
+    if (x->connect_result != FX_OK)
+        plan_direct(&pl, direct);
     if (x->connect_result == ENOENT) { /* no socket: the plugin's own "agent absent" check */
         json_free(&netconf);
         return FRONT_HAND_OVER;

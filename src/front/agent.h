@@ -53,13 +53,23 @@ struct exchange {
 
 enum front_outcome { FRONT_HAND_OVER, FRONT_EXCHANGED, FRONT_DONE, FRONT_STDOUT_FAILED };
 
+/* An ADD the plugin will take to the API server itself (src/front/prefetch.h): agent_add
+ * planned it as the plugin would and its agent did not answer (no socket, refused, timed out). */
+struct direct_add {
+    int planned;
+    char run_dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    size_t run_dir_len;
+    char ns[64], name[254];
+    size_t nsl, nl;
+};
+
 void front_clock_start(void);
 int front_wants(const char *command);
 /* All of stdin, at most FRONT_MAX_STDIN + 1 bytes: 0 read to EOF; 1 read but unusable (over
  * the limit, or failed after some bytes); -1 failed before any byte. */
 int read_stdin(struct bytes *in);
 enum front_outcome agent_add(const struct bytes *in, const char *versions, const char *sock_name,
-                             struct exchange *x);
+                             struct exchange *x, struct direct_add *direct);
 /* fd 0 becomes a memfd (or pipe) holding in's bytes, at offset 0. 0 or -1 (errno). */
 int replay_stdin(const struct bytes *in);
 /* An inheritable fd holding the record of x; -1 (errno) on failure. */

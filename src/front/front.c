@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "prefetch.h"
 
 #define FRONT_CONFIG_SIZE 4096
 #define FRONT_MARKER "\n#istio-cni-front-config-v1#\n"
@@ -129,25 +130,31 @@ static void fail(const char *msg, const char *details)
     _exit(1);
 }
 
-/* The launcher's environment: every entry but LD_LIBRARY_PATH and FRONT_EXCHANGE_ENV, then
- * ours (and the exchange record's fd, when there is one: exchange_fd >= 0). */
+/* "PREFETCH_ENV=<record>,<done>" when the front started the pod GET (prefetch.h), else "". */
+static char prefetch_var[64];
+
+/* The launcher's environment: every entry but LD_LIBRARY_PATH, FRONT_EXCHANGE_ENV and
+ * PREFETCH_ENV (only the front sets those two), then ours (the exchange record's fd, when
+ * there is one: exchange_fd >= 0; the prefetch's fds, when there is one). */
 static char **launch_environment(const char *lib, int exchange_fd)
 {
     static const char name[] = "LD_LIBRARY_PATH=";
     static const char xname[] = FRONT_EXCHANGE_ENV "=";
+    static const char pname[] = PREFETCH_ENV "=";
     size_t n = 0, k = 0, len = strlen(lib);
     char **env, *ours;
 
     while (environ != NULL && environ[n] != NULL)
         n++;
-    env = calloc(n + 3, sizeof *env);
+    env = calloc(n + 4, sizeof *env);
     ours = malloc(sizeof name + len);
     if (env == NULL || ours == NULL)
         fail("internal error: the istio-cni front is out of memory", "");
     memcpy(ours, name, sizeof name - 1);
     memcpy(ours + sizeof name - 1, lib, len + 1);
     for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], name, sizeof name - 1) != 0 && strncmp(environ[i], xname, sizeof xname - 1) != 0)
+        if (strncmp(environ[i], name, sizeof name - 1) != 0 && strncmp(environ[i], xname, sizeof xname - 1) != 0 &&
+            strncmp(environ[i], pname, sizeof pname - 1) != 0)
             env[k++] = environ[i];
     env[k++] = ours;
     if (exchange_fd >= 0) {
@@ -155,6 +162,8 @@ static char **launch_environment(const char *lib, int exchange_fd)
         snprintf(xvar, sizeof xvar, "%s%d", xname, exchange_fd);
         env[k++] = xvar;
     }
+    if (prefetch_var[0] != '\0')
+        env[k++] = prefetch_var;
     env[k] = NULL;
     return env;
 }
@@ -205,6 +214,7 @@ int main(int argc, char **argv)
 {
     struct bytes in = {0};
     struct exchange x;
+    struct direct_add direct;
     enum front_outcome outcome;
     const char *versions = config_get("versions"), *sock_name = config_get("agent_socket_name");
     int rc;
@@ -218,7 +228,11 @@ int main(int argc, char **argv)
     if (rc > 0)
         hand_over(argc, argv, &in, NULL);
     memset(&x, 0, sizeof x);
-    outcome = agent_add(&in, versions, sock_name, &x);
+    memset(&direct, 0, sizeof direct);
+    outcome = agent_add(&in, versions, sock_name, &x, &direct);
+    if (direct.planned && (outcome == FRONT_HAND_OVER || outcome == FRONT_EXCHANGED))
+        (void)prefetch_start(direct.run_dir, direct.run_dir_len, direct.ns, direct.nsl, direct.name, direct.nl,
+                             config_get("lib"), prefetch_var, sizeof prefetch_var); /* none: the plugin GETs */
     switch (outcome) {
     case FRONT_DONE:
     case FRONT_STDOUT_FAILED:

@@ -15,6 +15,10 @@ ONE_SHOT_PROCESS = False
 # own exchange with the node agent: the fd of its record, replayed by ``agent_client``.
 FRONT_EXCHANGE_FD: int | None = None
 
+# Set by the entry point when the compiled front started this ADD's pod GET itself
+# (src/front/prefetch.h): its record and done fds, taken once by ``k8s.Client``.
+FRONT_PREFETCH: tuple[int, int] | None = None
+
 
 # The ADD path does not import ``os``: in a fresh interpreter ``import os`` costs ~1.5 ms (it
 # loads ``_collections_abc``, ``stat``, ``posixpath`` and ``genericpath``; the interpreter's own

@@ -5,6 +5,9 @@ import sys
 # Set by the compiled front (src/front/agent.h) when it hands an ADD over after talking to the
 # node agent: the fd of its record of that exchange, which agent_client replays.
 FRONT_EXCHANGE_ENV = "ISTIO_CNI_FRONT_EXCHANGE"
+# Set by the compiled front (src/front/prefetch.h) when it started the pod GET itself:
+# "<record fd>,<done fd>", which k8s.Client takes when the exchange is the one it would make.
+FRONT_PREFETCH_ENV = "ISTIO_CNI_FRONT_PREFETCH"
 
 
 def _broken_install(exc: BaseException) -> int:
@@ -31,6 +34,7 @@ def main() -> None:
 
     addtiming.mark_start()
     _take_front_exchange()
+    _take_front_prefetch()
     _warm_tls_for_add()
     if len(sys.argv) > 1 and sys.argv[1] == "validate":  # the istio-validation init container
         try:
@@ -61,8 +65,10 @@ def _warm_tls_for_add() -> None:
     meanwhile (``_fastpath.openssl_warm_start``). Other commands never do TLS."""
     import posix
 
-    if posix.environ.get(b"CNI_COMMAND") != b"ADD":
-        return
+    import istio_cni
+
+    if posix.environ.get(b"CNI_COMMAND") != b"ADD" or istio_cni.FRONT_PREFETCH is not None:
+        return  # no TLS; or the front's child is doing this ADD's (then OpenSSL stays unloaded here)
     try:
         from ._fastpath import openssl_warm_start
     except ImportError:  # a broken install: the ADD reports it in its own place
@@ -90,6 +96,31 @@ def _take_front_exchange() -> None:
     import istio_cni
 
     istio_cni.FRONT_EXCHANGE_FD = fd
+
+
+def _take_front_prefetch() -> None:
+    """Keep the front's prefetch fds for k8s.Client, out of every child's sight (as
+    ``_take_front_exchange``). A value that does not name two open fds is dropped: the ADD
+    then makes its own exchange."""
+    import posix
+
+    key = FRONT_PREFETCH_ENV.encode()
+    value = posix.environ.pop(key, None)
+    if value is None:
+        return
+    posix.unsetenv(key)
+    record, comma, done = value.partition(b",")
+    if not (comma and record.isdigit() and done.isdigit() and len(record) < 8 and len(done) < 8):
+        return
+    fds = (int(record), int(done))
+    try:
+        for fd in fds:
+            posix.set_inheritable(fd, False)
+    except OSError:
+        return
+    import istio_cni
+
+    istio_cni.FRONT_PREFETCH = fds
 
 
 def _exit_now(code: int) -> None:

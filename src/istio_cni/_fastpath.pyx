@@ -481,6 +481,10 @@ cdef extern from "<arpa/inet.h>" nogil:
         AF_INET
         AF_INET6
 
+cdef extern from "<poll.h>" nogil:
+    enum:
+        POLLIN
+
 cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)
     enum:
@@ -509,12 +513,15 @@ cdef extern from "_tlsget.h" nogil:
         int err
         int resumed
         char msg[400]
+        double at[6]
         int done_fd
         pthread_t thread
         int started
+    double tg_warm_at[3]
     void *tg_warm(void *arg) noexcept nogil
     void *tg_thread(void *arg) noexcept nogil
     int tg_wait_done(tg_get *g, double timeout)
+    int tg_poll(int fd, short events, double deadline)
     double tg_now()
     int tg_profile(uint64_t *options, long *min_version, int *verify_mode, unsigned long *flags,
                    char *names, size_t names_len)
@@ -548,6 +555,12 @@ def openssl_warm_start():
 
     atexit.register(openssl_warm_wait)
     return True
+
+
+def openssl_warm_steps():
+    """When the warm-up thread started, had libssl loaded and had its context (``time.monotonic()``
+    seconds; None: not reached). For the phase probe (benchmarks/phaseprobe.py)."""
+    return {name: (tg_warm_at[i] or None) for i, name in enumerate(("start", "loaded", "context"))}
 
 
 def openssl_warm_wait():
@@ -648,6 +661,13 @@ cdef class HttpsGet:
         """Is the exchange over (answer or failure)? Never waits."""
         return self.g.started == 0 or tg_wait_done(self.g, 0.0) != 0
 
+    def steps(self):
+        """When each step of the exchange ended (``time.monotonic()`` seconds; None: not
+        reached): the thread ran, held a client context, was connected, had the TLS handshake,
+        had the answer's first bytes, was done. For the phase probe (benchmarks/phaseprobe.py)."""
+        names = ("start", "context", "connected", "handshake", "answer", "done")
+        return {name: (self.g.at[i] or None) for i, name in enumerate(names)}
+
     def resumed(self):
         """Did the finished exchange resume the kept TLS session?"""
         return bool(self.joined and self.g.resumed)
@@ -673,21 +693,9 @@ cdef class HttpsGet:
                 pthread_join(g.thread, NULL)
             self.joined = True
             openssl_warm_wait()  # no thread of ours outlives the GET (the restore backend forks)
-        kind = g.kind
-        if kind == TG_OK:
+        if g.kind == TG_OK:
             return g.buf[:g.len] if g.len else b""
-        msg = g.msg.decode("utf-8", "replace")
-        if kind == TG_ERRNO:
-            raise OSError(g.err, f"{strerror(g.err).decode('utf-8', 'replace')} ({msg})")
-        if kind == TG_TIMEOUT:
-            raise TimeoutError(msg)
-        if kind == TG_TLS or kind == TG_VERIFY:
-            raise TLSFailure(msg)
-        if kind == TG_MATERIAL:
-            raise TLSMaterialError(msg)
-        if kind == TG_TOO_LARGE:
-            raise ValueError(f"{msg} ({g.cap} bytes)")
-        raise TLSUnavailable(msg)
+        _raise_outcome(g.kind, g.err, g.msg.decode("utf-8", "replace"), g.cap)
 
     def __dealloc__(self):
         cdef tg_get *g = self.g
@@ -707,6 +715,147 @@ cdef class HttpsGet:
         free(g.buf)
         free(g)
         self.g = NULL
+
+
+cdef _raise_outcome(int kind, int err, str msg, size_t cap):
+    """The exception of a failed exchange (tg_kind), as HttpsGet.result documents it."""
+    if kind == TG_ERRNO:
+        raise OSError(err, f"{strerror(err).decode('utf-8', 'replace')} ({msg})")
+    if kind == TG_TIMEOUT:
+        raise TimeoutError(msg)
+    if kind == TG_TLS or kind == TG_VERIFY:
+        raise TLSFailure(msg)
+    if kind == TG_MATERIAL:
+        raise TLSMaterialError(msg)
+    if kind == TG_TOO_LARGE:
+        raise ValueError(f"{msg} ({cap} bytes)")
+    raise TLSUnavailable(msg)
+
+
+_PREFETCH_MAGIC = b"istio-cni-front-prefetch 1\n"  # src/front/prefetch.h
+_OUTCOME_MAGIC = b"istio-cni-prefetch-outcome 1\n"
+_OUTCOME_HEAD = len(_OUTCOME_MAGIC) + 16 + 6 * 8 + 8
+_STEP_NAMES = ("start", "context", "connected", "handshake", "answer", "done")
+
+
+cdef class Prefetched:
+    """The pod GET the compiled front started before the interpreter (src/front/prefetch.h):
+    the exchange its child process makes with this module's C client, read from the front's
+    record (``record_fd``) once ``done_fd`` (a pipe) reaches EOF.
+
+    ``params()``: the exchange's arguments as the front wrote them (JSON bytes: HttpsGet's
+    arguments and the deadline), None if the record is not the front's. The caller takes the
+    outcome only for the arguments it would have passed to HttpsGet itself. Then ``done()``,
+    ``result()`` (the same bytes or exceptions as ``HttpsGet.result``, or None when the child
+    left no outcome: the caller makes its own exchange), ``resumed()`` and ``steps()`` as
+    HttpsGet's. Every read is bounded by the record's size; a damaged record is no outcome."""
+
+    cdef int record_fd
+    cdef int done_fd
+    cdef Py_ssize_t outcome_at
+    cdef double deadline
+    cdef size_t cap
+    cdef object outcome  # (kind, err, resumed, msg, steps, answer) once read
+
+    def __cinit__(self, int record_fd, int done_fd):
+        self.record_fd = record_fd
+        self.done_fd = done_fd
+        self.outcome_at = -1
+        self.deadline = 0.0
+        self.cap = 0
+        self.outcome = None
+
+    def params(self):
+        import posix
+
+        try:
+            size = posix.fstat(self.record_fd).st_size
+            head = posix.pread(self.record_fd, len(_PREFETCH_MAGIC) + 8, 0)
+            if len(head) != len(_PREFETCH_MAGIC) + 8 or not head.startswith(_PREFETCH_MAGIC):
+                return None
+            n = int.from_bytes(head[len(_PREFETCH_MAGIC):], "little")
+            if n > size - len(head):
+                return None
+            params = posix.pread(self.record_fd, n, len(head))
+        except (OSError, ValueError, OverflowError):
+            return None
+        if len(params) != n:
+            return None
+        self.outcome_at = len(head) + n
+        return params
+
+    def arm(self, double deadline, Py_ssize_t cap):
+        """The deadline and answer cap of the exchange the caller took (from ``params()``)."""
+        self.deadline = deadline
+        self.cap = <size_t>cap
+
+    def done(self):
+        """Has the front's child finished (outcome written, or gone)? Never waits."""
+        return tg_poll(self.done_fd, POLLIN, 0.0) != 0
+
+    def resumed(self):
+        return bool(self.outcome is not None and self.outcome[2])
+
+    def steps(self):
+        if self.outcome is None:
+            return {name: None for name in _STEP_NAMES}
+        return dict(self.outcome[4])
+
+    def result(self):
+        """The answer's bytes, or the exchange's exception; None: the child left no outcome.
+        Waits at most until the deadline, plus 1 s (as HttpsGet)."""
+        cdef double until = self.deadline + 1.0
+        cdef int ready
+        if self.outcome is None:
+            if self.outcome_at < 0:
+                return None
+            with nogil:
+                ready = tg_poll(self.done_fd, POLLIN, until)
+            if ready <= 0:
+                raise TimeoutError("the front's TLS exchange did not end by its deadline")
+            self.outcome = self._read_outcome()
+            if self.outcome is None:
+                return None
+        kind, err, _, msg, _, answer = self.outcome
+        if kind == TG_OK:
+            return answer
+        _raise_outcome(kind, err, msg, self.cap)
+
+    def _read_outcome(self):
+        import posix
+
+        try:
+            size = posix.fstat(self.record_fd).st_size
+            head = posix.pread(self.record_fd, _OUTCOME_HEAD, self.outcome_at)
+        except (OSError, ValueError, OverflowError):
+            return None
+        m = len(_OUTCOME_MAGIC)
+        if len(head) != _OUTCOME_HEAD or not head.startswith(_OUTCOME_MAGIC):
+            return None
+        kind = int.from_bytes(head[m:m + 4], "little", signed=True)
+        err = int.from_bytes(head[m + 4:m + 8], "little", signed=True)
+        resumed = int.from_bytes(head[m + 8:m + 12], "little", signed=True)
+        msg_len = int.from_bytes(head[m + 12:m + 16], "little")
+        at = memoryview(head[m + 16:m + 64]).cast("d")
+        answer_len = int.from_bytes(head[m + 64:m + 72], "little")
+        start = self.outcome_at + _OUTCOME_HEAD
+        if msg_len > 400 or answer_len > self.cap or start + msg_len + answer_len > size:
+            return None
+        try:
+            msg = posix.pread(self.record_fd, msg_len, start).decode("utf-8", "replace")
+            answer = posix.pread(self.record_fd, answer_len, start + msg_len) if answer_len else b""
+        except (OSError, ValueError, OverflowError):
+            return None
+        if len(answer) != answer_len or not TG_OK <= kind <= TG_SETUP:
+            return None
+        return kind, err, resumed, msg, [(n, at[i] or None) for i, n in enumerate(_STEP_NAMES)], answer
+
+    def close(self):
+        """Release both fds (idempotent)."""
+        for fd in (self.record_fd, self.done_fd):
+            if fd >= 0:
+                close(fd)
+        self.record_fd = self.done_fd = -1
 
 
 def is_ip_literal(str host):

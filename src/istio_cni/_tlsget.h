@@ -148,12 +148,29 @@ static tg_api_t tg_api;
 static int tg_api_ok;
 static pthread_once_t tg_api_once = PTHREAD_ONCE_INIT;
 
+/* Where libssl.so.3 and libcrypto.so.3 come from: NULL, the dynamic linker's search (the
+ * interpreter runs with the bundle's lib dir in LD_LIBRARY_PATH); the front, which runs
+ * without it, names the bundle's lib dir (src/front/prefetch.c). */
+static const char *tg_lib_dir;
+
 static void tg_load(void)
 {
     /* RTLD_NOW as CPython loads extension modules (and with them libssl): the same binding
      * work. Never closed: `_ssl`, if loaded later, links this very library. dlsym on its
      * handle also finds libcrypto's symbols (a dependency of libssl). */
-    void *h = dlopen("libssl.so.3", RTLD_NOW | RTLD_LOCAL);
+    void *h;
+    if (tg_lib_dir != NULL) {
+        /* libcrypto first, by path: libssl's dependency on it then names this copy. */
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/libcrypto.so.3", tg_lib_dir) >= (int)sizeof path ||
+            dlopen(path, RTLD_NOW | RTLD_LOCAL) == NULL)
+            return;
+        if (snprintf(path, sizeof path, "%s/libssl.so.3", tg_lib_dir) >= (int)sizeof path)
+            return;
+        h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    } else {
+        h = dlopen("libssl.so.3", RTLD_NOW | RTLD_LOCAL);
+    }
     if (h == NULL)
         return;
 #define TG_SYM(name)                                          \
@@ -234,6 +251,13 @@ static int tg_openssl(void)
     return tg_api_ok;
 }
 
+static double tg_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* A client context with CPython's PROTOCOL_TLS_CLIENT settings (verification on), or NULL. */
 static void *tg_context(void)
 {
@@ -263,16 +287,22 @@ static void *tg_context(void)
  * meanwhile waits for it rather than making a second one on a cold library. */
 static pthread_mutex_t tg_warm_lock = PTHREAD_MUTEX_INITIALIZER;
 static void *tg_warm_ctx;
+/* When the warm-up started, had libssl loaded and initialised, and had its context (tg_now();
+ * 0: not reached), for the phase probe. */
+static double tg_warm_at[3];
 
 /* The warm-up thread's work (see _fastpath.pyx): OpenSSL loaded and its first context made. */
 static void *tg_warm(void *arg)
 {
     (void)arg;
+    tg_warm_at[0] = tg_now();
     if (tg_openssl()) {
+        tg_warm_at[1] = tg_now();
         pthread_mutex_lock(&tg_warm_lock);
         if (tg_warm_ctx == NULL)
             tg_warm_ctx = tg_context();
         pthread_mutex_unlock(&tg_warm_lock);
+        tg_warm_at[2] = tg_now();
     }
     return NULL;
 }
@@ -297,6 +327,17 @@ enum tg_kind {
     TG_MATERIAL,  /* the kubeconfig's CA, certificate or key cannot be loaded */
     TG_TOO_LARGE, /* the answer exceeded cap bytes */
     TG_SETUP,     /* no usable libssl.so.3, no memory, no thread */
+};
+
+/* The exchange's steps, in order: what tg_get.at records (HttpsGet.steps() names them). */
+enum tg_step {
+    TG_AT_START,     /* the thread runs */
+    TG_AT_CONTEXT,   /* it holds a client context (the warm-up's, waited for, or its own) */
+    TG_AT_CONNECTED, /* trust as needed, TCP connected */
+    TG_AT_HANDSHAKE, /* TLS handshake done (the last attempt's) */
+    TG_AT_ANSWER,    /* the request sent, the answer's first bytes in */
+    TG_AT_DONE,      /* the answer complete (or the failure known) */
+    TG_STEPS
 };
 
 typedef struct tg_get {
@@ -324,18 +365,13 @@ typedef struct tg_get {
     int err;
     int resumed; /* the handshake resumed the kept session */
     char msg[400];
+    /* when each step ended (tg_now(); 0: not reached), for the phase probe (benchmarks/) */
+    double at[TG_STEPS];
     /* the thread and its end */
     int done_fd; /* eventfd written once the thread is done with everything but freeing */
     pthread_t thread;
     int started;
 } tg_get;
-
-static double tg_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* Wait until fd is ready for events or the deadline: 1 ready, 0 deadline, -1 errno. Looks
  * once even when the deadline has passed (a zero timeout asks "ready now?"). */
@@ -740,18 +776,32 @@ static void tg_exchange(tg_get *g)
         tg_fail_openssl(g, TG_SETUP, "cannot create a TLS client context");
         return;
     }
+    g->at[TG_AT_CONTEXT] = tg_now();
     void *ssl = NULL;
     int fd = -1;
     unsigned char binding[TG_SESSION_BINDING];
     int keep = 0;      /* this exchange keeps its TLS session (tg_session_binding) */
     void *kept = NULL; /* the session to keep, once the exchange has succeeded */
-    if (!tg_material(g, ctx))
-        goto out;
+    void *offer = NULL; /* the kept session this exchange offers (once) */
     keep = tg_session_binding(g, binding);
-    for (int offered = 0, retried = 0;; offered = 0, retried = 1) {
+    if (keep)
+        offer = tg_session_load(g, binding);
+    /* Trust is loaded for a full handshake only: a resumed one shows no certificate, its
+     * session was made by a verified handshake under this very trust (the binding), and
+     * loading the CA costs ~0.4-0.6 ms of OpenSSL's decoders per ADD. Should the server want
+     * a full handshake instead, its chain meets an empty trust store, which fails
+     * verification before any request is sent; the retry below then loads the trust. */
+    int trusted = 0;
+    if (offer == NULL) {
+        if (!tg_material(g, ctx))
+            goto out;
+        trusted = 1;
+    }
+    for (int offered = 0;; offered = 0) {
         fd = tg_connect(g);
         if (fd < 0)
             goto out;
+        g->at[TG_AT_CONNECTED] = tg_now();
         ssl = tg_api.SSL_new(ctx);
         if (ssl == NULL || tg_api.SSL_set_fd(ssl, fd) != 1) {
             tg_fail_openssl(g, TG_SETUP, "cannot create a TLS connection");
@@ -761,10 +811,10 @@ static void tg_exchange(tg_get *g)
             tg_fail_openssl(g, TG_SETUP, "cannot set the IP address to verify");
             goto out;
         }
-        void *sess = keep && !retried ? tg_session_load(g, binding) : NULL;
-        if (sess != NULL) {
-            tg_api.SSL_set_session(ssl, sess); /* offered; the server may still want a full handshake */
-            tg_api.SSL_SESSION_free(sess);
+        if (offer != NULL) {
+            tg_api.SSL_set_session(ssl, offer); /* offered; the server may still want a full handshake */
+            tg_api.SSL_SESSION_free(offer);
+            offer = NULL;
             tg_api.ERR_clear_error();
             offered = 1;
         }
@@ -779,14 +829,17 @@ static void tg_exchange(tg_get *g)
                 break;
             }
         }
-        if (shaken)
+        if (shaken) {
+            g->at[TG_AT_HANDSHAKE] = tg_now();
             break;
-        /* A server that cannot open a ticket just ignores it, but one whose binder does not
-         * verify (a damaged session file that still parses) must abort the handshake: every
-         * later ADD would meet the same. The file goes, and this exchange tries once more
-         * without it, keeping the session of that full handshake (a session another process
-         * kept meanwhile may go too: it costs one full handshake). Not after a timeout: the
-         * deadline has passed. */
+        }
+        /* The kept session did not serve. A server that cannot open its ticket (restarted,
+         * keys rotated) answers with a full handshake, which fails here without trust loaded;
+         * one whose binder does not verify (a damaged session file that still parses) must
+         * abort the handshake: every later ADD would meet the same. The file goes, and this
+         * exchange tries once more without it, trust loaded, keeping the session of that full
+         * handshake (a session another process kept meanwhile may go too: it costs one full
+         * handshake). Not after a timeout: the deadline has passed. */
         if (!offered || g->kind == TG_TIMEOUT)
             goto out;
         unlink(g->session_file);
@@ -797,6 +850,11 @@ static void tg_exchange(tg_get *g)
         g->kind = TG_OK;
         g->err = 0;
         g->msg[0] = '\0';
+        if (!trusted) {
+            if (!tg_material(g, ctx))
+                goto out;
+            trusted = 1;
+        }
     }
     for (;;) {
         tg_api.ERR_clear_error();
@@ -811,6 +869,8 @@ static void tg_exchange(tg_get *g)
         tg_api.ERR_clear_error();
         int r = tg_api.SSL_read(ssl, chunk, sizeof(chunk));
         if (r > 0) {
+            if (g->len == 0)
+                g->at[TG_AT_ANSWER] = tg_now();
             if (keep && g->len == 0 && !tg_api.SSL_session_reused(ssl))
                 kept = tg_session_snapshot(ssl); /* the ticket comes before the answer */
             if (!tg_append(g, chunk, (size_t)r))
@@ -845,6 +905,8 @@ static void tg_exchange(tg_get *g)
         }
     }
 out:
+    if (offer != NULL)
+        tg_api.SSL_SESSION_free(offer);
     if (kept != NULL)
         tg_api.SSL_SESSION_free(kept);
     tg_api.ERR_clear_error();
@@ -858,7 +920,9 @@ out:
 static void *tg_thread(void *arg)
 {
     tg_get *g = (tg_get *)arg;
+    g->at[TG_AT_START] = tg_now();
     tg_exchange(g);
+    g->at[TG_AT_DONE] = tg_now();
     uint64_t one = 1;
     ssize_t w;
     do

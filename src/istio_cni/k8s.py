@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import _ssl
     from collections.abc import Callable
 
+    from ._fastpath import Prefetched
     from .config import PluginConf
     from .http1 import Received
     from .kubeconfig import Cluster
@@ -139,6 +140,9 @@ class Client:
         self.scheme, self.host, self.port, self.prefix = split_server(cluster.server)
         self._ctx: _ssl._SSLContext | None = None
         self._c_tls: dict | None = None  # HttpsGet's trust and credentials, when it does TLS
+        # The front's prefetch of this process's first exchange (_front_prefetch): "" none
+        # offered, "used", or "declined" (not the exchange this client makes).
+        self.prefetch = ""
         if self.scheme == "https":
             if tls_in_c is None:
                 from . import ONE_SHOT_PROCESS
@@ -203,12 +207,24 @@ class Client:
         from .http1 import MAX_BODY, MAX_HEAD, Received
 
         assert self._c_tls is not None
+        # The whole answer is kept until the server closes (we send Connection: close): the
+        # head and body caps, and room for chunk framing, as http1 would allow.
+        request, cap = self._request(path), MAX_HEAD + 2 * MAX_BODY
+        prefetched = self._front_prefetch(request, cap)
+        if prefetched is not None:
+            try:
+                if self.idle is not None:
+                    self.idle(prefetched.done)
+                answer = prefetched.result()  # raises as HttpsGet.result would
+            except TLSUnavailable:  # the front's child could not use OpenSSL: try it here
+                answer = None
+            finally:
+                prefetched.close()
+            if answer is not None:
+                return Received(answer)
+            log.debug("the front's pod GET left no answer, making it here")
         try:
-            # The whole answer is kept until the server closes (we send Connection: close):
-            # the head and body caps, and room for chunk framing, as http1 would allow.
-            exchange = HttpsGet(
-                self.host, self.port, self._request(path), deadline, MAX_HEAD + 2 * MAX_BODY, **self._c_tls
-            )
+            exchange = HttpsGet(self.host, self.port, request, deadline, cap, **self._c_tls)
             if self.idle is not None:
                 self.idle(exchange.done)
             return Received(exchange.result())
@@ -218,6 +234,90 @@ class Client:
             raise errors.KubernetesLookupError("cannot load TLS material from the kubeconfig", str(e)) from None
         self._use_ssl_module()
         return None
+
+    def _prefetch_params(self, request: bytes, cap: int) -> dict | None:
+        """HttpsGet's arguments for ``request`` as the front's prefetch states them
+        (src/front/prefetch.h), None for an exchange the front does not make: without
+        verification, with a client certificate, or without a TLS session file."""
+        tls = self._c_tls
+        if tls is None or tls.get("insecure") or tls.get("cert_file") or not tls.get("session_file"):
+            return None
+        ca_pem = tls.get("ca_pem")
+        try:
+            pem = ca_pem.decode("utf-8") if ca_pem is not None else None
+            text = request.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return {
+            "host": self.host,
+            "port": self.port,
+            "request": text,
+            "ca_file": tls.get("ca_file") or None,
+            "ca_pem": pem,
+            "session_file": tls["session_file"],
+            "cap": cap,
+        }
+
+    def _front_prefetch(self, request: bytes, cap: int) -> Prefetched | None:
+        """The exchange the compiled front started before the interpreter (only ever for this
+        process's first one), if it is exactly the one this client makes now; else None (and
+        the front's is dropped: its outcome is never looked at)."""
+        import istio_cni
+
+        fds = istio_cni.FRONT_PREFETCH
+        if fds is None:
+            return None
+        istio_cni.FRONT_PREFETCH = None
+        from ._fastpath import Prefetched, json_loads
+
+        pre = Prefetched(*fds)
+        want = self._prefetch_params(request, cap)
+        params = pre.params()
+        try:
+            got = json_loads(params) if params is not None and want is not None else None
+        except ValueError:
+            got = None
+        deadline = got.pop("deadline", None) if isinstance(got, dict) else None
+        if got != want or not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
+            self.prefetch = "declined"
+            pre.close()
+        else:
+            self.prefetch = "used"
+            pre.arm(float(deadline), cap)
+        log.debug("the front's pod GET", taken=self.prefetch)
+        return pre if self.prefetch == "used" else None
+
+    def prefetch_description(self, kubeconfig: str) -> bytes | None:
+        """What the front needs to make this client's pod GETs itself (src/front/prefetch.h):
+        its HttpsGet arguments and attempt timeout, the request split around the pod's
+        namespace and name, and the identity of every file they came from (``kubeconfig``, its
+        token and CA files): should any change, the front makes no GET with what it describes.
+        None when the front would not make them (``_prefetch_params``) or a file is gone."""
+        import posix
+
+        from ._fastpath import json_dumps
+        from .http1 import MAX_BODY, MAX_HEAD
+
+        ns_mark, name_mark = "istio-cni-prefetch-namespace", "istio-cni-prefetch-name"  # kept by quote_segment
+        cap = MAX_HEAD + 2 * MAX_BODY
+        want = self._prefetch_params(self._request(pod_path(ns_mark, name_mark)), cap)
+        if want is None:
+            return None
+        head, *rest = want.pop("request").split(ns_mark)
+        if len(rest) != 1 or rest[0].count(name_mark) != 1:
+            return None  # a mark inside the prefix or the token: no safe split
+        middle, tail = rest[0].split(name_mark)
+        files = []
+        for path in (kubeconfig, self.cluster.token_file, want["ca_file"]):
+            if path:
+                try:
+                    st = posix.stat(path)
+                except OSError:
+                    return None
+                files.append([path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns])
+        return json_dumps(
+            {"version": 1, **want, "timeout": float(self.timeout), "request": [head, middle, tail], "files": files}
+        ).encode()
 
     def _exchange(self, path: str, deadline: float) -> tuple[int, str, bytes]:
         """The exchange on this thread (``_socket``, and ``_ssl`` for https)."""
@@ -259,6 +359,54 @@ def tls_session_file(conf: PluginConf) -> str:
     program's run dir (root only, like the kubeconfig and its token), or "" without one."""
     run_dir = conf.agent_socket.rpartition("/")[0] if conf.agent_socket else ""
     return f"{run_dir}/{TLS_SESSION_NAME}" if run_dir else ""
+
+
+# In the run dir, beside the TLS session: what the front needs to start the pod GET itself.
+PREFETCH_NAME = "istio-cni-prefetch"  # src/front/prefetch.h
+
+
+def keep_prefetch_description(client: Client, kubeconfig: str) -> None:
+    """After a pod GET this process made itself: keep its description beside the TLS session
+    (``PREFETCH_NAME``), so that the next ADD's front can start that GET before the interpreter.
+    It holds the bearer token: a root-only file, as the kubeconfig and the TLS session, replaced
+    by rename (temp name ``.istio-cni-prefetch.tmp.<pid>``: the node program's convention) and
+    only when it changed. Never raises: it only saves the next ADD time."""
+    import posix
+
+    data = client.prefetch_description(kubeconfig)
+    session_file = (client._c_tls or {}).get("session_file", "")
+    if data is None or not session_file:
+        return
+    run_dir = session_file.rpartition("/")[0]
+    path = f"{run_dir}/{PREFETCH_NAME}"
+    flags = posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC
+    try:
+        fd = posix.open(path, flags)
+        try:
+            st = posix.fstat(fd)
+            kept = st.st_mode & 0o170022 == 0o100000 and st.st_uid == posix.geteuid() and st.st_size == len(data)
+            if kept and posix.read(fd, len(data) + 1) == data:
+                return
+        finally:
+            posix.close(fd)
+    except OSError:
+        pass
+    tmp = f"{run_dir}/.{PREFETCH_NAME}.tmp.{posix.getpid()}"
+    try:
+        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[posix.write(fd, view) :]
+        finally:
+            posix.close(fd)
+        posix.rename(tmp, path)
+    except OSError as e:
+        log.debug("pod GET description not kept", path=path, cause=str(e))
+        try:
+            posix.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _client(conf: PluginConf, idle: Callable[[Callable[[], bool]], object] | None = None) -> Client:
@@ -304,6 +452,8 @@ def get_pod(
         try:
             pod = client.get(path, timeout=min(attempt_timeout, max(left, 0.05)))
             if isinstance(pod, dict):
+                if getattr(client, "prefetch", "used") != "used":
+                    keep_prefetch_description(client, conf.kubeconfig)
                 return pod
             last = f"the API answered a JSON {type(pod).__name__}, not a pod object"
         except HTTPError as e:

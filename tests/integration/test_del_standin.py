@@ -142,9 +142,12 @@ def test_installer_uninstall_follows_the_setting(plugin_bundle, host_layout):
         assert inst.reconcile() is True
         session = host_layout.run_dir / "tls-session"  # what the plugin keeps beside its kubeconfig
         session.write_bytes(b"a TLS session")
+        described = host_layout.run_dir / "istio-cni-prefetch"  # its pod GET, token included
+        described.write_bytes(b'{"request": ["GET ", "Authorization: Bearer t0ken"]}')
         assert (host_layout.run_dir / "istio-cni-kubeconfig").exists()
         inst.uninstall()
         assert not session.exists() and not (host_layout.run_dir / "istio-cni-kubeconfig").exists()
+        assert not described.exists()
         exe = host_layout.bin_dir / "istio-cni"
         assert (exe.exists() and is_standin(exe.read_bytes())) is expect_standin
         assert not (host_layout.bin_dir / BUNDLE_DIR).exists()

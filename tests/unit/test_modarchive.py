@@ -169,8 +169,8 @@ def test_an_index_entry_pointing_past_the_file_is_left_to_the_normal_finders(sit
     start = len(modarchive.HEADER) + 4
     size = int.from_bytes(blob[start:start + 8], "little")
     index = marshal.loads(blob[start + 8:start + 8 + size])
-    is_package, offset, length = index["istio_cni.sub.b"]
-    index["istio_cni.sub.b"] = (is_package, offset, (1 << 40) + length)
+    is_package, offset, length, deps = index["istio_cni.sub.b"]
+    index["istio_cni.sub.b"] = (is_package, offset, (1 << 40) + length, deps)
     new = marshal.dumps(index)
     path.write_bytes(blob[:start] + len(new).to_bytes(8, "little") + new + blob[start + 8 + size:])
     got = run(site)

@@ -48,20 +48,29 @@ def pki(tmp_path_factory):
 
 @contextmanager
 def tls_server(pki, answer=None, *, cert="server", require_client=False, max_version=None,
-               close=True, plain=False, silent=False):
+               close=True, plain=False, silent=False, control=None):
     """A one-thread TLS server on 127.0.0.1 that reads one request head, writes ``answer``
     (bytes) and closes (unless ``close`` is False: it then waits for the client to go).
-    ``plain``: no TLS at all; ``silent``: accepts and never answers. Bounded: every socket
+    ``plain``: no TLS at all; ``silent``: accepts and never answers. ``control`` (a dict)
+    receives ``restart(cert_and_key)``: later connections get a fresh context with that
+    certificate, as after a server restart (new session ticket keys). Bounded: every socket
     has a timeout and the thread ends with the block."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(*pki[cert])
-    if require_client:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(pki["ca"])
-    if max_version is not None:
-        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-        ctx.maximum_version = max_version
-        ctx.set_ciphers("ALL:@SECLEVEL=0")
+
+    def context(chain):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*chain)
+        if require_client:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(pki["ca"])
+        if max_version is not None:
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            ctx.maximum_version = max_version
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+        return ctx
+
+    current = {"ctx": context(pki[cert])}
+    if control is not None:
+        control["restart"] = lambda chain: current.update(ctx=context(chain))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -76,7 +85,7 @@ def tls_server(pki, answer=None, *, cert="server", require_client=False, max_ver
             if silent:
                 stop.wait(5)
                 return
-            s = conn if plain else ctx.wrap_socket(conn, server_side=True)
+            s = conn if plain else current["ctx"].wrap_socket(conn, server_side=True)
             data = b""
             while b"\r\n\r\n" not in data and len(data) < 65536:
                 chunk = s.recv(4096)
@@ -504,6 +513,40 @@ def test_unsound_session_file_is_ignored(pki, run_dir, spoil):
         assert c_get(port, pki, f) is False  # ignored, and the GET goes on
         if spoil in ("garbage", "truncated", "flipped", "refused by the server"):
             assert c_get(port, pki, f) is True  # replaced by the full handshake's session
+
+
+def test_a_session_the_restarted_server_declines_costs_one_retry(pki, run_dir):
+    # A resumed handshake is made without loading the CA (it shows no certificate); a server
+    # that no longer knows the ticket answers with a full one, which must still be verified.
+    f = run_dir / "tls-session"
+    control: dict = {}
+    with tls_server(pki, control=control) as (port, seen):
+        assert c_get(port, pki, f) is False and c_get(port, pki, f) is True
+        control["restart"](pki["server"])  # new ticket keys, same certificate
+        assert c_get(port, pki, f) is False  # the answer still comes, from a verified full handshake
+        assert c_get(port, pki, f) is True  # and its session is the one kept now
+    assert len(seen) == 4  # one request per exchange: the declined attempt sent none
+
+
+@pytest.mark.parametrize("impostor", ["untrusted CA", "wrong IP"])
+def test_a_declined_session_never_skips_verification(pki, run_dir, tmp_path, impostor):
+    # The kept session binds the server's address and our trust; a server there that declines
+    # it must present a certificate that verifies against that trust, as on any full handshake.
+    f = run_dir / "tls-session"
+    chain = CA(tmp_path, "other-ca").issue("server", "server", sans=LOOPBACK_SANS) if impostor == "untrusted CA" \
+        else pki["wrong_ip"]
+    control: dict = {}
+    with tls_server(pki, control=control) as (port, seen):
+        c_get(port, pki, f)
+        control["restart"](chain)
+        g = _fastpath.HttpsGet("127.0.0.1", port, b"GET / HTTP/1.1\r\nAuthorization: Bearer s3cret-token\r\n\r\n",
+                               time.monotonic() + 3, 1 << 20, ca_file=str(pki["ca"]), session_file=str(f))
+        with pytest.raises(OSError) as ei:
+            g.result()
+    assert "CERTIFICATE_VERIFY_FAILED" in str(ei.value) or "certificate verify failed" in str(ei.value)
+    assert "s3cret-token" not in str(ei.value)
+    assert len(seen) == 1  # only the first, genuine exchange's request reached a server
+    assert not f.exists()  # the declined session is gone, and the failed handshake kept none
 
 
 def test_no_session_kept_for_client_certificates_or_without_verification(pki, run_dir):
