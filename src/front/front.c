@@ -19,6 +19,10 @@
  * the stdin it read replayed and the agent exchange (if there was one) recorded, so the plugin
  * applies its own checks and failure policy to the very same bytes, without asking again.
  *
+ * The direct path (prefetch.c): when that agent does not answer, the plugin will GET its pod
+ * from the API server; if the plugin described that exchange after an earlier one, the front
+ * forks a child that makes it now, while the interpreter starts, and hands its record over.
+ *
  * Runs as root on every node: every read bounded, every call checked, nothing echoed.
  */
 #define _GNU_SOURCE
