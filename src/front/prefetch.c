@@ -323,8 +323,9 @@ int prefetch_start(const char *run_dir, size_t run_dir_len, const char *ns, size
         if (!params.failed && record >= 0 && pwrite_all(record, PREFETCH_MAGIC, sizeof PREFETCH_MAGIC - 1, 0) == 0 &&
             pwrite_all(record, &plen, 8, sizeof PREFETCH_MAGIC - 1) == 0 &&
             pwrite_all(record, params.buf, params.len, sizeof PREFETCH_MAGIC - 1 + 8) == 0 && pipe(done) == 0 &&
-            snprintf(env, cap, "%s=%d,%d", PREFETCH_ENV, record, done[0]) < (int)cap) {
+            snprintf(env, cap, "%s=%d,%d,", PREFETCH_ENV, record, done[0]) < (int)cap) {
             off_t off = (off_t)(sizeof PREFETCH_MAGIC - 1 + 8 + params.len);
+            size_t used = strlen(env);
             pid = fork();
             if (pid == 0) {
                 int null = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -335,8 +336,10 @@ int prefetch_start(const char *run_dir, size_t run_dir_len, const char *ns, size
                 close(done[0]);
                 run_child(&g, record, off, lib_dir);
             }
-            if (pid > 0)
+            if (pid > 0 && snprintf(env + used, cap - used, "%d", (int)pid) < (int)(cap - used))
                 rc = 0;
+            else if (pid > 0)
+                kill(pid, SIGKILL); /* no room to name it: no prefetch (the plugin's exit reaps it) */
         }
     }
     if (done[1] >= 0)

@@ -15,7 +15,7 @@
  * the front does not take exactly: no prefetch, and the plugin does what it always did.
  *
  * Contract with the plugin (istio_cni/k8s.py, _fastpath.Prefetched): PREFETCH_ENV names two
- * inherited fds, "<record>,<done>".
+ * inherited fds and the child, "<record>,<done>,<pid>".
  * - record: a memfd holding PREFETCH_MAGIC, the params' length (8 bytes, little endian) and
  *   the params, a JSON object of the exact HttpsGet arguments used (host, port, request,
  *   ca_file, ca_pem, session_file, cap) and the exchange's deadline (CLOCK_MONOTONIC
@@ -25,8 +25,9 @@
  *   6 doubles (tg_get.at), uint64 answer length, the message, the answer.
  * - done: a pipe's read end, at EOF once the child has written the outcome or is gone.
  * The plugin takes the outcome only when those params are exactly the arguments it would pass
- * to HttpsGet itself; otherwise it makes its own exchange. The child dies with the plugin
- * (PR_SET_PDEATHSIG) and holds none of the runtime's pipes.
+ * to HttpsGet itself; otherwise it makes its own exchange. The plugin ends the child (if still
+ * there) and reaps it before it exits; should the plugin die first, the child dies with it
+ * (PR_SET_PDEATHSIG). The child holds none of the runtime's pipes.
  */
 #ifndef ISTIO_CNI_FRONT_PREFETCH_H
 #define ISTIO_CNI_FRONT_PREFETCH_H
@@ -40,8 +41,8 @@
 #define PREFETCH_MAX_DESCRIPTION (64u << 10)
 
 /* Start the prefetch for the pod ns/name with the description in run_dir, the TLS libraries
- * from lib_dir. On success (a child started) writes "PREFETCH_ENV=<record>,<done>" into env
- * (cap bytes) and returns 0; -1: no prefetch, nothing left behind. */
+ * from lib_dir. On success (a child started) writes "PREFETCH_ENV=<record>,<done>,<pid>" into
+ * env (cap bytes) and returns 0; -1: no prefetch, no fd left open. */
 int prefetch_start(const char *run_dir, size_t run_dir_len, const char *ns, size_t nsl, const char *name,
                    size_t nl, const char *lib_dir, char *env, size_t cap);
 

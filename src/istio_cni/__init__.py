@@ -16,8 +16,10 @@ ONE_SHOT_PROCESS = False
 FRONT_EXCHANGE_FD: int | None = None
 
 # Set by the entry point when the compiled front started this ADD's pod GET itself
-# (src/front/prefetch.h): its record and done fds, taken once by ``k8s.Client``.
+# (src/front/prefetch.h): its record and done fds, taken once by ``k8s.Client``; and the pid
+# of the front's child that makes it, which the entry point ends and reaps at exit.
 FRONT_PREFETCH: tuple[int, int] | None = None
+FRONT_PREFETCH_PID = 0
 
 
 # The ADD path does not import ``os``: in a fresh interpreter ``import os`` costs ~1.5 ms (it

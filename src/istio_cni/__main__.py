@@ -6,7 +6,8 @@ import sys
 # node agent: the fd of its record of that exchange, which agent_client replays.
 FRONT_EXCHANGE_ENV = "ISTIO_CNI_FRONT_EXCHANGE"
 # Set by the compiled front (src/front/prefetch.h) when it started the pod GET itself:
-# "<record fd>,<done fd>", which k8s.Client takes when the exchange is the one it would make.
+# "<record fd>,<done fd>,<child pid>", which k8s.Client takes when the exchange is the one it
+# would make.
 FRONT_PREFETCH_ENV = "ISTIO_CNI_FRONT_PREFETCH"
 
 
@@ -109,18 +110,36 @@ def _take_front_prefetch() -> None:
     if value is None:
         return
     posix.unsetenv(key)
-    record, comma, done = value.partition(b",")
-    if not (comma and record.isdigit() and done.isdigit() and len(record) < 8 and len(done) < 8):
+    parts = value.split(b",")
+    if len(parts) != 3 or not all(p.isdigit() and len(p) < 8 for p in parts):
         return
-    fds = (int(record), int(done))
+    record, done, pid = (int(p) for p in parts)
+    import istio_cni
+
+    istio_cni.FRONT_PREFETCH_PID = pid  # ours to end and reap (_reap_front_prefetch), whatever follows
     try:
-        for fd in fds:
+        for fd in (record, done):
             posix.set_inheritable(fd, False)
     except OSError:
         return
+    istio_cni.FRONT_PREFETCH = (record, done)
+
+
+def _reap_front_prefetch() -> None:
+    """The front's child, done or not needed by now, ended and reaped if it is already gone
+    (never waiting: an exiting child left behind is reaped by init, as any orphan)."""
     import istio_cni
 
-    istio_cni.FRONT_PREFETCH = fds
+    pid = istio_cni.FRONT_PREFETCH_PID
+    if pid <= 0:
+        return
+    import posix
+
+    try:
+        posix.kill(pid, 9)  # SIGKILL; our own unreaped child: the pid cannot be another's
+        posix.waitpid(pid, posix.WNOHANG)
+    except OSError:
+        pass
 
 
 def _exit_now(code: int) -> None:
@@ -140,6 +159,7 @@ def _exit_now(code: int) -> None:
         atexit.unregister(warm.openssl_warm_wait)
     try:
         atexit._run_exitfuncs()
+        _reap_front_prefetch()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
