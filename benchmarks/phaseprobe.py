@@ -103,6 +103,11 @@ if _preload:
         _wrap(_M["istio_cni.k8s"].Client, "_exchange_in_c", "exchange")
         _fp = _M["istio_cni._fastpath"]
 
+        def _mark_steps(prefix, steps):
+            for _name, _at in steps.items():
+                if _at:
+                    _marks[prefix + _name] = _at
+
         class _SteppedGet(_fp.HttpsGet):
             """The C thread's steps into the marks (``tls_<step>``), and the warm-up's
             (``warm_<step>``), once its answer is taken."""
@@ -114,12 +119,8 @@ if _preload:
                 try:
                     return super().result()
                 finally:
-                    for _name, _at in self.steps().items():
-                        if _at:
-                            _marks["tls_" + _name] = _at
-                    for _name, _at in _fp.openssl_warm_steps().items():
-                        if _at:
-                            _marks["warm_" + _name] = _at
+                    _mark_steps("tls_", self.steps())
+                    _mark_steps("warm_", _fp.openssl_warm_steps())
 
         _fp.HttpsGet = _SteppedGet
 
@@ -130,9 +131,7 @@ if _preload:
                 try:
                     return super().result()
                 finally:
-                    for _name, _at in self.steps().items():
-                        if _at:
-                            _marks["pre_" + _name] = _at
+                    _mark_steps("pre_", self.steps())
 
         _fp.Prefetched = _SteppedPrefetch
     if "istio_cni.plugin" in _M:  # the imports done while the API server works (in the exchange)

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
 from peers.fakeapi import FakeAPI
 from peers.kubeapi import write_kubeconfig
+from support.damage import EDITS, damaged
 from support.injected_pods import injected_pod
 from support.nodeharness import netconf, plugin_env, rules_in
 
@@ -178,26 +179,13 @@ def test_the_front_child_dies_with_the_plugin(setup, netns, tmp_path):
         silent.close()
 
 
-_edits = st.lists(st.tuples(st.integers(0, 4000), st.sampled_from(["flip", "cut", "insert"]),
-                            st.binary(min_size=1, max_size=6)), min_size=1, max_size=4)
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(edits=_edits)
+@given(edits=EDITS)
 def test_any_damaged_description_still_gives_the_same_add(setup, netns, edits):
     """Whatever bytes the description holds, the ADD answers as without one, in bounded time,
     and never takes an exchange that is not its own."""
     first = setup.add(netns("pf", addresses=ADDR))
-    data = bytearray(setup.description.read_bytes())
-    for at, how, chunk in edits:
-        at %= len(data) + 1
-        if how == "flip" and at < len(data):
-            data[at] ^= chunk[0] or 0xFF
-        elif how == "cut":
-            del data[at:at + len(chunk)]
-        else:
-            data[at:at] = chunk
-    setup.description.write_bytes(bytes(data))
+    setup.description.write_bytes(damaged(setup.description.read_bytes(), edits))
     t = time.monotonic()
     r, gets, taken = setup.add(netns("pf", addresses=ADDR))
     assert time.monotonic() - t < 10

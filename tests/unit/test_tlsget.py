@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from peers.certs import CA, LOOPBACK_SANS
+from support.damage import EDITS, damaged
 
 from istio_cni import _fastpath, errors
 from istio_cni.config import parse_conf
@@ -574,14 +575,8 @@ def test_the_plugin_keeps_its_session_in_the_run_dir(pki, tmp_path, run_dir):
     assert tls_session_file(no_run_dir) == ""
 
 
-_session_edits = st.lists(
-    st.tuples(st.integers(0, 4000), st.sampled_from(["flip", "cut", "insert"]), st.binary(min_size=1, max_size=8)),
-    min_size=1, max_size=4,
-)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(edits=_session_edits, tail=st.binary(max_size=64))
+@given(edits=EDITS, tail=st.binary(max_size=64))
 def test_any_damaged_session_file_still_gives_the_answer(pki, tmp_path, edits, tail):
     """Whatever bytes the session file holds (a valid one, damaged anywhere: flipped, cut,
     grown), the exchange ends with the server's answer, in bounded time, and leaves at most
@@ -593,16 +588,7 @@ def test_any_damaged_session_file_still_gives_the_answer(pki, tmp_path, edits, t
     f = run / "tls-session"
     with tls_server(pki) as (port, _):
         c_get(port, pki, f)
-        data = bytearray(f.read_bytes())
-        for at, how, chunk in edits:
-            at %= len(data) + 1
-            if how == "flip" and at < len(data):
-                data[at] ^= chunk[0] or 0xFF
-            elif how == "cut":
-                del data[at:at + len(chunk)]
-            else:
-                data[at:at] = chunk
-        f.write_bytes(bytes(data) + tail)
+        f.write_bytes(damaged(f.read_bytes(), edits) + tail)
         t0 = time.monotonic()
         assert c_get(port, pki, f) in (True, False)  # c_get asserts the answer itself
         assert time.monotonic() - t0 < 3.0
