@@ -234,7 +234,7 @@ int main(int argc, char **argv)
     memset(&x, 0, sizeof x);
     memset(&direct, 0, sizeof direct);
     outcome = agent_add(&in, versions, sock_name, &x, &direct);
-    if (direct.planned && (outcome == FRONT_HAND_OVER || outcome == FRONT_EXCHANGED))
+    if (direct.planned) /* the agent did not answer: the plugin will GET its pod */
         (void)prefetch_start(direct.run_dir, direct.run_dir_len, direct.ns, direct.nsl, direct.name, direct.nl,
                              config_get("lib"), prefetch_var, sizeof prefetch_var); /* none: the plugin GETs */
     switch (outcome) {

@@ -29,51 +29,28 @@
 #define PREFETCH_MAX_TIMEOUT 30.0
 #define PREFETCH_MAX_CAP (64u << 20)
 
-/* The description: a regular file of ours, writable by nobody else, at most
- * PREFETCH_MAX_DESCRIPTION bytes (tg_session_load's checks). 0 read, -1 not usable. */
-static int read_description(const char *path, char **buf, size_t *len)
+/* Printable ASCII or CR/LF only (what an HTTP request head and an IP literal hold)? */
+static int request_text(const char *s, size_t len)
 {
-    struct stat st;
-    ssize_t n = -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-
-    if (fd < 0)
-        return -1;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && (st.st_mode & 022) == 0 &&
-        st.st_size > 0 && st.st_size <= (off_t)PREFETCH_MAX_DESCRIPTION) {
-        *buf = malloc((size_t)st.st_size);
-        if (*buf != NULL) {
-            n = read(fd, *buf, (size_t)st.st_size);
-            if (n != (ssize_t)st.st_size) {
-                free(*buf);
-                *buf = NULL;
-                n = -1;
-            }
-        }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 0x20 && c < 0x7f) || c == '\r' || c == '\n'))
+            return 0;
     }
-    close(fd);
-    if (n < 0)
-        return -1;
-    *len = (size_t)n;
-    return 0;
+    return 1;
 }
 
-/* A JSON string member without NUL bytes (and, with ascii, printable ASCII or CR/LF only);
- * null allowed when nullable (then *s = NULL). 0 ok, -1 not. */
+/* A JSON string member without NUL bytes (and, with ascii, request_text); null allowed when
+ * nullable (then *s = NULL). 0 ok, -1 not. */
 static int str_member(const struct jdoc *d, const char *key, int nullable, int ascii, const char **s, size_t *len)
 {
     int m = json_member(d, 0, key);
     *s = NULL, *len = 0;
     if (m >= 0 && d->nodes[m].type == J_NULL && nullable)
         return 0;
-    if (m < 0 || d->nodes[m].type != J_STR || memchr(d->nodes[m].s, '\0', d->nodes[m].len) != NULL)
+    if (m < 0 || d->nodes[m].type != J_STR || memchr(d->nodes[m].s, '\0', d->nodes[m].len) != NULL ||
+        (ascii && !request_text(d->nodes[m].s, d->nodes[m].len)))
         return -1;
-    if (ascii)
-        for (size_t i = 0; i < d->nodes[m].len; i++) {
-            unsigned char c = (unsigned char)d->nodes[m].s[i];
-            if (!((c >= 0x20 && c < 0x7f) || c == '\r' || c == '\n'))
-                return -1;
-        }
     *s = d->nodes[m].s, *len = d->nodes[m].len;
     return 0;
 }
@@ -90,17 +67,6 @@ static int num_member(const struct jdoc *d, const char *key, int integer, double
     text[d->nodes[m].len] = '\0';
     *v = strtod(text, NULL);
     return isfinite(*v) ? 0 : -1;
-}
-
-/* Copy s[0..n) into a fresh NUL-terminated string (NULL on failure). */
-static char *dup_n(const char *s, size_t n)
-{
-    char *p = malloc(n + 1);
-    if (p != NULL) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
 }
 
 static const char *const description_keys[] = {"version", "host", "port", "ca_file", "ca_pem", "session_file",
@@ -182,14 +148,9 @@ static int plan_exchange(const struct jdoc *d, const char *ns, size_t nsl, const
     if (req < 0 || d->nodes[req].type != J_ARR || d->nodes[req].count != 3)
         return -1;
     for (int k = d->nodes[req].first, i = 0; k >= 0; k = d->nodes[k].next, i++) {
-        if (d->nodes[k].type != J_STR)
+        if (d->nodes[k].type != J_STR || !request_text(d->nodes[k].s, d->nodes[k].len))
             return -1;
         part[i] = d->nodes[k].s, pl[i] = d->nodes[k].len;
-        for (size_t j = 0; j < pl[i]; j++) {
-            unsigned char c = (unsigned char)part[i][j];
-            if (!((c >= 0x20 && c < 0x7f) || c == '\r' || c == '\n'))
-                return -1;
-        }
     }
     memcpy(g->ip, host, hl);
     g->ip[hl] = '\0';
@@ -204,7 +165,7 @@ static int plan_exchange(const struct jdoc *d, const char *ns, size_t nsl, const
     g->deadline = tg_now() + timeout;
     g->request_len = pl[0] + nsl + pl[1] + nl + pl[2];
     g->request = malloc(g->request_len + 1);
-    g->session_file = dup_n(session, sl);
+    g->session_file = strndup(session, sl);
     if (g->request == NULL || g->session_file == NULL)
         return -1;
     memcpy(g->request, part[0], pl[0]);
@@ -213,10 +174,10 @@ static int plan_exchange(const struct jdoc *d, const char *ns, size_t nsl, const
     memcpy(g->request + pl[0] + nsl + pl[1], name, nl);
     memcpy(g->request + pl[0] + nsl + pl[1] + nl, part[2], pl[2]);
     g->request[g->request_len] = '\0';
-    if (ca_file != NULL && (g->ca_file = dup_n(ca_file, cfl)) == NULL)
+    if (ca_file != NULL && (g->ca_file = strndup(ca_file, cfl)) == NULL)
         return -1;
     if (ca_pem != NULL) {
-        if ((g->ca_pem = dup_n(ca_pem, cpl)) == NULL)
+        if ((g->ca_pem = strndup(ca_pem, cpl)) == NULL)
             return -1;
         g->ca_len = cpl;
     }
@@ -250,22 +211,8 @@ static void write_params(struct out *o, const tg_get *g)
     out_str(o, num);
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, off_t off)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = pwrite(fd, p, len, off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n, off += n, len -= (size_t)n;
-    }
-    return 0;
-}
-
-/* The child: the exchange, then its outcome at off; never returns. */
-static void run_child(tg_get *g, int record, off_t off, const char *lib_dir)
+/* The child: the exchange, then its outcome appended to the record; never returns. */
+static void run_child(tg_get *g, int record, const char *lib_dir)
 {
     unsigned char head[sizeof PREFETCH_OUTCOME_MAGIC - 1 + 16 + 6 * 8 + 8];
     int32_t ints[3];
@@ -285,17 +232,20 @@ static void run_child(tg_get *g, int record, off_t off, const char *lib_dir)
     memcpy(head + h + 12, &msg_len, 4);
     memcpy(head + h + 16, g->at, 6 * 8);
     memcpy(head + h + 16 + 48, &answer_len, 8);
-    if (pwrite_all(record, head, sizeof head, off) == 0 &&
-        pwrite_all(record, g->msg, msg_len, off + (off_t)sizeof head) == 0 && answer_len > 0)
-        (void)pwrite_all(record, g->buf, (size_t)answer_len, off + (off_t)sizeof head + (off_t)msg_len);
+    /* The record's offset is where the front left it, after the params: the parent execs,
+     * and the plugin reads with pread. */
+    if (tg_write_all(record, head, sizeof head) && tg_write_all(record, (const unsigned char *)g->msg, msg_len) &&
+        answer_len > 0)
+        (void)tg_write_all(record, (const unsigned char *)g->buf, (size_t)answer_len);
     _exit(0); /* the done pipe's write end closes with us */
 }
 
 int prefetch_start(const char *run_dir, size_t run_dir_len, const char *ns, size_t nsl, const char *name,
                    size_t nl, const char *lib_dir, char *env, size_t cap)
 {
-    char path[PATH_MAX], *text = NULL;
-    size_t len = 0;
+    static char text[PREFETCH_MAX_DESCRIPTION];
+    char path[PATH_MAX];
+    ssize_t len;
     struct jdoc d;
     static tg_get g; /* the child's; the parent execs right after */
     struct out params = {.max = 2u << 20};
@@ -308,23 +258,20 @@ int prefetch_start(const char *run_dir, size_t run_dir_len, const char *ns, size
     memcpy(path, run_dir, run_dir_len);
     path[run_dir_len] = '/';
     memcpy(path + run_dir_len + 1, PREFETCH_NAME, sizeof PREFETCH_NAME);
-    if (read_description(path, &text, &len) != 0)
+    len = tg_read_private(path, (unsigned char *)text, 0, sizeof text); /* tg_session_load's checks */
+    if (len < 0 || !utf8_valid(text, (size_t)len) || json_parse(&d, text, (size_t)len) != 0)
         return -1;
-    if (!utf8_valid(text, len) || json_parse(&d, text, len) != 0) {
-        free(text);
-        return -1;
-    }
     memset(&g, 0, sizeof g);
     g.done_fd = -1;
     if (plan_exchange(&d, ns, nsl, name, nl, &g) == 0) {
         write_params(&params, &g);
         plen = params.len;
         record = memfd_create("istio-cni-prefetch", 0); /* no CLOEXEC: the plugin reads it */
-        if (!params.failed && record >= 0 && pwrite_all(record, PREFETCH_MAGIC, sizeof PREFETCH_MAGIC - 1, 0) == 0 &&
-            pwrite_all(record, &plen, 8, sizeof PREFETCH_MAGIC - 1) == 0 &&
-            pwrite_all(record, params.buf, params.len, sizeof PREFETCH_MAGIC - 1 + 8) == 0 && pipe(done) == 0 &&
+        if (!params.failed && record >= 0 &&
+            tg_write_all(record, (const unsigned char *)PREFETCH_MAGIC, sizeof PREFETCH_MAGIC - 1) &&
+            tg_write_all(record, (const unsigned char *)&plen, 8) &&
+            tg_write_all(record, (const unsigned char *)params.buf, params.len) && pipe(done) == 0 &&
             snprintf(env, cap, "%s=%d,%d,", PREFETCH_ENV, record, done[0]) < (int)cap) {
-            off_t off = (off_t)(sizeof PREFETCH_MAGIC - 1 + 8 + params.len);
             size_t used = strlen(env);
             pid = fork();
             if (pid == 0) {
@@ -334,7 +281,7 @@ int prefetch_start(const char *run_dir, size_t run_dir_len, const char *ns, size
                     dup2(null, STDIN_FILENO) < 0 || dup2(null, STDOUT_FILENO) < 0 || dup2(null, STDERR_FILENO) < 0)
                     _exit(0);
                 close(done[0]);
-                run_child(&g, record, off, lib_dir);
+                run_child(&g, record, lib_dir);
             }
             if (pid > 0 && snprintf(env + used, cap - used, "%d", (int)pid) < (int)(cap - used))
                 rc = 0;
@@ -352,6 +299,5 @@ int prefetch_start(const char *run_dir, size_t run_dir_len, const char *ns, size
     }
     free(params.buf);
     json_free(&d);
-    free(text);
     return rc;
 }

@@ -77,6 +77,17 @@ def _warm_tls_for_add() -> None:
     openssl_warm_start()
 
 
+def _take_env(name: str) -> bytes | None:
+    """``name``'s value, taken out of this process's environment and every child's."""
+    import posix
+
+    key = name.encode()
+    value = posix.environ.pop(key, None)
+    if value is not None:
+        posix.unsetenv(key)
+    return value
+
+
 def _take_front_exchange() -> None:
     """Keep the front's exchange record for agent_client, out of every child's sight: the
     variable leaves the environment and the fd is not inherited by programs we run. Through
@@ -84,11 +95,9 @@ def _take_front_exchange() -> None:
     later path imports ``os``, is built on the same ``posix.environ`` dict."""
     import posix
 
-    key = FRONT_EXCHANGE_ENV.encode()
-    value = posix.environ.pop(key, None)
+    value = _take_env(FRONT_EXCHANGE_ENV)
     if value is None:
         return
-    posix.unsetenv(key)
     fd = int(value) if value.isdigit() and len(value) < 8 else -1  # bytes.isdigit: ASCII only
     try:
         posix.set_inheritable(fd, False)
@@ -105,11 +114,9 @@ def _take_front_prefetch() -> None:
     then makes its own exchange."""
     import posix
 
-    key = FRONT_PREFETCH_ENV.encode()
-    value = posix.environ.pop(key, None)
+    value = _take_env(FRONT_PREFETCH_ENV)
     if value is None:
         return
-    posix.unsetenv(key)
     parts = value.split(b",")
     if len(parts) != 3 or not all(p.isdigit() and len(p) < 8 for p in parts):
         return

@@ -590,6 +590,9 @@ cdef bytes _path(str path):
     return path.encode("utf-8", "surrogateescape")  # what os.fsencode gives on Linux
 
 
+_STEP_NAMES = ("start", "context", "connected", "handshake", "answer", "done")  # _tlsget.h's tg_step
+
+
 cdef class HttpsGet:
     """One HTTPS exchange on a C thread, started on construction (``_tlsget.h``).
 
@@ -665,8 +668,7 @@ cdef class HttpsGet:
         """When each step of the exchange ended (``time.monotonic()`` seconds; None: not
         reached): the thread ran, held a client context, was connected, had the TLS handshake,
         had the answer's first bytes, was done. For the phase probe (benchmarks/phaseprobe.py)."""
-        names = ("start", "context", "connected", "handshake", "answer", "done")
-        return {name: (self.g.at[i] or None) for i, name in enumerate(names)}
+        return {name: (self.g.at[i] or None) for i, name in enumerate(_STEP_NAMES)}
 
     def resumed(self):
         """Did the finished exchange resume the kept TLS session?"""
@@ -735,7 +737,6 @@ cdef _raise_outcome(int kind, int err, str msg, size_t cap):
 _PREFETCH_MAGIC = b"istio-cni-front-prefetch 1\n"  # src/front/prefetch.h
 _OUTCOME_MAGIC = b"istio-cni-prefetch-outcome 1\n"
 _OUTCOME_HEAD = len(_OUTCOME_MAGIC) + 16 + 6 * 8 + 8
-_STEP_NAMES = ("start", "context", "connected", "handshake", "answer", "done")
 
 
 cdef class Prefetched:

@@ -85,6 +85,7 @@ class _ArchiveFinder:
         origin = f"{source}/__init__.py" if is_package else f"{source}.py"
         # A duck-typed loader: importlib.abc.Loader would import importlib.abc on every ADD.
         spec = _frozen_importlib.ModuleSpec(name, self, origin=origin, is_package=is_package)  # type: ignore[arg-type]
+        spec.loader_state = entry[3]  # its deps, for exec_module
         if is_package:
             spec.submodule_search_locations = [origin.rpartition("/")[0]]
         # No has_location: importlib would then work out __cached__ (a .pyc path nobody reads)
@@ -96,8 +97,7 @@ class _ArchiveFinder:
 
     def exec_module(self, module: "ModuleType") -> None:
         spec: ModuleSpec = module.__spec__  # type: ignore[assignment]  # set by the import system
-        entry = self._entry(spec.name)
-        for dep in entry[3] if entry is not None else ():
+        for dep in spec.loader_state:
             if type(dep) is str and dep not in sys.modules:
                 self._load(dep)
         module.__file__ = spec.origin
@@ -117,12 +117,9 @@ class _ArchiveFinder:
             self._load(parent)
             if parent not in sys.modules or name in sys.modules:  # not served; or its parent imported it
                 return
-        module = type(sys)(name)
-        module.__loader__ = self  # type: ignore[assignment]  # duck-typed, as find_spec's spec says
-        module.__package__ = spec.parent
-        module.__spec__ = spec
-        if spec.submodule_search_locations is not None:
-            module.__path__ = spec.submodule_search_locations
+        import _frozen_importlib  # loaded by the interpreter's start: costs nothing
+
+        module = _frozen_importlib.module_from_spec(spec)  # importlib's own module set-up
         sys.modules[name] = module
         spec._initializing = True  # type: ignore[attr-defined]  # importlib's "partially initialized" marker
         try:

@@ -677,20 +677,32 @@ static int tg_session_binding(tg_get *g, unsigned char out[TG_SESSION_BINDING])
     return ok;
 }
 
+/* All of a file the plugin keeps for itself (the TLS session; the front's pod GET
+ * description): read only if it is a regular file (no symlink) owned by this user, writable
+ * by nobody else, of more than min and at most cap bytes (buf holds cap). Its length, or -1. */
+static ssize_t tg_read_private(const char *path, unsigned char *buf, size_t min, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    struct stat st;
+    ssize_t n = -1;
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && (st.st_mode & 022) == 0 &&
+        st.st_size > (off_t)min && st.st_size <= (off_t)cap) {
+        n = read(fd, buf, cap);
+        if (n != (ssize_t)st.st_size)
+            n = -1; /* changed while read */
+    }
+    close(fd);
+    return n;
+}
+
 /* The kept session, if there is a sound one for this binding (else NULL). */
 static void *tg_session_load(tg_get *g, const unsigned char binding[TG_SESSION_BINDING])
 {
-    int fd = open(g->session_file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-    if (fd < 0)
-        return NULL;
     unsigned char buf[TG_SESSION_MAX];
-    struct stat st;
-    ssize_t n = -1;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && (st.st_mode & 022) == 0 &&
-        st.st_size > (off_t)TG_SESSION_HEAD && st.st_size <= (off_t)sizeof(buf))
-        n = read(fd, buf, sizeof(buf));
-    close(fd);
-    if (n != (ssize_t)st.st_size || memcmp(buf, TG_SESSION_MAGIC, TG_SESSION_MAGIC_LEN) != 0 ||
+    ssize_t n = tg_read_private(g->session_file, buf, TG_SESSION_HEAD, sizeof buf);
+    if (n < 0 || memcmp(buf, TG_SESSION_MAGIC, TG_SESSION_MAGIC_LEN) != 0 ||
         memcmp(buf + TG_SESSION_MAGIC_LEN, binding, TG_SESSION_BINDING) != 0)
         return NULL;
     const unsigned char *p = buf + TG_SESSION_HEAD;

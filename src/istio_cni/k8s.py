@@ -319,6 +319,54 @@ class Client:
             {"version": 1, **want, "timeout": float(self.timeout), "request": [head, middle, tail], "files": files}
         ).encode()
 
+    def keep_prefetch_description(self, kubeconfig: str) -> None:
+        """After a pod GET this client made itself (not the front's): keep its description
+        beside the TLS session (``PREFETCH_NAME``), so that the next ADD's front can start that
+        GET before the interpreter. It holds the bearer token: a root-only file, as the
+        kubeconfig and the TLS session, replaced by rename (temp name
+        ``.istio-cni-prefetch.tmp.<pid>``: the node program's convention) and only when it
+        changed. Never raises: it only saves the next ADD time."""
+        import posix
+
+        if self.prefetch == "used":
+            return
+        data = self.prefetch_description(kubeconfig)
+        if data is None:  # then there is no session file either (_prefetch_params)
+            return
+        assert self._c_tls is not None  # a description needs the C client's arguments
+        run_dir = self._c_tls["session_file"].rpartition("/")[0]
+        path = f"{run_dir}/{PREFETCH_NAME}"
+        flags = posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC
+        try:
+            fd = posix.open(path, flags)
+            try:
+                st = posix.fstat(fd)
+                kept = st.st_mode & 0o170022 == 0o100000 and st.st_uid == posix.geteuid() and st.st_size == len(data)
+                if kept and posix.read(fd, len(data) + 1) == data:
+                    return
+            finally:
+                posix.close(fd)
+        except OSError:
+            pass
+        tmp = f"{run_dir}/.{PREFETCH_NAME}.tmp.{posix.getpid()}"
+        try:
+            fd = posix.open(
+                tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC, 0o600
+            )
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[posix.write(fd, view) :]
+            finally:
+                posix.close(fd)
+            posix.rename(tmp, path)
+        except OSError as e:
+            log.debug("pod GET description not kept", path=path, cause=str(e))
+            try:
+                posix.unlink(tmp)
+            except OSError:
+                pass
+
     def _exchange(self, path: str, deadline: float) -> tuple[int, str, bytes]:
         """The exchange on this thread (``_socket``, and ``_ssl`` for https)."""
         from .http1 import read_response
@@ -365,50 +413,6 @@ def tls_session_file(conf: PluginConf) -> str:
 PREFETCH_NAME = "istio-cni-prefetch"  # src/front/prefetch.h
 
 
-def keep_prefetch_description(client: Client, kubeconfig: str) -> None:
-    """After a pod GET this process made itself: keep its description beside the TLS session
-    (``PREFETCH_NAME``), so that the next ADD's front can start that GET before the interpreter.
-    It holds the bearer token: a root-only file, as the kubeconfig and the TLS session, replaced
-    by rename (temp name ``.istio-cni-prefetch.tmp.<pid>``: the node program's convention) and
-    only when it changed. Never raises: it only saves the next ADD time."""
-    import posix
-
-    data = client.prefetch_description(kubeconfig)
-    session_file = (client._c_tls or {}).get("session_file", "")
-    if data is None or not session_file:
-        return
-    run_dir = session_file.rpartition("/")[0]
-    path = f"{run_dir}/{PREFETCH_NAME}"
-    flags = posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC
-    try:
-        fd = posix.open(path, flags)
-        try:
-            st = posix.fstat(fd)
-            kept = st.st_mode & 0o170022 == 0o100000 and st.st_uid == posix.geteuid() and st.st_size == len(data)
-            if kept and posix.read(fd, len(data) + 1) == data:
-                return
-        finally:
-            posix.close(fd)
-    except OSError:
-        pass
-    tmp = f"{run_dir}/.{PREFETCH_NAME}.tmp.{posix.getpid()}"
-    try:
-        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[posix.write(fd, view) :]
-        finally:
-            posix.close(fd)
-        posix.rename(tmp, path)
-    except OSError as e:
-        log.debug("pod GET description not kept", path=path, cause=str(e))
-        try:
-            posix.unlink(tmp)
-        except OSError:
-            pass
-
-
 def _client(conf: PluginConf, idle: Callable[[Callable[[], bool]], object] | None = None) -> Client:
     from .kubeconfig import load
 
@@ -452,8 +456,8 @@ def get_pod(
         try:
             pod = client.get(path, timeout=min(attempt_timeout, max(left, 0.05)))
             if isinstance(pod, dict):
-                if getattr(client, "prefetch", "used") != "used":
-                    keep_prefetch_description(client, conf.kubeconfig)
+                if isinstance(client, Client):  # not a test's stand-in
+                    client.keep_prefetch_description(conf.kubeconfig)
                 return pod
             last = f"the API answered a JSON {type(pod).__name__}, not a pod object"
         except HTTPError as e:

@@ -44,6 +44,7 @@ class Setup:
         data = json.dumps(netconf(self.run_dir, plugin_log_level="debug", **conf)).encode()
         r = subprocess.run([str(self.launcher)], input=data, env=plugin_env(ns, POD), capture_output=True, timeout=60)
         assert r.returncode == 0, (r.stdout, r.stderr[-3000:])
+        assert self.api.token.encode() not in r.stdout + r.stderr  # the description holds it; nothing shows it
         taken = [json.loads(x).get("taken", "") for x in r.stderr.decode().splitlines() if "the front's pod GET" in x]
         return r, self.api.hits(PATH) - before, (taken or [""])[0]
 
